@@ -1,0 +1,15 @@
+"""Prune a model: `python prune.py [overrides]`, or a sweep: `python prune.py -m ratio=0.05,0.1 strategy=selective,reverse`."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from prunekit import pipeline
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg) -> None:
+    pipeline.prune(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

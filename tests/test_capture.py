@@ -1,0 +1,102 @@
+"""Capture equals a reference computed by hand from the gate/up weights, for every adapter."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.activations import ACT2FN
+
+from prunekit import capture
+from prunekit.mlp import mlp_layers
+from prunekit.models import tiny_model
+from prunekit.scoring import RunningStats
+
+
+def _mlp_inputs(model, input_ids, attention_mask):
+    """The hidden states entering each layer's MLP (recorded, not recomputed)."""
+    seen = {}
+    handles = [m.module.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].detach()))
+               for i, m in enumerate(mlp_layers(model))]
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def _reference(model, mlp, x):
+    """act(gate(x)) * up(x) straight from the weights."""
+    act = ACT2FN[getattr(model.config, "hidden_activation", None) or model.config.hidden_act]
+    if mlp.layout == "fused":
+        gate_w, up_w = mlp.module.gate_up_proj.weight.chunk(2, dim=0)
+    else:
+        gate_w, up_w = mlp.module.gate_proj.weight, mlp.module.up_proj.weight
+    return act(F.linear(x, gate_w)) * F.linear(x, up_w)
+
+
+def test_hook_equals_hand_reference(arch):
+    model = tiny_model(arch, vocab_size=256)
+    input_ids = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 5:] = 0  # right padding
+    mask[2, 2:] = 0
+    inputs = _mlp_inputs(model, input_ids, mask)
+    with capture.down_proj_inputs(model) as (buffer, set_mask), torch.no_grad():
+        set_mask(mask)
+        model.get_decoder()(input_ids=input_ids, attention_mask=mask)
+    for i, mlp in enumerate(mlp_layers(model)):
+        act = _reference(model, mlp, inputs[i]).abs()  # [B, T, F]
+        for b in range(3):
+            n = int(mask[b].sum())
+            torch.testing.assert_close(buffer[i][b], act[b, :n].mean(0), rtol=1e-5, atol=1e-7)
+    assert not any(h for m in mlp_layers(model) for h in m.down._forward_pre_hooks.values())  # hooks removed
+
+
+PROMPTS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
+           "Hi!",
+           "What is the capital of France? Paris is a city on the Seine, and the Louvre is there.",
+           "Compute 12 * 7.",
+           "Tell me about your weekend."]
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_statistics_equal_per_prompt_reference(tokenizer, chat_template):
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    side = tokenizer.padding_side
+    settings = capture.CaptureSettings(max_length=64, batch_size=2, chat_template=chat_template)
+    stats = capture.statistics(model, tokenizer, {"target": PROMPTS[:3], "distractor/x": PROMPTS[3:]}, settings)
+    # Reference: one prompt at a time (no padding at all), hooks on the hand reference.
+    per_prompt = []
+    for p in PROMPTS[:3]:
+        text = capture.format_prompt(tokenizer, p, chat_template)
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=64)["input_ids"]
+        inputs = _mlp_inputs(model, ids, torch.ones_like(ids))
+        per_prompt.append(torch.stack([_reference(model, m, inputs[i]).abs()[0].mean(0)
+                                       for i, m in enumerate(mlp_layers(model))]))
+    ref = RunningStats.of(torch.stack(per_prompt))
+    assert stats["target"].count == 3 and stats["distractor/x"].count == 2
+    torch.testing.assert_close(stats["target"].mean, ref.mean, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(stats["target"].m2, ref.m2, rtol=1e-3, atol=1e-9)
+    assert tokenizer.padding_side == side  # restored after capture switched it to right padding
+
+
+def test_batch_size_does_not_change_statistics(tokenizer):
+    model = tiny_model("qwen2", vocab_size=len(tokenizer))
+    sets = {"target": PROMPTS}
+    one = capture.statistics(model, tokenizer, sets, capture.CaptureSettings(max_length=32, batch_size=1))
+    many = capture.statistics(model, tokenizer, sets, capture.CaptureSettings(max_length=32, batch_size=4))
+    torch.testing.assert_close(one["target"].mean, many["target"].mean, rtol=1e-4, atol=1e-7)
+
+
+def test_bad_capture_settings():
+    with pytest.raises(ValueError, match=r"capture.max_length=0: must be an integer >= 1"):
+        capture.CaptureSettings(max_length=0)
+
+
+def test_cache_round_trip(tmp_path):
+    stats = {"target": RunningStats.of(torch.rand(4, 2, 3))}
+    path = tmp_path / "k.pt"
+    assert capture.load_cached(path) is None
+    capture.save_cached(path, stats)
+    back = capture.load_cached(path)
+    assert back["target"].count == 4 and torch.equal(back["target"].mean, stats["target"].mean)
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # no temp files left behind

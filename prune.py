@@ -4,11 +4,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from prunekit import pipeline
+from prunekit.cli import guarded
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> None:
-    pipeline.prune(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    guarded(pipeline.prune, cfg, run_dir=HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

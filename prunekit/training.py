@@ -1,0 +1,426 @@
+"""LoRA recovery fine-tuning of a pruned model (paper eq. 4, Table 7) on Accelerate + peft, and the merge.
+
+Plain functions: `build_examples` turns task records into masked token sequences, `validate` rejects bad
+settings before any compute, `train_lora` runs the (resumable, checkpointed) loop, `merge_and_save` writes the
+adapter and a stock merged checkpoint. The LoRA settings come as a plain Mapping (see `conf/lora/*.yaml`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log_ = logging.getLogger(__name__)
+
+SCHEDULERS = ("cosine", "linear")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+IGNORE_INDEX = -100
+STATE_FILE = "trainer_state.json"
+# Fields a checkpoint must agree on with the resumed run, or skipping batches would land on the wrong data.
+_RESUME_KEYS = ("n_examples", "effective_batch_size", "per_device_batch_size", "num_processes", "epochs",
+                "steps_per_epoch", "seed")
+
+DEFAULTS: dict[str, Any] = {
+    "dropout": 0.1,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "epochs": 2,
+    "per_device_batch_size": 1,
+    "scheduler": "cosine",
+    "warmup_ratio": 0.03,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "max_length": 1024,
+    "save_every_steps": 0,
+    "mixed_precision": "auto",
+    "seed": 42,
+}
+REQUIRED = ("r", "alpha", "lr", "effective_batch_size")
+
+
+class TrainingConfigError(ValueError):
+    """A LoRA/training setting, the training data or a resume checkpoint is unusable; raised before training."""
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def settings(lora: Mapping) -> dict[str, Any]:
+    """The LoRA Mapping with defaults filled in, as a plain dict (accepts an OmegaConf DictConfig too)."""
+    missing = [k for k in REQUIRED if k not in lora or lora[k] is None]
+    if missing:
+        raise TrainingConfigError(f"lora settings miss {missing}; required fields are {list(REQUIRED)}")
+    out = {**DEFAULTS, **{k: lora[k] for k in lora}}
+    out["target_modules"] = [str(t) for t in out["target_modules"]]
+    return out
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Distinct last name components of the model's Linear modules (what LoRA `target_modules` can name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)})
+
+
+def _number(s: Mapping, key: str, kind=float):
+    try:
+        return kind(s[key])
+    except (TypeError, ValueError):
+        raise TrainingConfigError(f"lora.{key} must be a {kind.__name__}, got {s[key]!r}") from None
+
+
+def validate(model: nn.Module, lora: Mapping, n_examples: int, num_processes: int = 1) -> dict[str, Any]:
+    """Check settings, targets and data size before training; return the filled settings or raise clearly."""
+    s = settings(lora)
+    if _number(s, "r", int) <= 0:
+        raise TrainingConfigError(f"lora.r must be a positive integer, got {s['r']!r}")
+    if _number(s, "alpha") <= 0:
+        raise TrainingConfigError(f"lora.alpha must be > 0, got {s['alpha']!r}")
+    if _number(s, "lr") <= 0:
+        raise TrainingConfigError(f"lora.lr must be > 0, got {s['lr']!r}")
+    if not 0 <= _number(s, "dropout") < 1:
+        raise TrainingConfigError(f"lora.dropout must be in [0, 1), got {s['dropout']!r}")
+    if not 0 <= _number(s, "warmup_ratio") < 1:
+        raise TrainingConfigError(f"lora.warmup_ratio must be in [0, 1), got {s['warmup_ratio']!r}")
+    for key in ("epochs", "per_device_batch_size", "effective_batch_size", "max_length"):
+        if _number(s, key, int) < 1:
+            raise TrainingConfigError(f"lora.{key} must be a positive integer, got {s[key]!r}")
+    if _number(s, "save_every_steps", int) < 0:
+        raise TrainingConfigError(f"lora.save_every_steps must be >= 0 (0 = no checkpoints), got {s['save_every_steps']!r}")
+    if s["scheduler"] not in SCHEDULERS:
+        raise TrainingConfigError(f"lora.scheduler={s['scheduler']!r} is unknown; allowed: {list(SCHEDULERS)}")
+    if s["mixed_precision"] not in MIXED_PRECISION:
+        raise TrainingConfigError(
+            f"lora.mixed_precision={s['mixed_precision']!r} is unknown; allowed: {list(MIXED_PRECISION)}")
+    per_step = int(s["per_device_batch_size"]) * num_processes
+    if int(s["effective_batch_size"]) % per_step:
+        raise TrainingConfigError(
+            f"lora.effective_batch_size={s['effective_batch_size']} is not divisible by per_device_batch_size x "
+            f"processes = {s['per_device_batch_size']} x {num_processes} = {per_step}; choose an effective batch "
+            f"that is a multiple of {per_step}")
+    if not s["target_modules"]:
+        raise TrainingConfigError("lora.target_modules is empty; name at least one Linear module")
+    have = linear_module_names(model)
+    unknown = [t for t in s["target_modules"] if t not in have]
+    if unknown:
+        raise TrainingConfigError(
+            f"lora.target_modules {unknown} are not Linear modules of this model; it has: {have}")
+    if n_examples <= 0:
+        raise TrainingConfigError("the training set is empty (0 usable examples); check the task's training data "
+                                  "path/field names and lora.max_length")
+    return s
+
+
+# ------------------------------------------------------------------------------------------------- data
+class Examples(list):
+    """A list of tokenised examples that also records how many records were dropped or truncated."""
+
+    dropped: int = 0
+    truncated: int = 0
+
+
+def field(record: Mapping, path: str):
+    """Value at a dotted path (`"answer.text"`) in a nested record; clear error naming the missing part."""
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            keys = list(value) if isinstance(value, Mapping) else type(value).__name__
+            raise TrainingConfigError(f"response_field={path!r}: no {part!r} in record (available: {keys})")
+        value = value[part]
+    return value
+
+
+def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str, response_field: str,
+                   max_length: int) -> Examples:
+    """Tokenise prompt + response + EOS with prompt labels = -100; right-truncate, dropping answer-less examples.
+
+    The prompt (`prompt_template.format_map(record)`) and the response are tokenised separately so the mask
+    boundary is exact; the EOS teaches the model to stop (traps are loops without EOS).
+    """
+    if tokenizer.eos_token_id is None:
+        raise TrainingConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
+    out = Examples()
+    for i, rec in enumerate(records):
+        try:
+            prompt = prompt_template.format_map(rec)
+        except (KeyError, IndexError) as e:
+            raise TrainingConfigError(
+                f"prompt_template {prompt_template!r} names {e} which record {i} lacks (keys: {list(rec)})") from None
+        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        r_ids = tokenizer(str(field(rec, response_field)), add_special_tokens=False)["input_ids"]
+        ids = list(p_ids) + list(r_ids) + [tokenizer.eos_token_id]
+        if len(p_ids) >= max_length:  # truncation would leave no answer token: nothing to learn from
+            out.dropped += 1
+            continue
+        if len(ids) > max_length:
+            out.truncated += 1
+            ids = ids[:max_length]
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * len(p_ids) + ids[len(p_ids):]})
+    if out.dropped or out.truncated:
+        log_.warning("build_examples: %d kept, %d dropped (prompt >= max_length=%d), %d answers truncated",
+                     len(out), out.dropped, max_length, out.truncated)
+    return out
+
+
+class LengthBucketBatchSampler:
+    """Batches of similar length: shuffle (seed + epoch), sort by length inside buckets, cut into batches.
+
+    Uses transformers' `get_length_grouped_indices` (mega-batches of up to 50 batches, longest batch first).
+    """
+
+    drop_last = False
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), int(batch_size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = get_length_grouped_indices(self.lengths, self.batch_size, generator=g)
+        for i in range(0, len(idx), self.batch_size):
+            yield idx[i:i + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def collate(pad_token_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Collator: right-pads input_ids with `pad_token_id`, labels with -100, and builds the attention mask."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    def fn(batch: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [torch.tensor(b["input_ids"], dtype=torch.long) for b in batch]
+        labels = [torch.tensor(b["labels"], dtype=torch.long) for b in batch]
+        return {
+            "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+            "attention_mask": pad_sequence([torch.ones_like(t) for t in ids], batch_first=True, padding_value=0),
+        }
+
+    return fn
+
+
+def make_dataloader(examples: list[dict], tokenizer, batch_size: int, seed: int):
+    """DataLoader over examples with length-bucketed batches and the padding collator (no workers)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampler = LengthBucketBatchSampler([len(e["input_ids"]) for e in examples], batch_size, seed)
+    # Own generator: keeps the DataLoader from drawing on the global RNG, so resumed dropout masks match.
+    return torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate(pad),
+                                       generator=torch.Generator().manual_seed(seed)), sampler
+
+
+# ------------------------------------------------------------------------------------------------ model
+def make_peft_model(model: nn.Module, lora: Mapping):
+    """Wrap `model` with LoRA adapters per the settings (injects layers into `model` in place)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        return model
+    s = settings(lora)
+    cfg = LoraConfig(r=int(s["r"]), lora_alpha=float(s["alpha"]), lora_dropout=float(s["dropout"]),
+                     target_modules=list(s["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def resolve_mixed_precision(value: str) -> str:
+    """`auto` -> bf16 on a CUDA device that supports it, else no (CPU autocast buys little for training)."""
+    if value != "auto":
+        return value
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The highest `out_dir/checkpoints/step-N` (complete ones only), or None."""
+    root = Path(out_dir) / "checkpoints"
+    steps = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))
+             and (p / STATE_FILE).exists()] if root.is_dir() else []
+    return max(steps)[1] if steps else None
+
+
+def _save_checkpoint(accelerator, out_dir: Path, step: int, state: dict) -> Path:
+    """`accelerator.save_state` into a temp dir, then rename to `checkpoints/step-N` (atomic on one filesystem)."""
+    final = out_dir / "checkpoints" / f"step-{step}"
+    tmp = out_dir / "checkpoints" / f".tmp-step-{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _keep_trainable_only(models, weights, _output_dir) -> None:
+    """save_state hook: store only trainable (LoRA) tensors, not a copy of the frozen base model per checkpoint."""
+    for model, w in zip(models, weights):
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        for key in [k for k in w if k not in trainable]:
+            del w[key]
+
+
+def _read_resume_state(resume_from: str | os.PathLike, expect: dict) -> dict:
+    path = Path(resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise TrainingConfigError(f"resume_from={str(path)!r} is not a complete checkpoint (no {STATE_FILE}); "
+                                  "pass a checkpoints/step-N directory")
+    state = json.loads((path / STATE_FILE).read_text())
+    diff = {k: (state.get(k), expect[k]) for k in _RESUME_KEYS if state.get(k) != expect[k]}
+    if diff:
+        raise TrainingConfigError(f"resume_from={str(path)!r} was written by a different run; (checkpoint, now) "
+                                  f"differ for {diff}")
+    return state
+
+
+# --------------------------------------------------------------------------------------------- training
+def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping, *, out_dir: str | os.PathLike,
+               resume_from: str | os.PathLike | None = None, log: Callable[[dict, int], None] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Fine-tune LoRA adapters on `examples` with Accelerate; return a summary (+ the PeftModel under `peft_model`).
+
+    Gradient accumulation reaches `effective_batch_size`; clipping, warm-up + cosine/linear schedule;
+    `checkpoints/step-N` every `save_every_steps` optimizer steps; `resume_from` continues such a checkpoint
+    at the same step and data position. `log(metrics, step)` gets train/loss, lr, grad_norm, tokens_per_s.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from accelerate import PartialState
+
+    num_processes = PartialState().num_processes
+    s = validate(model, lora, len(examples), num_processes)
+    per_device, eff = int(s["per_device_batch_size"]), int(s["effective_batch_size"])
+    accum = eff // (per_device * num_processes)
+    accelerator = Accelerator(gradient_accumulation_steps=accum,
+                              mixed_precision=resolve_mixed_precision(s["mixed_precision"]))
+    set_seed(int(s["seed"]))
+    peft_model = make_peft_model(model, s)
+    out_dir = Path(out_dir)
+
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
+    loader, sampler = make_dataloader(examples, tokenizer, per_device, int(s["seed"]))
+    wrapped, optimizer, loader = accelerator.prepare(peft_model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / accum)
+    total_steps = steps_per_epoch * int(s["epochs"])
+    # Not prepared: an AcceleratedScheduler steps num_processes times per call; we step it once per update.
+    scheduler = get_scheduler(s["scheduler"], optimizer, num_warmup_steps=round(float(s["warmup_ratio"]) * total_steps),
+                              num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_save_state_pre_hook(_keep_trainable_only)
+
+    run = {"n_examples": len(examples), "effective_batch_size": eff, "per_device_batch_size": per_device,
+           "num_processes": num_processes, "epochs": int(s["epochs"]), "steps_per_epoch": steps_per_epoch,
+           "seed": int(s["seed"]), "total_steps": total_steps, "gradient_accumulation_steps": accum}
+    step, tokens, elapsed = 0, 0, 0.0
+    if resume_from is not None:
+        state = _read_resume_state(resume_from, run)
+        accelerator.load_state(str(resume_from), strict=False)  # strict=False: checkpoints hold LoRA tensors only
+        step, tokens, elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
+        log_.info("resuming from %s at optimizer step %d/%d", resume_from, step, total_steps)
+    start_step = step
+
+    save_every = int(s["save_every_steps"])
+    bar = tqdm(total=total_steps, initial=step, desc="lora", disable=not progress or not accelerator.is_local_main_process)
+    wrapped.train()
+    loss_val, t0, last_ckpt = float("nan"), time.perf_counter(), None
+    for epoch in range(step // steps_per_epoch, int(s["epochs"])):
+        sampler.set_epoch(epoch)
+        skip = (step - epoch * steps_per_epoch) * accum
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        micro_losses, step_tokens, t_step = [], 0, time.perf_counter()
+        for batch in batches:
+            with accelerator.accumulate(wrapped):
+                out = wrapped(**batch)
+                accelerator.backward(out.loss)
+                micro_losses.append(out.loss.detach())
+                step_tokens += int(batch["attention_mask"].sum())
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    max_norm = float(s["max_grad_norm"]) if s["max_grad_norm"] else float("inf")
+                    grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            loss_val = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
+            n_tok = int(accelerator.reduce(torch.tensor(step_tokens, device=accelerator.device), "sum").item())
+            dt = time.perf_counter() - t_step
+            tokens += n_tok
+            metrics = {"train/loss": loss_val, "train/lr": lr, "train/grad_norm": float(grad_norm),
+                       "train/tokens_per_s": n_tok / dt if dt > 0 else float("nan")}
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}")
+            if log is not None and accelerator.is_main_process:
+                log(metrics, step)
+            if save_every and step % save_every == 0 and step < total_steps:
+                last_ckpt = _save_checkpoint(accelerator, out_dir, step, {
+                    **run, "step": step, "epoch": epoch, "tokens": tokens, "loss": loss_val,
+                    "elapsed_s": elapsed + time.perf_counter() - t0})
+            micro_losses, step_tokens, t_step = [], 0, time.perf_counter()
+    bar.close()
+    accelerator.wait_for_everyone()
+    elapsed += time.perf_counter() - t0
+    summary = {**run, "start_step": start_step, "steps": step, "final_loss": loss_val, "tokens": tokens,
+               "time_s": elapsed, "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
+               "mixed_precision": accelerator.mixed_precision, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
+               "lora": {k: s[k] for k in ("r", "alpha", "dropout", "target_modules", "lr", "scheduler",
+                                          "warmup_ratio", "max_grad_norm", "max_length")}}
+    summary["peft_model"] = accelerator.unwrap_model(wrapped)
+    accelerator.free_memory()
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------- merge
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` onto `dst`, replacing an existing `dst` (old copy moved aside first, then deleted)."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def merge_and_save(peft_model, tokenizer, out_dir: str | os.PathLike) -> nn.Module:
+    """Save the adapter to `out_dir/adapter/` and the merged model + tokenizer to `out_dir/model/`; return merged.
+
+    Merging is in place (`merge_and_unload`); `model/` is a stock checkpoint for plain `from_pretrained`.
+    Each directory is written to a temp dir first and renamed into place.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out_dir))
+    try:
+        peft_model.save_pretrained(tmp / "adapter")
+        tokenizer.save_pretrained(tmp / "adapter")
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        _replace_dir(tmp / "adapter", out_dir / "adapter")
+        _replace_dir(tmp / "model", out_dir / "model")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log_.info("saved adapter and merged model under %s", out_dir)
+    return merged

@@ -10,6 +10,8 @@ A spec is a plain mapping (an OmegaConf DictConfig works too):
                   ``shuffle_seed`` (default null = file order) shuffles before the offset is applied
   filter_contains optional case-insensitive substring the rendered text must contain
   where           optional {dotted field: value} equalities a record must satisfy (case-insensitive), e.g. {lang: python}
+  exclude         optional spec or list of specs whose prompt texts this set must not contain (e.g. keep evaluation
+                  prompts disjoint from the capture and training prompts)
   seed            generator seed of ``pip:gsm_symbolic`` (default 42)
 Other keys (``gold_field``, ``prompt_template``, ``response_field`` ...) belong to the consumers and are ignored here.
 """
@@ -123,6 +125,10 @@ def normalise(spec: Any, option: str = "spec") -> dict:
     where = s.get("where")
     if where is not None:
         where = _as_dict(where, f"{option}.where")
+    exclude = s.get("exclude")
+    if exclude is not None:
+        many = isinstance(exclude, Sequence) and not isinstance(exclude, str)  # a list (ListConfig too) or one spec
+        exclude = [normalise(e, f"{option}.exclude[{i}]") for i, e in enumerate(exclude if many else [exclude])]
     split = s.get("split") or "train"
     name = s.get("name")
     out = {
@@ -137,6 +143,7 @@ def normalise(spec: Any, option: str = "spec") -> dict:
         "shuffle_seed": _int_or_none(s, "shuffle_seed", option, None),
         "filter_contains": s.get("filter_contains"),
         "where": where,
+        "exclude": exclude or None,
     }
     if kind == "pip":
         src = path[4:]
@@ -154,6 +161,8 @@ def spec_fingerprint(spec: Any) -> dict:
     s = normalise(spec)
     if s["kind"] == "local":
         s["path"] = str(Path(os.path.expanduser(s["path"])).resolve())
+    if s["exclude"]:
+        s["exclude"] = [spec_fingerprint(e) for e in s["exclude"]]
     return dict(sorted(s.items()))
 
 
@@ -374,7 +383,10 @@ def _gsm_symbolic_module(option: str) -> types.ModuleType:
             stubs.append(pkg)
     try:
         importlib.import_module("reasoning_gym.coaching")  # breaks the factory <-> composite import cycle
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
+        for gen in ("generators_00_49", "generators_50_99"):  # imported lazily by the dataset: do it now
+            importlib.import_module(f"reasoning_gym.arithmetic.gsm_symbolic.{gen}")
+        return module
     except ImportError as e:
         raise DataError(f"{option}.path='pip:gsm_symbolic': cannot load reasoning_gym's gsm_symbolic module "
                         f"({_first_line(e)}); it needs reasoning-gym and pyyaml") from None
@@ -503,6 +515,12 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
     needle = spec["filter_contains"].lower() if spec["filter_contains"] else None
     if needle and not need_text:
         raise DataError(f"{option}.filter_contains needs field or template to render the text it searches")
+    if spec["exclude"] and not need_text:
+        raise DataError(f"{option}.exclude needs field or template to render the texts it compares")
+    excluded = set()
+    for i, other in enumerate(spec["exclude"] or ()):
+        excluded.update(_select(other, f"{option}.exclude[{i}]", need_text=True)[1])
+    dropped = 0
     records, texts = [], []
     matched = missing = empty = 0
     first_missing: _Missing | None = None
@@ -524,6 +542,9 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
                 continue
             if needle and needle not in text.lower():
                 continue
+            if text in excluded:
+                dropped += 1
+                continue
         matched += 1
         if matched > offset:
             records.append(dict(rec))
@@ -537,10 +558,13 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
         log.warning("%s: %d records skipped: they lack %r", option, missing, first_missing.key)
     if empty:
         log.warning("%s: %d records skipped: empty text", option, empty)
+    if dropped:
+        log.info("%s: %d records skipped: their text is in an excluded set", option, dropped)
     if not records or n is not None and len(records) < n:
         extra = [f"offset={offset}"] if offset else []
         extra += [f"filter_contains={spec['filter_contains']!r}"] if needle else []
         extra += [f"where={spec['where']}"] if spec["where"] else []
+        extra += [f"excluding {dropped} texts of the exclude sets"] if dropped else []
         cond = f" (after {', '.join(extra)})" if extra else ""
         asked = f"{option}.n={n}" if n is not None else f"{option}.offset={offset}"
         raise DataError(f"{asked} but only {len(records)} records{cond}")

@@ -11,7 +11,7 @@ A spec is a plain mapping (an OmegaConf DictConfig works too):
   filter_contains optional case-insensitive substring the rendered text must contain
   where           optional {dotted field: value} equalities a record must satisfy (case-insensitive), e.g. {lang: python}
   exclude         optional spec or list of specs whose prompt texts this set must not contain (e.g. keep evaluation
-                  prompts disjoint from the capture and training prompts)
+                  prompts disjoint from the capture and training prompts); such records are skipped after the offset
   seed            generator seed of ``pip:gsm_symbolic`` (default 42)
 Other keys (``gold_field``, ``prompt_template``, ``response_field`` ...) belong to the consumers and are ignored here.
 """
@@ -511,7 +511,6 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
         order = list(order)
         random.Random(spec["shuffle_seed"]).shuffle(order)
     n, offset = spec["n"], spec["offset"]
-    want = None if n is None else offset + n
     needle = spec["filter_contains"].lower() if spec["filter_contains"] else None
     if needle and not need_text:
         raise DataError(f"{option}.filter_contains needs field or template to render the text it searches")
@@ -542,15 +541,16 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
                 continue
             if needle and needle not in text.lower():
                 continue
-            if text in excluded:
-                dropped += 1
-                continue
         matched += 1
-        if matched > offset:
-            records.append(dict(rec))
-            texts.append(text)
-            if want is not None and matched >= want:
-                break
+        if matched <= offset:
+            continue
+        if text in excluded:  # after the offset, so the offset keeps counting rows of the source
+            dropped += 1
+            continue
+        records.append(dict(rec))
+        texts.append(text)
+        if n is not None and len(records) >= n:
+            break
     bar.close()
     if matched == 0:
         raise DataError(_empty_reason(spec, option, total, missing, empty, first_missing))

@@ -1,0 +1,402 @@
+"""Experiment tracking: W&B runs that never fail a job, the local results store, and resume markers.
+
+The local record (``metrics.json``, ``config.yaml``, ``runs.jsonl``, completion markers) is the source of
+truth; W&B is a mirror of it. Every function takes plain values (dicts, paths), no Hydra.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import netrc
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+from prunekit.checkpoint import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline", "disabled")
+JOB_TYPES = ("prune", "train", "evaluate", "report")
+INDEX_FILE = "runs.jsonl"
+# Files that must exist and parse before a job counts as finished (besides its completion marker).
+FINAL_FILES = {
+    "prune": ("model/config.json", "pruning.json", "metrics.json"),
+    "train": ("model/config.json", "metrics.json"),
+    "evaluate": ("metrics.json",),
+    "report": (),
+}
+
+_offline_fallback_logged = False
+
+
+class TrackingError(ValueError):
+    """Bad tracking option (unknown wandb.mode or job type)."""
+
+
+# --------------------------------------------------------------------------------------------- options
+def check_mode(mode: str) -> str:
+    """Validate ``wandb.mode`` before any work is done."""
+    if mode not in MODES:
+        raise TrackingError(f"wandb.mode={mode!r} is not supported; allowed values: {', '.join(MODES)}")
+    return mode
+
+
+def check_job_type(job_type: str) -> str:
+    if job_type not in JOB_TYPES:
+        raise TrackingError(f"job_type={job_type!r} is not supported; allowed values: {', '.join(JOB_TYPES)}")
+    return job_type
+
+
+def has_api_key() -> bool:
+    """True when W&B can authenticate without a prompt: ``WANDB_API_KEY`` or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:  # stdlib netrc honours $NETRC and ~/.netrc, as wandb does
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def effective_mode(mode: str) -> str:
+    """``online`` without an API key becomes ``offline`` (said once per process); other modes unchanged."""
+    global _offline_fallback_logged
+    check_mode(mode)
+    if mode == "online" and not has_api_key():
+        if not _offline_fallback_logged:
+            log.warning("wandb.mode=online but no W&B API key (WANDB_API_KEY or netrc): logging offline; "
+                        "upload later with `wandb sync <run_dir>/wandb/offline-run-*`")
+            _offline_fallback_logged = True
+        return "offline"
+    return mode
+
+
+# ------------------------------------------------------------------------------------ names, tags, group
+def flatten(config: Mapping, prefix: str = "") -> dict:
+    """Nested dict -> ``{"model.name_or_path": ..., "task.target.n": ...}`` so every key is a dashboard column."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _get(cfg: Mapping, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def model_name(cfg: Mapping) -> str:
+    """Short model name: the preset's ``model.name``, else the last part of ``model.name_or_path``."""
+    name = _get(cfg, "model.name") or str(_get(cfg, "model.name_or_path", "model")).rstrip("/").split("/")[-1]
+    return str(name).lower()
+
+
+def task_name(cfg: Mapping) -> str:
+    return str(_get(cfg, "task.name") or "task")
+
+
+def strategy_label(cfg: Mapping) -> str:
+    """Strategy name, with the seed for ``random`` (its seeds are separate runs)."""
+    name = str(_get(cfg, "strategy.name") or "none")
+    if name == "random":
+        return f"random-s{_get(cfg, 'strategy.seed', _get(cfg, 'seed'))}"
+    return name
+
+
+def run_name(cfg: Mapping) -> str:
+    """Human-readable run name, e.g. ``smollm2-135m/selective/r0.10``."""
+    ratio = _get(cfg, "ratio")
+    ratio = f"r{float(ratio):.2f}" if ratio is not None else "r?"
+    return f"{model_name(cfg)}/{strategy_label(cfg)}/{ratio}"
+
+
+def tags(cfg: Mapping) -> list[str]:
+    """W&B tags for filtering: model, task, strategy, ratio."""
+    ratio = _get(cfg, "ratio")
+    return [f"model:{model_name(cfg)}", f"task:{task_name(cfg)}", f"strategy:{_get(cfg, 'strategy.name') or 'none'}",
+            f"ratio:{float(ratio):.2f}" if ratio is not None else "ratio:none"]
+
+
+def group(cfg: Mapping, sweep_dir: str | os.PathLike | None, run_dir: str | os.PathLike | None = None) -> str:
+    """W&B group: one per multirun sweep directory (same for every job and launcher); a single run gets its own.
+
+    Derived only from the (absolute) directory, so joblib/submitit jobs of one ``-m`` call agree on it.
+    """
+    base = sweep_dir if sweep_dir is not None else run_dir
+    if base is None:
+        return f"single/{run_name(cfg)}"
+    path = Path(base).expanduser().resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
+    kind = "sweep" if sweep_dir is not None else "single"
+    return f"{kind}/{path.parent.name}/{path.name}-{digest}"
+
+
+# --------------------------------------------------------------------------------------------- Tracker
+def _clean(metrics: Mapping) -> dict:
+    """Drop values W&B cannot chart (None); keep numbers, bools and strings."""
+    return {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+class Tracker:
+    """One W&B run (or none). Every call is a no-op when inactive and only warns when W&B fails.
+
+    Use as a context manager: the run is always finished, also on error, so a later run in the same process
+    never receives this run's metrics.
+    """
+
+    def __init__(self, run=None, mode: str = "disabled"):
+        self.run = run
+        self.mode = mode
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _safe(self, what: str, fn, *args, **kwargs):
+        if self.run is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - W&B must never fail the run; the local record stays
+            log.warning("W&B %s failed (%s: %s); continuing, the local record is unaffected",
+                        what, type(exc).__name__, exc)
+            return None
+
+    def log(self, metrics: Mapping, step: int | None = None) -> None:
+        self._safe("log", lambda: self.run.log(_clean(metrics), step=step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        def _do():
+            import wandb
+            self.run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+        self._safe(f"table {key}", _do)
+
+    def log_chart(self, key: str, chart) -> None:
+        """Log a ready-made ``wandb.plot`` chart or ``wandb.Image``."""
+        self._safe(f"chart {key}", lambda: self.run.log({key: chart}))
+
+    def summary(self, metrics: Mapping) -> None:
+        self._safe("summary", lambda: self.run.summary.update(_clean(metrics)))
+
+    def finish(self, exit_code: int | None = None) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B finish failed (%s: %s)", type(exc).__name__, exc)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(exit_code=1 if exc_type is not None else None)
+
+
+def start(config: Mapping, *, job_type: str, run_dir: str | os.PathLike, mode: str = "offline",
+          project: str = "prunekit", entity: str | None = None, group: str | None = None, name: str | None = None,
+          tags: Iterable[str] | None = None, settings: Mapping | None = None) -> Tracker:
+    """Start a W&B run for one job; files go to ``<run_dir>/wandb``. Never raises for W&B failures.
+
+    ``mode``: online | offline | disabled (checked first). ``disabled`` touches neither W&B nor the disk.
+    """
+    check_mode(mode)
+    check_job_type(job_type)
+    if mode == "disabled":
+        return Tracker(None, "disabled")
+    mode = effective_mode(mode)
+    run_dir = Path(run_dir).expanduser().resolve()
+    try:
+        import wandb
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=project, entity=entity, group=group, job_type=job_type, name=name,
+            tags=list(tags) if tags else None, config=flatten(config), dir=str(run_dir), mode=mode,
+            reinit="finish_previous",  # a run left open by a crashed job is closed, never reused
+            settings=wandb.Settings(**{"disable_git": True, **(settings or {})}),
+        )
+    except Exception as exc:  # noqa: BLE001 - W&B must never fail the run
+        log.warning("W&B init failed (%s: %s); continuing without W&B, the local record is unaffected",
+                    type(exc).__name__, exc)
+        return Tracker(None, "disabled")
+    return Tracker(run, mode)
+
+
+# ------------------------------------------------------------------------------------ logging helpers
+SELECTIVITY_COLUMNS = ["layer", "mean", "std", "min", "max", "target_dominant", "distractor_dominant"]
+
+
+def log_selectivity(tracker: Tracker, pruning_record: Mapping) -> None:
+    """Per-layer selectivity table and the layer-wise target/distractor-dominant counts (paper Fig. 6)."""
+    summary = pruning_record.get("selectivity_summary")
+    if not summary or not tracker.active:
+        return
+    rows = [[row.get(c) for c in SELECTIVITY_COLUMNS] for row in summary]
+    tracker.log_table("selectivity/layers", SELECTIVITY_COLUMNS, rows)
+
+    def _chart():
+        import wandb
+        return wandb.plot.line_series(
+            xs=[r["layer"] for r in summary],
+            ys=[[r["target_dominant"] for r in summary], [r["distractor_dominant"] for r in summary]],
+            keys=["target-dominant (S>0)", "distractor-dominant (S<0)"],
+            title="Layer-wise neuron distribution (Fig. 6)", xname="layer")
+    chart = tracker._safe("selectivity chart", _chart)
+    if chart is not None:
+        tracker.log_chart("selectivity/layer_distribution", chart)
+    tracker.summary({"selectivity/target_dominant": sum(r["target_dominant"] for r in summary),
+                     "selectivity/distractor_dominant": sum(r["distractor_dominant"] for r in summary)})
+
+
+GENERATION_COLUMNS = ["id", "prompt", "output", "correct", "trap", "trap_type"]
+
+
+def _is_trapped(record: Mapping) -> bool:
+    return bool(record.get("trap") or record.get("trapped") or record.get("trap_type"))
+
+
+def log_generations(tracker: Tracker, records: Iterable[Mapping], limit: int = 50,
+                    key: str = "samples/generations") -> None:
+    """A table of up to ``limit`` sample generations, trapped ones first so they always appear."""
+    if not tracker.active:
+        return
+    records = list(records)
+    chosen = [r for r in records if _is_trapped(r)][: limit // 2]
+    chosen += [r for r in records if not _is_trapped(r)][: limit - len(chosen)]
+    chosen += [r for r in records if _is_trapped(r) and r not in chosen][: limit - len(chosen)]
+    rows = [[str(r.get("id")), r.get("prompt"), r.get("output"), r.get("correct"), _is_trapped(r),
+             r.get("trap_type")] for r in chosen]
+    tracker.log_table(key, GENERATION_COLUMNS, rows)
+
+
+# ---------------------------------------------------------------------------------- local results store
+def _append_line(path: Path, line: str) -> None:
+    """Append one whole line: O_APPEND + an exclusive flock, one write() call, so parallel jobs never interleave."""
+    data = (line.rstrip("\n") + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # a short write is rare on local files; finish it while still locked
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def record_run(sweep_dir: str | os.PathLike, run_dir: str | os.PathLike, metrics: Mapping, config: Mapping,
+               status: str, job_type: str | None = None) -> dict:
+    """Append one line for this run to ``<sweep_dir>/runs.jsonl`` (append-only index); returns the entry."""
+    sweep_dir, run_dir = Path(sweep_dir), Path(run_dir)
+    try:
+        rel = str(run_dir.resolve().relative_to(sweep_dir.resolve()))
+    except ValueError:
+        rel = str(run_dir.resolve())
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": rel, "job_type": job_type, "status": status,
+             "name": run_name(config), "metrics": dict(metrics), "config": dict(config)}
+    _append_line(sweep_dir / INDEX_FILE, json.dumps(entry, default=str))
+    return entry
+
+
+def read_index(sweep_dir: str | os.PathLike) -> list[dict]:
+    """All entries of ``runs.jsonl`` (a torn last line from a killed writer is skipped with a warning)."""
+    path = Path(sweep_dir) / INDEX_FILE
+    if not path.exists():
+        return []
+    entries = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not valid JSON; skipped", path, i)
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def marker_path(run_dir: str | os.PathLike, job_type: str) -> Path:
+    return Path(run_dir) / f"complete-{check_job_type(job_type)}.json"
+
+
+def _parses(path: Path) -> bool:
+    try:
+        if path.suffix == ".json":
+            with open(path) as f:
+                json.load(f)
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_complete(run_dir: str | os.PathLike, job_type: str) -> bool:
+    """A job is complete when its completion marker and all its final files exist and parse."""
+    run_dir = Path(run_dir)
+    marker = marker_path(run_dir, job_type)
+    if not _parses(marker):
+        return False
+    try:
+        with open(marker) as f:
+            if json.load(f).get("status") != "complete":
+                return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all(_parses(run_dir / name) for name in FINAL_FILES[job_type])
+
+
+def should_skip(run_dir: str | os.PathLike, job_type: str, resume: bool = True) -> bool:
+    """True when ``resume`` is on and the job already finished in ``run_dir`` (logged)."""
+    if resume and is_complete(run_dir, job_type):
+        log.info("resume: %s job in %s is complete; skipped (resume=false re-runs it)", job_type, run_dir)
+        return True
+    return False
+
+
+def begin(run_dir: str | os.PathLike, job_type: str) -> None:
+    """Start (or redo) a job: drop its completion marker and temp files a killed earlier attempt left behind."""
+    run_dir = Path(run_dir)
+    marker_path(run_dir, job_type).unlink(missing_ok=True)
+    if not run_dir.is_dir():
+        return
+    for tmp in run_dir.rglob(".*.tmp"):  # prunekit.checkpoint's atomic-write temp names
+        if "wandb" in tmp.relative_to(run_dir).parts:
+            continue
+        log.info("resume: removing leftover temp %s", tmp)
+        if tmp.is_dir():
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def mark_complete(run_dir: str | os.PathLike, job_type: str) -> Path:
+    """Write the completion marker LAST, after every final file of the job is in place (atomic)."""
+    run_dir = Path(run_dir)
+    missing = [n for n in FINAL_FILES[check_job_type(job_type)] if not _parses(run_dir / n)]
+    if missing:
+        raise RuntimeError(f"{job_type} job in {run_dir} is not finished: missing or unreadable {missing}")
+    path = marker_path(run_dir, job_type)
+    atomic_write_json(path, {"status": "complete", "job_type": job_type,
+                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return path

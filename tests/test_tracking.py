@@ -1,0 +1,317 @@
+"""Tracking: W&B offline read-back, disabled mode, failures that never fail a run, runs.jsonl, resume."""
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from prunekit import tracking
+
+CFG = {"model": {"name": "smollm2-135m", "name_or_path": "pip:smollm2-135m-instruct"},
+       "task": {"name": "math_offline", "target": {"path": "gsm8k.jsonl", "n": 8}},
+       "strategy": {"name": "selective"}, "ratio": 0.1, "seed": 42}
+
+
+@pytest.fixture(autouse=True)
+def _wandb_sandbox(tmp_path, monkeypatch):
+    """Keep W&B's own caches/settings in tmp, no network, no API key from the environment."""
+    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "_wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+def inspect_run(run_dir: Path) -> dict:
+    """Read an offline run back from its .wandb transaction log with wandb's own reader (`wandb leet inspect`)."""
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected exactly one offline run under {run_dir}, found {runs}"
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(runs[0])], check=True,
+                         capture_output=True, text=True).stdout
+    run = {"config": {}, "summary": {}, "exit_code": None}
+    for record in (json.loads(line) for line in out.splitlines() if line.strip()):
+        kind = record["type"]
+        if kind == "run":
+            run.update({k: record["run"].get(k) for k in ("display_name", "job_type", "run_group", "tags", "run_id")})
+            run["config"].update(record["run"]["config"]["update"])
+        elif kind == "config":
+            run["config"].update(record["config"].get("update", {}))
+        elif kind == "summary":
+            run["summary"].update(record["summary"].get("update", {}))
+        elif kind == "exit":
+            run["exit_code"] = record["exit"].get("exit_code", 0)
+    return run
+
+
+def test_names_tags_group(tmp_path):
+    assert tracking.run_name(CFG) == "smollm2-135m/selective/r0.10"
+    rnd = {**CFG, "strategy": {"name": "random", "seed": 33}, "ratio": 0.35}
+    assert tracking.run_name(rnd) == "smollm2-135m/random-s33/r0.35"
+    assert tracking.tags(CFG) == ["model:smollm2-135m", "task:math_offline", "strategy:selective", "ratio:0.10"]
+    sweep = tmp_path / "multirun" / "prune" / "2026-01-01_00-00-00"
+    # every job of one sweep (whatever its overrides) shares the group; another sweep or a single run does not
+    assert tracking.group(CFG, sweep, sweep / "ratio=0.1") == tracking.group(rnd, sweep, sweep / "ratio=0.35")
+    assert tracking.group(CFG, sweep).startswith("sweep/prune/2026-01-01_00-00-00-")
+    assert tracking.group(CFG, tmp_path / "other") != tracking.group(CFG, sweep)
+    assert tracking.group(CFG, None, tmp_path / "run1") != tracking.group(CFG, None, tmp_path / "run2")
+    assert tracking.flatten(CFG)["task.target.n"] == 8
+    assert tracking.flatten(CFG)["model.name_or_path"] == "pip:smollm2-135m-instruct"
+
+
+def test_unknown_mode_errors_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"wandb.mode='cloud'.*online, offline, disabled"):
+        tracking.start(CFG, job_type="prune", run_dir=tmp_path / "r", mode="cloud")
+    with pytest.raises(ValueError, match=r"job_type='fit'.*prune, train, evaluate"):
+        tracking.start(CFG, job_type="fit", run_dir=tmp_path / "r", mode="offline")
+    assert not (tmp_path / "r").exists()
+
+
+def test_disabled_writes_no_files(tmp_path):
+    run_dir = tmp_path / "run"
+    with tracking.start(CFG, job_type="prune", run_dir=run_dir, mode="disabled") as t:
+        assert not t.active
+        t.log({"gsm8k/em": 0.5})
+        t.log_table("x", ["a"], [[1]])
+        t.summary({"a": 1})
+    assert not run_dir.exists()
+
+
+def test_offline_two_runs_in_one_process_are_distinct(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [
+        (sweep / "ratio=0.1", {**CFG, "ratio": 0.1}, {"gsm8k/em": 0.61, "gsm8k/trap_rate": 0.02, "prune/real_ratio": 0.125}),
+        (sweep / "ratio=0.2", {**CFG, "ratio": 0.2, "strategy": {"name": "reverse"}},
+         {"humaneval/pass@1": 0.25, "resources/params": 12345}),
+    ]
+    for run_dir, cfg, metrics in jobs:
+        with tracking.start(cfg, job_type="prune", run_dir=run_dir, mode="offline", project="prunekit-test",
+                            group=tracking.group(cfg, sweep), name=tracking.run_name(cfg), tags=tracking.tags(cfg),
+                            settings={"console": "off", "x_disable_stats": True}) as t:
+            assert t.active and t.mode == "offline"
+            t.log(metrics)
+            t.summary({"final/marker": cfg["ratio"]})
+
+    group = tracking.group(CFG, sweep)
+    seen_ids = set()
+    for (run_dir, cfg, metrics), other in zip(jobs, reversed(jobs)):
+        run = inspect_run(run_dir)
+        assert run["exit_code"] == 0, "run was not finished"
+        assert run["display_name"] == tracking.run_name(cfg)
+        for key, value in metrics.items():
+            assert run["summary"][key] == pytest.approx(value)
+        for key in set(other[2]) - set(metrics):
+            assert key not in run["summary"], f"metric {key} leaked from the other run"
+        assert run["summary"]["final/marker"] == cfg["ratio"]
+        for key, value in tracking.flatten(cfg).items():
+            assert run["config"][key] == value, key
+        assert run["job_type"] == "prune" and run["run_group"] == group
+        assert set(run["tags"]) == set(tracking.tags(cfg))
+        seen_ids.add(run["run_id"])
+    assert len(seen_ids) == 2
+
+
+def test_error_inside_run_still_finishes_and_next_run_is_clean(tmp_path):
+    with pytest.raises(RuntimeError):
+        with tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "a", mode="offline",
+                            settings={"console": "off", "x_disable_stats": True}) as t:
+            t.log({"first/only": 1.0})
+            raise RuntimeError("job crashed")
+    # a run opened without the context manager and never finished is closed by the next start
+    leftover = tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "b", mode="offline",
+                              settings={"console": "off", "x_disable_stats": True})
+    leftover.log({"second/only": 2.0})
+    with tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "c", mode="offline",
+                        settings={"console": "off", "x_disable_stats": True}) as t:
+        assert t.run is not leftover.run
+        t.log({"third/only": 3.0})
+    for name, key, code in (("a", "first/only", 1), ("b", "second/only", 0), ("c", "third/only", 0)):
+        run = inspect_run(tmp_path / name)
+        logged = {k for k in run["summary"] if not k.startswith("_")}
+        assert logged == {key}, (name, logged)
+        assert run["exit_code"] == code, (name, run["exit_code"])
+
+
+def test_online_without_key_falls_back_to_offline_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tracking, "_offline_fallback_logged", False)
+    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
+    assert not tracking.has_api_key()
+    assert tracking.effective_mode("online") == "offline"
+    assert tracking.effective_mode("online") == "offline"
+    assert sum("no W&B API key" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.effective_mode("online") == "online"
+    assert tracking.effective_mode("disabled") == "disabled"
+
+
+def test_wandb_failures_never_fail_the_run(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise ConnectionError("network is down")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
+    run_dir, sweep = tmp_path / "sweep" / "job0", tmp_path / "sweep"
+    with tracking.start(CFG, job_type="prune", run_dir=run_dir, mode="offline") as t:
+        assert not t.active
+        t.log({"gsm8k/em": 0.5})
+        tracking.log_selectivity(t, {"selectivity_summary": [{"layer": 0, "target_dominant": 1,
+                                                               "distractor_dominant": 2}]})
+    assert any("W&B init failed" in r.getMessage() for r in caplog.records)
+    tracking.record_run(sweep, run_dir, {"gsm8k/em": 0.5}, CFG, "complete", job_type="prune")
+    (entry,) = tracking.read_index(sweep)
+    assert entry["metrics"] == {"gsm8k/em": 0.5} and entry["run_dir"] == "job0" and entry["status"] == "complete"
+
+
+def test_exception_while_logging_is_a_warning(caplog):
+    class FlakyRun:
+        summary = {}
+
+        def log(self, *a, **k):
+            raise OSError("connection reset")
+
+        def finish(self, exit_code=None):
+            raise OSError("connection reset")
+
+    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
+    with tracking.Tracker(FlakyRun(), "online") as t:
+        t.log({"a": 1})
+        t.log_table("k", ["a"], [[1]])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("W&B log failed" in m for m in msgs) and any("W&B finish failed" in m for m in msgs)
+    assert not t.active
+
+
+class _TableSpy:
+    def __init__(self):
+        self.active, self.tables, self.summaries = True, {}, []
+
+    def log_table(self, key, columns, rows):
+        self.tables[key] = (columns, rows)
+
+    def log_chart(self, key, chart):
+        self.tables[key + "#chart"] = chart
+
+    def summary(self, m):
+        self.summaries.append(m)
+
+    def _safe(self, what, fn):
+        return fn()
+
+
+def test_log_selectivity_and_generations_tables():
+    spy = _TableSpy()
+    summary = [{"layer": i, "mean": 0.1 * i, "std": 1.0, "min": -1.0, "max": 2.0, "target_dominant": 10 + i,
+                "distractor_dominant": 20 - i} for i in range(3)]
+    tracking.log_selectivity(spy, {"selectivity_summary": summary})
+    cols, rows = spy.tables["selectivity/layers"]
+    assert cols == tracking.SELECTIVITY_COLUMNS and rows[2][5:] == [12, 18]
+    assert spy.summaries[-1] == {"selectivity/target_dominant": 33, "selectivity/distractor_dominant": 57}
+    assert "selectivity/layer_distribution#chart" in spy.tables
+
+    gens = [{"id": i, "output": f"out{i}", "correct": True} for i in range(20)]
+    gens += [{"id": 100 + i, "output": "loop " * 5, "trap_type": 2} for i in range(3)]
+    tracking.log_generations(spy, gens, limit=6)
+    cols, rows = spy.tables["samples/generations"]
+    assert len(rows) == 6
+    assert {r[0] for r in rows if r[4]} == {"100", "101", "102"}
+
+
+def _append_many(args):
+    path, worker, n = args
+    for i in range(n):
+        tracking._append_line(Path(path), json.dumps({"w": worker, "i": i, "pad": "x" * 20000}))
+
+
+def test_runs_jsonl_concurrent_appends_stay_whole_lines(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(_append_many, [(str(path), w, 50) for w in range(4)])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 200
+    seen = {(d["w"], d["i"]) for d in map(json.loads, lines)}
+    assert seen == {(w, i) for w in range(4) for i in range(50)}
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def _write_prune_outputs(run_dir: Path, em: float) -> None:
+    from prunekit.checkpoint import atomic_write_json
+    atomic_write_json(run_dir / "model" / "config.json", {"intermediate_size": 256})
+    atomic_write_json(run_dir / "pruning.json", {"ratio": 0.1})
+    atomic_write_json(run_dir / "metrics.json", {"gsm8k/em": em})
+
+
+def run_job(run_dir: Path, em: float, resume: bool = True) -> bool:
+    """The resume protocol the pipeline follows: skip, or begin -> write outputs -> mark_complete. True if run."""
+    if tracking.should_skip(run_dir, "prune", resume):
+        return False
+    tracking.begin(run_dir, "prune")
+    _write_prune_outputs(run_dir, em)
+    tracking.mark_complete(run_dir, "prune")
+    return True
+
+
+def test_is_complete_requires_marker_and_parseable_files(tmp_path):
+    run = tmp_path / "r"
+    assert not tracking.is_complete(run, "prune")
+    _write_prune_outputs(run, 0.5)
+    assert not tracking.is_complete(run, "prune")  # no marker yet: a job killed before its last step
+    tracking.mark_complete(run, "prune")
+    assert tracking.is_complete(run, "prune")
+    assert not tracking.is_complete(run, "train")
+    (run / "metrics.json").write_text('{"gsm8k/em": 0.')  # truncated by hand: not complete any more
+    assert not tracking.is_complete(run, "prune")
+    with pytest.raises(RuntimeError, match="metrics.json"):
+        tracking.mark_complete(run, "prune")
+
+
+KILLED_JOB = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from prunekit import tracking
+    from prunekit.checkpoint import atomic_write_json
+    run = Path(sys.argv[1])
+    tracking.begin(run, "prune")
+    atomic_write_json(run / "model" / "config.json", {"intermediate_size": 256})
+    (run / ".metrics.json.half.tmp").write_text('{"gsm8k/em"')   # an atomic write cut short
+    print("ready", flush=True)
+    time.sleep(60)                                                 # killed here, before pruning.json/marker
+""")
+
+
+def test_killed_job_is_redone_and_finished_jobs_are_kept(tmp_path):
+    sweep = tmp_path / "sweep"
+    done, killed = sweep / "ratio=0.1", sweep / "ratio=0.2"
+    assert run_job(done, em=0.61)
+    before = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+    mtimes = {p: p.stat().st_mtime_ns for p in before}
+
+    # a real process killed mid-job (SIGKILL: no cleanup code runs)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_JOB, str(killed)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not tracking.is_complete(killed, "prune")
+    assert (killed / ".metrics.json.half.tmp").exists()
+
+    # re-running the same sweep: the finished job is skipped, the killed one redone and cleaned
+    time.sleep(0.01)
+    ran = {d.name: run_job(d, em=0.5) for d in (done, killed)}
+    assert ran == {"ratio=0.1": False, "ratio=0.2": True}
+    assert tracking.is_complete(killed, "prune")
+    assert not list(killed.rglob(".*.tmp"))
+    assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == mtimes
+    # resume=false re-runs a finished job
+    assert run_job(done, em=0.7, resume=False)
+    assert json.loads((done / "metrics.json").read_text()) == {"gsm8k/em": 0.7}

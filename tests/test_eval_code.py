@@ -138,6 +138,15 @@ def test_defining_block_wins_over_example_block(by_id):
     assert check(p, out)["passed"]
 
 
+def test_fence_after_prose_and_indented_block(by_id):
+    p = by_id["HumanEval/2"]
+    inline = "Here you go: ```python\n" + _full(p) + "``` That's all."
+    assert check(p, inline)["passed"]
+    indented = "1. The solution:\n\n" + "\n".join("    " + ln for ln in ("```python\n" + _full(p) + "```").splitlines())
+    assert sanitize(indented, p).lstrip().startswith("def truncate_number")
+    assert check(p, indented)["passed"]
+
+
 def test_prompt_helper_is_supplied(by_id):
     p = by_id["HumanEval/10"]  # make_palindrome relies on the prompt's is_palindrome
     assert "def is_palindrome" in p["prompt"]

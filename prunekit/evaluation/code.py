@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +33,8 @@ HUMANEVAL_INSTRUCTION = (
 )
 REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*$", re.MULTILINE)
+# A ``` fence and the rest of its line (a language tag, or prose after a closing fence); it may follow text.
+_FENCE = re.compile(r"```[^`\n]*$", re.MULTILINE)
 _CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)")
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -219,10 +221,13 @@ def sanitize(completion: str, problem: Mapping) -> str:
     """
     entry = problem["entry_point"]
     code, _ = _extract_code(completion, entry)
+    # A whole solution indented as a block (e.g. inside a markdown list) is dedented first.
+    for candidate in dict.fromkeys([code, textwrap.dedent(code)]):
+        clean = _keep_top_level(candidate)
+        fn = _defined(clean).get(entry)
+        if fn is not None and _has_body(fn):
+            return _prompt_context(problem["prompt"], clean, entry) + clean
     clean = _keep_top_level(code)
-    fn = _defined(clean).get(entry)
-    if fn is not None and _has_body(fn):
-        return _prompt_context(problem["prompt"], clean, entry) + clean
     continued = _keep_top_level(problem["prompt"] + code)
     fn = _defined(continued).get(entry)
     if fn is not None and _has_body(fn):

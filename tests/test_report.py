@@ -1,0 +1,176 @@
+"""Report: every table and figure from a tiny hand-written sweep; numbers checked against the records."""
+
+import json
+import pytest
+import yaml
+
+from prunekit import report
+
+D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
+EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
+      ("random", 0.1, 42): 0.60, ("random", 0.2, 42): 0.30, ("random", 0.1, 33): 0.50, ("random", 0.2, 33): 0.20}
+BASE_EM, FT_EM = 0.80, 0.75
+KEPT = {0.1: 8064, 0.2: 7168}  # 128-aligned kept widths for d_ff 8960
+
+
+def _write(run_dir, metrics, config, pruning=None, training=None):
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if pruning is not None:
+        (run_dir / "pruning.json").write_text(json.dumps(pruning))
+    if training is not None:
+        (run_dir / "training.json").write_text(json.dumps(training))
+
+
+def make_sweep(root, model="Qwen/Qwen2.5-Math-1.5B-Instruct", task="math", metric="gsm8k/em", scale=1.0):
+    """A sweep of a baseline, 2 ratios x {selective, reverse, random 42/33} and one fine-tuned run."""
+    bench = metric.split("/")[0]
+    cfg = {"model": {"name": "qwen", "name_or_path": model}, "task": {"name": task}, "ratio": 0.1, "seed": 42}
+    _write(root / "baseline", {metric: BASE_EM * scale, f"{bench}/trap_rate": 0.01, "resources/peak_mem_gb": 3.0,
+                               "resources/tokens_per_s": 40.0, "resources/params": 1000},
+           {**cfg, "strategy": {"name": "selective"}})
+    summary = [{"layer": i, "mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0, "target_dominant": 100 * (i + 1),
+                "distractor_dominant": D_FF - 100 * (i + 1)} for i in range(3)]
+    for key, em in EM.items():
+        strategy, ratio, seed = (key + (42,))[:3]
+        name = f"ratio={ratio},strategy={strategy},seed={seed}"
+        pruning = {"source_model": model, "strategy": strategy, "seed": seed, "ratio": ratio,
+                   "real_ratio": (D_FF - KEPT[ratio]) / D_FF, "d_ff": D_FF, "kept_width": KEPT[ratio],
+                   "selectivity_summary": summary if strategy != "random" else None, "kept_indices": []}
+        metrics = {"prune/real_ratio": pruning["real_ratio"], metric: em * scale, f"{bench}/trap_rate": ratio / 5,
+                   "distractor/sss": {"selective": 0.5, "reverse": 0.9, "random": 0.7}[strategy] - ratio,
+                   "resources/peak_mem_gb": 3.0 - ratio, "resources/tokens_per_s": 40.0 + 10 * ratio,
+                   "resources/params": 1000 - 1000 * ratio}
+        _write(root / name, metrics, {**cfg, "ratio": ratio, "strategy": {"name": strategy, "seed": seed}}, pruning)
+    pruned = root / "ratio=0.1,strategy=selective,seed=42"
+    _write(root / "finetune-selective-0.1", {metric: FT_EM * scale, f"{bench}/trap_rate": 0.0, "train/loss": 0.3},
+           {**cfg, "model": {"name": "pruned", "name_or_path": str(pruned / "model")}}, training={"steps": 10})
+    return root
+
+
+def md_table(md: str, heading: str) -> dict[str, dict[str, str]]:
+    """The first Markdown table after the heading containing ``heading``: {row label: {column: cell}}."""
+    block = md.split(heading, 1)[1].split("\n###", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {r[0]: dict(zip(header[1:], r[1:])) for r in rows}
+
+
+def test_tables_match_the_records(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    result = report.build_report([sweep], tmp_path / "out")
+    ((key, t),) = result["tables"].items()
+    assert key == ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math")
+    assert t["metric"] == "gsm8k/em" and t["d_ff"] == D_FF
+
+    # Table 2: requested vs real, from pruning.json
+    t2 = t["table2"]
+    for ratio, kept in KEPT.items():
+        assert t2.loc[ratio, "real %"] == pytest.approx(100 * (D_FF - kept) / D_FF)
+        assert t2.loc[ratio, "kept width"] == kept
+    # Table 3: EM and trap %, each cell from its run's metrics.json
+    for key_, em in EM.items():
+        strategy, ratio, seed = (key_ + (42,))[:3]
+        col = f"random-s{seed}" if strategy == "random" else strategy
+        assert t["accuracy"].loc[ratio, col] == pytest.approx(100 * em)
+        assert t["trap"].loc[ratio, col] == pytest.approx(100 * ratio / 5)
+    assert t["baseline"] == pytest.approx(80.0)
+    # eq. 3 relative loss, eq. 4 relative gain, eq. 5 ΔA
+    assert t["relative_loss"].loc[0.1, "selective"] == pytest.approx(12.5)
+    assert t["relative_loss"].loc[0.2, "reverse"] == pytest.approx(75.0)
+    assert t["finetuned"].loc[0.1, "selective"] == pytest.approx(75.0)
+    assert t["relative_gain"].loc[0.1, "selective"] == pytest.approx((75 - 70) / 70 * 100)
+    assert t["delta"].loc[0.1, "ΔA"] == pytest.approx(70 - (60 + 50) / 2)
+    assert t["delta"].loc[0.2, "ΔA"] == pytest.approx(50 - (30 + 20) / 2)
+    assert (t["delta"]["random seeds"] == 2).all()
+    # Table 5: resources averaged over the strategies at one ratio; the baseline is ratio 0
+    assert t["table5"].loc[0.0, "peak mem GB"] == pytest.approx(3.0)
+    assert t["table5"].loc[0.2, "tokens/s"] == pytest.approx(42.0)
+    # Fig. 5 / Fig. 6 data
+    assert t["sss"].loc[0.1, "reverse"] == pytest.approx(0.8)
+    assert t["layers"]["target_dominant"].tolist() == [100, 200, 300]
+
+    md = result["markdown"].read_text()
+    t3 = md_table(md, "Table 3")
+    assert t3["10 %"]["selective"] == "70.00 (2.00)" and t3["10 %"]["reverse"] == "40.00 (2.00)"
+    assert t3["original"]["selective"] == "80.00 (1.00)"
+    assert md_table(md, "Table 2")["20 %"] == {"requested %": "20.00", "real %": "20.00", "d_ff": "8960",
+                                               "kept width": "7168"}
+    assert md_table(md, "Relative accuracy loss")["10 %"]["selective"] == "12.50"
+    assert md_table(md, "Relative gain")["10 %"]["selective"] == "7.14"
+    assert md_table(md, "ΔA")["20 %"]["ΔA"] == "25.00"
+    assert md_table(md, "Table 5")["original"]["tokens/s"] == "40.00"
+    figs = result["figures"][key]
+    assert sorted(figs) == ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6"]
+    for path in figs.values():
+        assert path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({path.name})" in md
+
+
+def test_missing_numbers_say_na(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    for d in ("baseline", "finetune-selective-0.1"):
+        for f in (sweep / d).iterdir():
+            f.unlink()
+        (sweep / d).rmdir()
+    result = report.build_report([sweep], tmp_path / "out")
+    (t,) = result["tables"].values()
+    assert t["baseline"] is None and t["relative_loss"].empty and t["finetuned"].empty
+    md = result["markdown"].read_text()
+    assert "n/a: needs an evaluation of the original model" in md and "n/a: no fine-tuning runs" in md
+    assert "fig1" not in result["figures"][next(iter(result["figures"]))]
+
+
+def test_paper_numbers_beside_ours(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    md = report.build_report([sweep], tmp_path / "out", paper=True)["markdown"].read_text()
+    assert "paper column: Qwen-1.5B Math" in md
+    assert "82.11 (1.44)" in md          # Table 3, 10 %
+    assert "84.0 (0.91)" in md           # Table 3, original
+    assert "82.64 (1.14)" not in md      # Table 4 has no 5 % run here
+    assert "82.18 (1.21)" in md          # Table 4, 10 %
+    assert "2.90" in md and "46.21" in md  # Table 5, original
+
+
+def test_empty_dir_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(report.ReportError, match="no runs in"):
+        report.build_report([tmp_path / "empty"])
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "error: no runs in" in capsys.readouterr().err
+    with pytest.raises(report.ReportError, match="does not exist"):
+        report.build_report([tmp_path / "missing"])
+
+
+def test_mixed_sweeps_are_kept_apart(tmp_path):
+    math_sweep = make_sweep(tmp_path / "math")
+    code_sweep = make_sweep(tmp_path / "code", model="Qwen/Qwen2.5-Coder-1.5B-Instruct", task="code",
+                            metric="humaneval/pass@1", scale=0.5)
+    result = report.build_report([math_sweep, code_sweep], tmp_path / "out")
+    assert set(result["tables"]) == {("Qwen/Qwen2.5-Math-1.5B-Instruct", "math"),
+                                     ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "code")}
+    code = result["tables"][("Qwen/Qwen2.5-Coder-1.5B-Instruct", "code")]
+    math_t = result["tables"][("Qwen/Qwen2.5-Math-1.5B-Instruct", "math")]
+    assert code["metric"] == "humaneval/pass@1" and code["baseline"] == pytest.approx(40.0)
+    assert math_t["baseline"] == pytest.approx(80.0)
+    assert code["accuracy"].loc[0.1, "selective"] == pytest.approx(35.0)
+    md = result["markdown"].read_text()
+    assert "2 different model/task combinations" in md and "separate sections" in md
+    names = {p.name for figs in result["figures"].values() for p in figs.values()}
+    assert len(names) == 12  # 6 figures per section, none overwritten
+
+
+def test_cli_writes_report_and_logs_figures_offline(tmp_path, monkeypatch, capsys):
+    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "_wandb_home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = make_sweep(tmp_path / "sweep")
+    assert report.main([str(sweep), "--wandb", "--wandb-mode", "offline"]) == 0
+    out = sweep / "report"
+    assert (out / "report.md").is_file()
+    images = list((out / "wandb").glob("offline-run-*/files/media/images/**/*.png"))
+    assert len(images) == 6
+    assert report.main([str(sweep), "--wandb", "--wandb-mode", "cloud"]) == 2
+    assert "wandb.mode='cloud'" in capsys.readouterr().err

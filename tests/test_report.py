@@ -1,6 +1,7 @@
 """Report: every table and figure from a tiny hand-written sweep; numbers checked against the records."""
 
 import json
+from pathlib import Path
 import pytest
 import yaml
 
@@ -174,3 +175,30 @@ def test_cli_writes_report_and_logs_figures_offline(tmp_path, monkeypatch, capsy
     assert len(images) == 6
     assert report.main([str(sweep), "--wandb", "--wandb-mode", "cloud"]) == 2
     assert "wandb.mode='cloud'" in capsys.readouterr().err
+
+
+def _compose_experiment(name, overrides=()):
+    from hydra import compose, initialize_config_dir
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    main = yaml.safe_load((conf / "config.yaml").read_text())
+    listed = any(isinstance(d, dict) and "experiment" in d for d in main.get("defaults", []))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"{'' if listed else '+'}experiment={name}", *overrides],
+                       return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name, model, task, lora_r", [
+    ("paper_math_1.5b", "qwen2.5-math-1.5b", "math", 8), ("paper_math_7b", "qwen2.5-math-7b", "math", 8),
+    ("paper_code_1.5b", "qwen2.5-coder-1.5b", "code", 16), ("paper_code_7b", "qwen2.5-coder-7b", "code", 16)])
+def test_paper_experiments_sweep_the_papers_grid(name, model, task, lora_r, monkeypatch):
+    from omegaconf import OmegaConf
+    monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
+    cfg = _compose_experiment(name, ["arm=random_s33"])
+    assert (cfg.model.name, cfg.task.name, cfg.lora.r, cfg.evaluate) == (model, task, lora_r, True)
+    params = cfg.hydra.sweeper.params
+    assert [float(r) for r in params.ratio.split(",")] == list(report.PAPER_RATIOS)
+    arms = params.arm.split(",")
+    strategies = [OmegaConf.to_container(_compose_experiment(name, [f"arm={a}"]).strategy, resolve=True)
+                  for a in arms]
+    assert strategies == [{"name": "selective"}, {"name": "reverse"}, {"name": "random", "seed": 42},
+                          {"name": "random", "seed": 33}]

@@ -66,8 +66,17 @@ def settings(lora: Mapping) -> dict[str, Any]:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct last name components of the model's Linear modules (what LoRA `target_modules` can name)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)})
+    """Distinct last name components of the model's Linear modules (what LoRA `target_modules` can name).
+
+    On a model that already has LoRA layers, `q_proj.base_layer` counts as `q_proj` and the adapters are skipped.
+    """
+    names = set()
+    for name, mod in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(mod, nn.Linear) or {"lora_A", "lora_B"} & set(parts):
+            continue
+        names.add(parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1])
+    return sorted(names)
 
 
 def _number(s: Mapping, key: str, kind=float):
@@ -303,8 +312,11 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     from transformers import get_scheduler
 
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    num_processes = PartialState().num_processes
+    # The process count is needed to validate before the Accelerator exists; pass the CPU flag the way
+    # AcceleratorState does, or this first PartialState would pin multi-process CPU runs to one process.
+    num_processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes
     s = validate(model, lora, len(examples), num_processes)
     per_device, eff = int(s["per_device_batch_size"]), int(s["effective_batch_size"])
     accum = eff // (per_device * num_processes)

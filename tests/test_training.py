@@ -158,6 +158,12 @@ def test_validate_rejects_bad_input(override, n, procs, pattern):
         training.validate(tiny_model(), lora(**override), n, num_processes=procs)
 
 
+def test_target_names_are_found_on_a_model_that_already_has_lora():
+    peft_model = training.make_peft_model(tiny_model(), lora())
+    assert training.linear_module_names(peft_model) == training.linear_module_names(tiny_model())
+    training.validate(peft_model, lora(), 10)
+
+
 def test_validate_requires_core_fields_and_fills_defaults():
     with pytest.raises(TrainingConfigError, match=r"miss \['r'\]"):
         training.validate(tiny_model(), {k: v for k, v in lora().items() if k != "r"}, 10)
@@ -196,7 +202,7 @@ def test_loss_decreases_and_logs_every_step(tok, tmp_path):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tok, tmp_path):
-    ex = examples(tok, 40)
+    ex = examples(tok, 38)  # 19 micro-batches of 2 per epoch: the 10th step of each epoch has 1 micro-batch
     cfg = lora(epochs=2, save_every_steps=3, per_device_batch_size=2, effective_batch_size=4)  # 10 steps/epoch
     full_log = []
     full = training.train_lora(tiny_model(), tok, ex, cfg, out_dir=tmp_path / "full",

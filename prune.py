@@ -1,15 +1,14 @@
 """Prune a model: `python prune.py [overrides]`, or a sweep: `python prune.py -m ratio=0.05,0.1 strategy=selective,reverse`."""
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 
 from prunekit import pipeline
-from prunekit.cli import guarded
+from prunekit.cli import guarded, hydra_dirs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> None:
-    guarded(pipeline.prune, cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    guarded(pipeline.prune, cfg, **hydra_dirs())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ from prunekit.scoring import RunningStats
 log = logging.getLogger(__name__)
 
 
+class CaptureError(ValueError):
+    """A capture option out of range."""
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
     """What changes the captured numbers (batch size does not, beyond float rounding)."""
@@ -31,9 +35,9 @@ class CaptureSettings:
 
     def __post_init__(self):
         if self.max_length < 1:
-            raise ValueError(f"capture.max_length={self.max_length}: must be an integer >= 1")
+            raise CaptureError(f"capture.max_length={self.max_length}: must be an integer >= 1")
         if self.batch_size < 1:
-            raise ValueError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
+            raise CaptureError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
 
 
 def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:

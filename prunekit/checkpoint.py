@@ -9,6 +9,14 @@ from pathlib import Path
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _public(path: Path, is_dir: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give results the permissions of a normal write."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_UMASK)
+
 
 @contextmanager
 def _temp_path(path: Path, suffix: str = ""):
@@ -19,6 +27,7 @@ def _temp_path(path: Path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        _public(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -47,6 +56,7 @@ def atomic_dir(path: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _public(tmp, is_dir=True)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

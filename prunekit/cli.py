@@ -1,9 +1,34 @@
-"""What the entry scripts share: bad input becomes a one-line error and exit code 2, not a traceback."""
+"""Glue shared by the entry scripts (the only prunekit module that touches Hydra): run directories, and bad input
+turned into a one-line error with exit status 2 instead of a traceback."""
 
+import hashlib
 import logging
+import re
 import sys
 
+from omegaconf import OmegaConf
+
 log = logging.getLogger("prunekit")
+
+
+def sweep_id(argv: list[str] | None = None) -> str:
+    """A sweep directory name that is the same whenever the same command is run again (so resume finds it):
+    the sorted non-Hydra overrides, readable and shortened, plus a hash of them all."""
+    args = sorted(a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("-", "hydra.", "hydra/")))
+    readable = re.sub(r"[^A-Za-z0-9=,.+_-]+", "_", "_".join(args))[:80] or "defaults"
+    return f"{readable}-{hashlib.sha1(chr(0).join(args).encode()).hexdigest()[:6]}"
+
+
+OmegaConf.register_new_resolver("sweep_id", sweep_id, replace=True)
+
+
+def hydra_dirs() -> dict:
+    """``run_dir`` of this job and ``sweep_dir`` of its multirun (None for a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return {"run_dir": hc.runtime.output_dir, "sweep_dir": hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None}
 
 
 def is_usage_error(exc: BaseException) -> bool:

@@ -1,10 +1,15 @@
-"""Pruning strategies: per-neuron scores -> the neuron indices each layer keeps (same count in every layer)."""
+"""Pruning strategies: per-neuron scores -> the neurons each layer loses (same count in every layer), or, for the
+single-layer deactivation strategies of the detrimental-neuron method, the neurons of one layer to zero."""
 
 import torch
 
-# Strategies that rank neurons by selectivity scores, and the one that ignores them.
-SCORE_STRATEGIES = ("selective", "reverse")
-STRATEGIES = SCORE_STRATEGIES + ("random",)
+# Physical, uniform 128-aligned pruning; which scores each one ranks by (lowest removed first).
+PHYSICAL = ("selective", "reverse", "random", "attribution", "selective_attribution")
+# Zero the top-attributed (or random) neurons of ONE layer; the width is unchanged (arXiv 2507.09185).
+DEACTIVATION = ("detrimental", "detrimental_random")
+STRATEGIES = PHYSICAL + DEACTIVATION
+NEEDS_SELECTIVITY = ("selective", "reverse", "selective_attribution")
+NEEDS_ATTRIBUTION = ("attribution", "selective_attribution", "detrimental")
 
 
 class StrategyError(ValueError):
@@ -22,18 +27,37 @@ def _lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     return order[:, :n_prune]
 
 
+def ranking(name: str, selectivity: torch.Tensor | None = None, attribution: torch.Tensor | None = None, *,
+            rank_by: str = "signed", weight: float = 0.5) -> torch.Tensor:
+    """The score whose LOWEST values a physical strategy removes first."""
+    from prunekit import attribution as ig  # torch-only import; kept local so strategies stay light
+
+    if name == "selective":
+        return selectivity
+    if name == "reverse":
+        return -selectivity
+    if name == "attribution":
+        return attribution.abs() if rank_by == "abs" else attribution
+    if name == "selective_attribution":
+        return ig.combined_scores(selectivity, attribution, weight)
+    raise StrategyError(f"strategy.name='{name}' does not rank by scores")
+
+
 def pruned_indices(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
     """Which neurons each layer loses: [layers, n_prune] indices.
 
-    selective: lowest selectivity (least task-specific); reverse: highest; random: seeded uniform choice.
+    ``random`` draws a seeded uniform set per layer; every other physical strategy removes the lowest
+    ``scores`` (for selective: selectivity; reverse: its negation; see ``ranking``).
     """
     check_strategy(name)
     if name == "random":
         gen = torch.Generator().manual_seed(int(seed))
         return torch.stack([torch.randperm(d_ff, generator=gen)[:n_prune] for _ in range(layers)])
+    if name not in PHYSICAL:
+        raise StrategyError(f"strategy.name='{name}' deactivates one layer; it has no uniform pruning set")
     if scores is None:
         raise StrategyError(f"strategy.name='{name}' needs scores")
-    return _lowest(scores if name == "selective" else -scores, n_prune)
+    return _lowest(scores, n_prune)
 
 
 def kept_indices(pruned: torch.Tensor, d_ff: int) -> list[torch.Tensor]:
@@ -44,5 +68,5 @@ def kept_indices(pruned: torch.Tensor, d_ff: int) -> list[torch.Tensor]:
 
 
 def choose(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
-    """Kept indices per layer (sorted LongTensors) for a strategy."""
+    """Kept indices per layer (sorted LongTensors) for a physical strategy, given its ranking scores."""
     return kept_indices(pruned_indices(name, scores, n_prune, d_ff=d_ff, layers=layers, seed=seed), d_ff)

@@ -12,8 +12,8 @@ def _scores(layers=3, d_ff=512, seed=0):
 
 def test_selective_and_reverse_pick_opposite_ends():
     scores = _scores()
-    sel = strategies.pruned_indices("selective", scores, 128, d_ff=512, layers=3)
-    rev = strategies.pruned_indices("reverse", scores, 128, d_ff=512, layers=3)
+    sel = strategies.pruned_indices("selective", strategies.ranking("selective", scores), 128, d_ff=512, layers=3)
+    rev = strategies.pruned_indices("reverse", strategies.ranking("reverse", scores), 128, d_ff=512, layers=3)
     for layer in range(3):
         s = scores[layer]
         assert s[sel[layer]].max() < s[rev[layer]].min()
@@ -35,7 +35,8 @@ def test_kept_indices_are_sorted_complement():
 def test_ties_broken_by_index():
     scores = torch.zeros(1, 256)
     assert strategies.pruned_indices("selective", scores, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
-    assert strategies.pruned_indices("reverse", scores, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
+    rev = strategies.ranking("reverse", scores)
+    assert strategies.pruned_indices("reverse", rev, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
 
 
 def test_random_is_reproducible_per_seed_and_differs_across_seeds():
@@ -48,5 +49,18 @@ def test_random_is_reproducible_per_seed_and_differs_across_seeds():
 
 
 def test_unknown_strategy_is_named():
-    with pytest.raises(strategies.StrategyError, match="strategy.name='best'.*allowed: selective, reverse, random"):
+    with pytest.raises(strategies.StrategyError, match="strategy.name='best'.*allowed: selective, reverse, random, attribution"):
         strategies.choose("best", _scores(), 128, d_ff=512, layers=3)
+
+
+def test_attribution_rankings():
+    s, a = _scores(seed=1), _scores(seed=2)
+    assert torch.equal(strategies.ranking("attribution", attribution=a), a)
+    assert torch.equal(strategies.ranking("attribution", attribution=a, rank_by="abs"), a.abs())
+    both = strategies.ranking("selective_attribution", s, a, weight=0.0)
+    assert torch.equal(torch.argsort(both, dim=1, stable=True), torch.argsort(s, dim=1, stable=True))
+
+
+def test_deactivation_strategies_have_no_uniform_set():
+    with pytest.raises(strategies.StrategyError, match="deactivates one layer"):
+        strategies.choose("detrimental", _scores(), 128, d_ff=512, layers=3)

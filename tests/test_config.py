@@ -1,0 +1,78 @@
+"""Every config in conf/ composes, and the CLI's bad-input paths fail fast with a one-line message."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_config_composes_and_resolves(group, option, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
+    cfg = _compose([f"{group}={option}"])
+    plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert isinstance(plain["ratio"], float) and 0 < plain["ratio"] < 1
+    assert plain[group] is not None
+
+
+def test_defaults_are_the_offline_default():
+    cfg = _compose([])
+    assert cfg.model.name_or_path == "pip:smollm2-135m-instruct"
+    assert cfg.strategy.name == "selective"
+    assert cfg.ratio == 0.1 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
+
+
+def test_cli_fields_reach_every_spec():
+    cfg = _compose(["task=math", "task.target.path=my.jsonl", "task.distractors.squad.n=200",
+                    "model.name_or_path=/some/dir", "ratio=0.25"])
+    assert cfg.task.target.path == "my.jsonl" and cfg.task.distractors.squad.n == 200
+    assert cfg.model.name_or_path == "/some/dir" and cfg.ratio == 0.25
+
+
+def _prune(*overrides, cwd):
+    return subprocess.run([sys.executable, str(REPO / "prune.py"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ratio=1.5"], "ratio=1.5: must be in the open interval (0, 1)"),
+    (["ratio=0"], "ratio=0"),
+    (["capture.max_length=0"], "capture.max_length=0: must be an integer >= 1"),
+    (["strategy.name=best"], "strategy.name='best': unknown strategy; allowed: selective, reverse, random, "),
+    (["model.name_or_path=/no/such/dir"], "model.name_or_path='/no/such/dir': no such directory or file"),
+    (["model.name_or_path=pip:nope"], "model.name_or_path='pip:nope': unknown pip model"),
+    (["task.target.path=/no/such.jsonl"], "task.target.path='/no/such.jsonl'"),
+])
+def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
+    out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.parametrize("group, bad, listed", [
+    ("strategy", "best", "selective"), ("model", "gpt5", "smollm2-135m"), ("task", "poetry", "math_offline")])
+def test_unknown_group_option_lists_the_options(group, bad, listed, tmp_path):
+    out = _prune(f"{group}={bad}", cwd=tmp_path)
+    assert out.returncode != 0
+    assert f"Could not find '{group}/{bad}'" in out.stderr and f"Available options in '{group}'" in out.stderr
+    assert f"\t{listed}\n" in out.stderr

@@ -1,0 +1,104 @@
+"""prune.py end to end on a tiny model: a 2x2 multirun captures once, resumes, and writes stock checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+from prunekit import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "capture.max_length=48",
+        "capture.batch_size=4", "wandb.mode=disabled"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+
+
+def _run_sweep(tmp_path, model_cache):
+    cmd = [sys.executable, str(REPO / "prune.py"), "-m", "ratio=0.1,0.5", "strategy=selective,reverse", *TINY,
+           f"hydra.sweep.dir={tmp_path}/sweep", f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_sweep_runs_four_jobs_and_one_capture_then_resumes(tmp_path, model_cache):
+    _run_sweep(tmp_path, model_cache)
+    runs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 4
+    metrics = {r.name: json.loads((r / "metrics.json").read_text()) for r in runs}
+    assert sorted(m["capture/cached"] for m in metrics.values()) == [False, True, True, True]
+    assert len(list((tmp_path / "cache" / "activations").glob("*.pt"))) == 1
+    assert all("ratio=" in r.name and "strategy=" in r.name for r in runs)  # readable job directories
+    records = {}
+    for run in runs:
+        rec = json.loads((run / "pruning.json").read_text())
+        records[(rec["ratio"], rec["strategy"])] = rec
+        kept_width = 256 if rec["ratio"] == 0.1 else 128  # d_ff 384: 10 % -> 128 removed, 50 % -> 256 removed
+        assert rec["kept_width"] == kept_width and all(len(k) == kept_width for k in rec["kept_indices"])
+        model = AutoModelForCausalLM.from_pretrained(run / "model")
+        assert model.config.intermediate_size == kept_width
+        assert model.model.layers[0].mlp.down_proj.weight.shape[1] == kept_width
+    assert len(records) == 4
+    sel = records[(0.5, "selective")]["kept_indices"]
+    rev = records[(0.5, "reverse")]["kept_indices"]
+    assert all(set(a).isdisjoint(b) for a, b in zip(sel, rev))  # 128 lowest-S kept by reverse vs 128 highest by selective
+    index = (tmp_path / "sweep" / "runs.jsonl").read_text().splitlines()
+    assert len(index) == 4
+
+    # Re-running the same sweep skips the finished jobs (resume=true): nothing is rewritten.
+    stamps = {r.name: (r / "model" / "model.safetensors").stat().st_mtime_ns for r in runs}
+    _run_sweep(tmp_path, model_cache)
+    assert {r.name: (r / "model" / "model.safetensors").stat().st_mtime_ns for r in runs} == stamps
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob("*/prune.log"))
+    assert logs.count("already complete") == 4
+
+
+def _cfg(tmp_path, model_cache, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
+                                            *overrides])
+
+
+def test_random_strategy_needs_no_capture_and_is_seeded(tmp_path, model_cache):
+    for seed, sub in ((42, "a"), (42, "b"), (33, "c")):
+        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=random", f"strategy.seed={seed}"), tmp_path / sub)
+    kept = {s: json.loads((tmp_path / s / "pruning.json").read_text())["kept_indices"] for s in "abc"}
+    assert kept["a"] == kept["b"] != kept["c"]
+    assert not (tmp_path / "cache" / "activations").exists()
+
+
+def test_detrimental_random_zeroes_one_layer_and_keeps_width(tmp_path, model_cache):
+    metrics = pipeline.prune(_cfg(tmp_path, model_cache, "strategy=detrimental_random", "strategy.layer=1",
+                                  "strategy.percent=0.25"), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "pruning.json").read_text())
+    assert metrics["prune/params_after"] == metrics["prune/params_before"]
+    assert len(record["deactivated"]) == 96 and record["layer"] == 1
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    gate = model.model.layers[1].mlp.gate_proj.weight
+    assert torch.count_nonzero(gate[record["deactivated"]]) == 0 and torch.count_nonzero(gate) > 0
+
+
+def test_failed_run_leaves_earlier_results_intact(tmp_path, model_cache, monkeypatch):
+    run = tmp_path / "run"
+    pipeline.prune(_cfg(tmp_path, model_cache, "resume=false"), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    weights = (run / "model" / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "save_model", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipeline.prune(_cfg(tmp_path, model_cache, "resume=false", "ratio=0.5"), run)
+    assert (run / "model" / "model.safetensors").read_bytes() == weights
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(before["metrics.json"])
+    assert not list(run.glob(".*.tmp"))

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.mlp import mlp_layers
-from prunekit.scoring import RunningStats
+from prunekit.scoring import RunningStats, merge_all
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,22 @@ def _batches(tokenizer, prompts: list[str], settings: CaptureSettings):
         yield tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length)
 
 
+def gather_stats(local: RunningStats) -> RunningStats:
+    """Combine every process's statistics (counts, means, M2: never per-prompt tensors) in rank order."""
+    state = PartialState()
+    if state.num_processes == 1:
+        return local
+    return merge_all(gather_object([local]))
+
+
 @torch.no_grad()
 def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: CaptureSettings) -> dict[str, RunningStats]:
-    """Streaming statistics per prompt set (e.g. ``target``, ``distractor/squad``), shapes [layers, d_ff]."""
+    """Streaming statistics per prompt set (e.g. ``target``, ``distractor/squad``), shapes [layers, d_ff].
+
+    Under ``accelerate launch --num_processes N`` each process captures a contiguous shard of every set and the
+    statistics are merged exactly, so every process ends with the same result as one process would.
+    """
+    state = PartialState()
     layers = mlp_layers(model)
     d_ff = layers[0].d_ff
     decoder = model.get_decoder()
@@ -104,16 +119,18 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
     results = {}
     try:
         with down_proj_inputs(model) as (buffer, set_mask):
-            for name, prompts in prompt_sets.items():
+            for name, all_prompts in prompt_sets.items():
                 stats = RunningStats.empty(len(layers), d_ff)
-                n_batches = -(-len(prompts) // settings.batch_size)
-                for batch in tqdm(_batches(tokenizer, prompts, settings), total=n_batches, desc=f"capture {name}"):
+                with state.split_between_processes(list(all_prompts)) as prompts:
+                    n_batches = -(-len(prompts) // settings.batch_size)
+                    batches = _batches(tokenizer, prompts, settings) if prompts else []
+                for batch in tqdm(batches, total=n_batches, desc=f"capture {name}", disable=not state.is_local_main_process):
                     batch = {k: v.to(device) for k, v in batch.items()}
                     set_mask(batch["attention_mask"])
                     decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                     values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
                     stats = stats.merge(RunningStats.of(values))
-                results[name] = stats
+                results[name] = stats = gather_stats(stats)
                 log.info("captured %d prompts of set '%s'", stats.count, name)
     finally:
         tokenizer.padding_side = padding_side

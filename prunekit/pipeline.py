@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking
@@ -54,7 +55,10 @@ def load_model(cfg, source):
 
 @contextmanager
 def tracked(cfg, job_type: str, run_dir: Path, sweep_dir):
-    """A W&B run around one job (never fails the job); the local record is written by the caller."""
+    """A W&B run around one job on the main process (never fails the job); the caller writes the local record."""
+    if not PartialState().is_main_process:
+        yield tracking.Tracker(None, "disabled")
+        return
     config = plain(cfg)
     group = cfg.wandb.group or tracking.group(config, sweep_dir, run_dir)
     with tracking.start(config, job_type=job_type, run_dir=run_dir, mode=cfg.wandb.mode, project=cfg.wandb.project,
@@ -74,9 +78,10 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict) -
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     """With resume=true, the metrics of a job that already finished in this run directory; else None."""
     if tracking.should_skip(run_dir, job_type, cfg.resume):
-        log.info("%s: %s already complete in %s (resume=true): skipping", job_type, job_type, run_dir)
+        log.info("%s job already complete in %s (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
-    tracking.begin(run_dir, job_type)
+    if PartialState().is_main_process:
+        tracking.begin(run_dir, job_type)
     return None
 
 
@@ -98,7 +103,8 @@ def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> t
         return stats, True
     log.info("capturing activations (cache key %s)", key)
     stats = capture.statistics(model, tokenizer, sets, settings)
-    capture.save_cached(path, stats)
+    if PartialState().is_main_process:
+        capture.save_cached(path, stats)
     return stats, False
 
 
@@ -162,6 +168,10 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                 if name in strategies.NEEDS_ATTRIBUTION:
                     layers = [strategy["layer"]] if name == "detrimental" else None
                     attrib, ig_key = attribution_scores(cfg, strategy, model, tokenizer, source, sets["target"], layers)
+
+            # Under `accelerate launch`, the other processes helped capture; the main process does the rest.
+            if not PartialState().is_main_process:
+                return {}
 
             # 4. Remove neurons: uniform physical pruning, or zero one layer's detrimental (or random) neurons.
             with timer("prune"):

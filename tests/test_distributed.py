@@ -1,0 +1,44 @@
+"""Capture sharded over 2 CPU processes (accelerate launch, gloo) equals capture in one process."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from prunekit import capture, models
+from tests.test_capture import PROMPTS
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from accelerate import PartialState
+    from prunekit import capture, models
+    tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, sys.argv[2])
+    model = models.tiny_model("llama", len(tokenizer))
+    prompts = {"target": %r, "distractor/x": %r}
+    stats = capture.statistics(model, tokenizer, prompts, capture.CaptureSettings(max_length=32, batch_size=2))
+    if PartialState().is_main_process:
+        torch.save({k: s.to_dict() for k, s in stats.items()}, sys.argv[1])
+""")
+
+
+def test_two_process_capture_equals_one_process(tmp_path, tokenizer, model_cache):
+    prompts = {"target": PROMPTS * 2 + ["One more."], "distractor/x": PROMPTS[::-1]}
+    script = tmp_path / "cap.py"
+    script.write_text(SCRIPT % (prompts["target"], prompts["distractor/x"]))
+    out = tmp_path / "stats.pt"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(out), str(model_cache)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = torch.load(out, weights_only=True)
+
+    model = models.tiny_model("llama", len(tokenizer))
+    one = capture.statistics(model, tokenizer, prompts, capture.CaptureSettings(max_length=32, batch_size=2))
+    for name in prompts:
+        assert two[name]["count"] == one[name].count == len(prompts[name])
+        torch.testing.assert_close(two[name]["mean"], one[name].mean, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(two[name]["m2"], one[name].m2, rtol=1e-4, atol=1e-9)

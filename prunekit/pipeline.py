@@ -5,6 +5,7 @@ and, in a multirun, the sweep directory; Hydra itself stays in the entry scripts
 """
 
 import gc
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -14,8 +15,9 @@ import torch
 from accelerate import PartialState
 from omegaconf import OmegaConf
 
-from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking
+from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, read_json, save_model
+from prunekit.evaluation import suite
 from prunekit.mlp import check_architecture
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,25 @@ def attribution_scores(cfg, strategy, model, tokenizer, source, prompts, layers=
     return scores, key
 
 
+def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
+    """The unpruned source model's distractor outputs (cached per model + prompts + settings), for similarity."""
+    if "similarity" not in cfg.eval.parts:
+        return None
+    model_id = json.dumps(models.identity(source, cfg.model.revision), sort_keys=True)
+    return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
+
+
+def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, checkpoint_dir=None) -> dict:
+    """The evaluation suite on an in-memory model; its sample generations also go to W&B."""
+    metrics = suite.evaluate(model, tokenizer, plain(cfg.task), plain(cfg.eval), run_dir=run_dir,
+                             reference_outputs=reference, checkpoint_dir=checkpoint_dir)
+    generations = run_dir / "samples.jsonl"
+    if generations.exists():
+        rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+        tracking.log_generations(tracker, rows, limit=cfg.wandb.log_generations)
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------------- prune
 def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
     """capture -> scores -> choose -> physical pruning (or one-layer deactivation) -> stock checkpoint + records."""
@@ -146,6 +167,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         d_ff, n_layers = config.intermediate_size, config.num_hidden_layers
         attribution.check_options(strategy, n_layers=n_layers, available=len(sets.get("target", [])) or None)
         n_prune = 0 if deactivation else slicing.check_ratio(d_ff, cfg.ratio)
+        if cfg.evaluate:
+            suite.check_settings(plain(cfg.eval), task)
     done = skip_if_complete(cfg, "prune", run_dir)
     if done is not None:
         return done
@@ -172,6 +195,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             # Under `accelerate launch`, the other processes helped capture; the main process does the rest.
             if not PartialState().is_main_process:
                 return {}
+            with timer("reference"):
+                reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
 
             # 4. Remove neurons: uniform physical pruning, or zero one layer's detrimental (or random) neurons.
             with timer("prune"):
@@ -201,6 +226,10 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             with timer("save"):
                 save_model(model, tokenizer, run_dir / "model")
                 atomic_write_json(run_dir / "pruning.json", record)
+
+            # 6. Evaluate the pruned model (evaluate=true): task metric, traps, similarity, resources, NLL.
+            evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model") \
+                if cfg.evaluate else {}
         finally:
             del model, tokenizer
             release_memory()
@@ -213,6 +242,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             "prune/params_after": params_after,
             "resources/params": params_after,
             "capture/cached": cached,
+            **evaluated,
             **timer,
         }
         tracker.log(metrics)
@@ -221,4 +251,131 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     finish_record(cfg, "prune", run_dir, sweep_dir, metrics)
     log.info("%s: real ratio %.4f, params %d -> %d; saved %s", name, record["real_ratio"], params_before,
              params_after, run_dir / "model")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def pruning_record_of(name_or_path: str) -> dict | None:
+    """pruning.json of a checkpoint written by prune.py/train.py (it sits beside ``model/``), if any."""
+    path = Path(name_or_path).expanduser().parent / "pruning.json"
+    return read_json(path) if path.is_file() else None
+
+
+def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
+    """Evaluate any checkpoint (original, pruned or recovered), or re-score a generations file without a model."""
+    run_dir = Path(run_dir)
+    tracking.check_mode(cfg.wandb.mode)
+    task, settings = plain(cfg.task), plain(cfg.eval)
+    suite.check_settings(settings, task)
+    rescoring = bool(settings.get("generations"))
+    source = None if rescoring else models.resolve(cfg.model.name_or_path)
+    if source is not None:
+        check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
+    done = skip_if_complete(cfg, "evaluate", run_dir)
+    if done is not None:
+        return done
+
+    timer = Timer()
+    with tracked(cfg, "evaluate", run_dir, sweep_dir) as tracker:
+        if rescoring:
+            with timer("rescore"):
+                metrics = suite.rescore(task, settings, settings["generations"], run_dir)
+        else:
+            record = pruning_record_of(cfg.model.name_or_path)
+            reference = None
+            if "similarity" in settings["parts"]:
+                with timer("reference"):
+                    reference = _source_reference(cfg, record, source)
+            with timer("load"):
+                model, tokenizer = load_model(cfg, source)
+            try:
+                checkpoint = cfg.model.name_or_path if source.kind == "dir" else None
+                metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint)
+            finally:
+                del model, tokenizer
+                release_memory()
+            if record is not None:
+                metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
+        metrics.update(timer)
+        tracker.log(metrics)
+        tracker.summary(metrics)
+    finish_record(cfg, "evaluate", run_dir, sweep_dir, metrics)
+    return metrics
+
+
+def _source_reference(cfg, record: dict | None, source) -> dict | None:
+    """Reference outputs from the unpruned model a checkpoint came from (the checkpoint itself if unpruned)."""
+    if record is not None:
+        source = models.resolve(record["source_model"])
+    model, tokenizer = load_model(cfg, source)
+    try:
+        return reference_outputs(cfg, model, tokenizer, source)
+    finally:
+        del model, tokenizer
+        release_memory()
+
+
+# ---------------------------------------------------------------------------------------------- train
+GAIN_METRICS = ("gsm8k/em", "humaneval/pass@1", "distractor/sss")
+
+
+def relative_gain(before: dict, after: dict) -> dict:
+    """Paper eq. 4: (A_after - A_before) / A_before x 100, for the task metrics both runs have."""
+    return {f"gain/{k}": (after[k] - before[k]) / before[k] * 100
+            for k in GAIN_METRICS if k in after and isinstance(before.get(k), (int, float)) and before[k]}
+
+
+def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
+    """LoRA recovery of a (pruned) checkpoint -> adapter + merged stock checkpoint, training.json, metrics."""
+    run_dir = Path(run_dir)
+    tracking.check_mode(cfg.wandb.mode)
+    task, lora = plain(cfg.task), plain(cfg.lora)
+    source = models.resolve(cfg.model.name_or_path)
+    if "train" not in task:
+        raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
+    records = data.load_records(task["train"], "task.train")
+    if cfg.evaluate:
+        suite.check_settings(plain(cfg.eval), task)
+    check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
+    done = skip_if_complete(cfg, "train", run_dir)
+    if done is not None:
+        return done
+
+    timer = Timer()
+    record = pruning_record_of(cfg.model.name_or_path)
+    with tracked(cfg, "train", run_dir, sweep_dir) as tracker:
+        reference = None
+        if cfg.evaluate and "similarity" in cfg.eval.parts:
+            with timer("reference"):
+                reference = _source_reference(cfg, record, source)
+        with timer("load"):
+            model, tokenizer = load_model(cfg, source)
+        try:
+            examples = training.build_examples(records, tokenizer=tokenizer,
+                                               prompt_template=task["train"]["prompt_template"],
+                                               response_field=task["train"]["response_field"],
+                                               max_length=int(lora.get("max_length", 1024)))
+            resume_from = cfg.train.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
+            with timer("train"):
+                summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
+                                              resume_from=resume_from, log=tracker.log)
+            with timer("merge"):
+                model = training.merge_and_save(summary.pop("peft_model"), tokenizer, run_dir)
+            if record is not None:
+                atomic_write_json(run_dir / "pruning.json", record)
+            atomic_write_json(run_dir / "training.json", {"source_model": cfg.model.name_or_path, "lora": lora,
+                                                          "examples": len(examples), **summary})
+            scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model") \
+                if cfg.evaluate else {}
+        finally:
+            del model, tokenizer
+            release_memory()
+        before_path = Path(cfg.model.name_or_path).expanduser().parent / "metrics.json"
+        before = read_json(before_path) if before_path.is_file() else {}
+        metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
+                   **scores, **relative_gain(before, scores), **timer}
+        if record is not None:
+            metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
+        tracker.summary(metrics)
+    finish_record(cfg, "train", run_dir, sweep_dir, metrics)
     return metrics

@@ -1,0 +1,15 @@
+"""Evaluate any checkpoint: `python evaluate.py model.name_or_path=<run>/model task=math`; re-score: `eval.generations=<file.jsonl>`."""
+
+import hydra
+
+from prunekit import pipeline
+from prunekit.cli import guarded, hydra_dirs
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg) -> None:
+    guarded(pipeline.evaluate, cfg, **hydra_dirs())
+
+
+if __name__ == "__main__":
+    main()

@@ -360,9 +360,9 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
         micro_losses, step_tokens, t_step = [], 0, time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(wrapped):
-                out = wrapped(**batch)
-                accelerator.backward(out.loss)
-                micro_losses.append(out.loss.detach())
+                loss = wrapped(**batch).loss  # keep no reference to the logits past this line (vocab-sized)
+                accelerator.backward(loss)
+                micro_losses.append(loss.detach())
                 step_tokens += int(batch["attention_mask"].sum())
                 grad_norm = None
                 if accelerator.sync_gradients:

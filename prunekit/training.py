@@ -307,12 +307,9 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     `checkpoints/step-N` every `save_every_steps` optimizer steps; `resume_from` continues such a checkpoint
     at the same step and data position. `log(metrics, step)` gets train/loss, lr, grad_norm, tokens_per_s.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import parse_flag_from_env, set_seed
     from transformers import get_scheduler
-
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
     # The process count is needed to validate before the Accelerator exists; pass the CPU flag the way
     # AcceleratorState does, or this first PartialState would pin multi-process CPU runs to one process.

@@ -19,7 +19,17 @@ def sweep_id(argv: list[str] | None = None) -> str:
     return f"{readable}-{hashlib.sha1(chr(0).join(args).encode()).hexdigest()[:6]}"
 
 
+def job_dirname(override_dirname: str, limit: int = 120) -> str:
+    """A job's sub-directory from its overrides: readable, one path component ('/' replaced), at most ``limit``
+    characters (longer ones keep their start plus a hash, so different jobs never collide)."""
+    name = override_dirname.replace("/", "_") or "defaults"
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 8]}-{hashlib.sha1(name.encode()).hexdigest()[:7]}"
+
+
 OmegaConf.register_new_resolver("sweep_id", sweep_id, replace=True)
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def hydra_dirs() -> dict:

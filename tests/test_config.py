@@ -76,3 +76,16 @@ def test_unknown_group_option_lists_the_options(group, bad, listed, tmp_path):
     assert out.returncode != 0
     assert f"Could not find '{group}/{bad}'" in out.stderr and f"Available options in '{group}'" in out.stderr
     assert f"\t{listed}\n" in out.stderr
+
+
+def test_job_and_sweep_dirnames_are_stable_short_and_distinct():
+    from prunekit.cli import job_dirname, sweep_id
+
+    assert job_dirname("ratio=0.05,strategy=selective") == "ratio=0.05,strategy=selective"
+    assert job_dirname("model.name_or_path=/a/b,ratio=0.1") == "model.name_or_path=_a_b,ratio=0.1"
+    long_a, long_b = "x=" + "a" * 300 + ",ratio=0.1", "x=" + "a" * 300 + ",ratio=0.2"
+    assert len(job_dirname(long_a)) == 120 and job_dirname(long_a) != job_dirname(long_b)
+    assert job_dirname(long_a) == job_dirname(long_a)
+    same = sweep_id(["-m", "strategy=selective,reverse", "ratio=0.05,0.1"])
+    assert same == sweep_id(["ratio=0.05,0.1", "--multirun", "strategy=selective,reverse", "hydra.verbose=true"])
+    assert same != sweep_id(["-m", "ratio=0.05,0.1"])

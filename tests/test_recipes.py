@@ -1,0 +1,126 @@
+"""prune (with evaluation), evaluate, re-score and train recipes end to end on a tiny model; W&B offline sweep."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+from prunekit import pipeline
+from prunekit.evaluation import suite
+from tests.test_tracking import inspect_run
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "capture.max_length=48",
+         "wandb.mode=disabled", "eval.n=4", "task.eval.distractors.conversations.n=3", "eval.max_new_tokens=16",
+         "eval.similarity.max_new_tokens=12", "eval.throughput.prompts=2", "eval.throughput.max_new_tokens=8"]
+
+
+def _cfg(tmp_path, model_cache, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*SMALL, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
+                                            *overrides])
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def pruned(tmp_path, model_cache):
+    run = tmp_path / "prune"
+    metrics = pipeline.prune(_cfg(tmp_path, model_cache), run)
+    return run, metrics
+
+
+def test_prune_evaluates_its_result(pruned, tmp_path):
+    run, metrics = pruned
+    for key in ("gsm8k/em", "gsm8k/trap_rate", "gsm8k/trap_type1", "gsm8k/trap_type2", "gsm8k/nll",
+                "distractor/sss", "resources/params", "resources/peak_mem_gb", "resources/tokens_per_s"):
+        assert key in metrics, key
+    generations = _lines(run / "generations.jsonl")
+    assert len(generations) == 4 and all({"id", "prompt", "output", "stop_reason"} <= set(g) for g in generations)
+    samples = _lines(run / "samples.jsonl")
+    assert metrics["gsm8k/em"] == sum(bool(s["correct"]) for s in samples) / len(samples)
+    assert json.loads((run / "metrics.json").read_text())["gsm8k/em"] == metrics["gsm8k/em"]
+    assert len(list((tmp_path / "cache" / "references").glob("*.json"))) == 1  # unpruned model's distractor outputs
+
+
+def test_evaluate_a_pruned_checkpoint_reuses_reference_outputs(pruned, tmp_path, model_cache):
+    run, _ = pruned
+    refs = sorted((tmp_path / "cache" / "references").glob("*.json"))
+    stamp = refs[0].stat().st_mtime_ns
+    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model"), tmp_path / "eval")
+    assert metrics["prune/real_ratio"] == json.loads((run / "pruning.json").read_text())["real_ratio"]
+    assert sorted((tmp_path / "cache" / "references").glob("*.json")) == refs and refs[0].stat().st_mtime_ns == stamp
+    assert (tmp_path / "eval" / "complete-evaluate.json").exists()
+
+
+def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
+    run, _ = pruned
+    cfg = _cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed")
+    gold = {s["id"]: s["gold"] for s in suite.target_samples(pipeline.plain(cfg.task), pipeline.plain(cfg.eval))}
+    ids = [g["id"] for g in _lines(run / "generations.jsonl")]
+    assert sorted(ids) == sorted(gold)
+    # Right answers for the first three ids (from another engine), a wrong one for the last.
+    outputs = [{"id": i, "output": "so the answer is \\boxed{" + (gold[i] if n < 3 else "-1") + "}"}
+               for n, i in enumerate(ids)]
+    path = tmp_path / "outside.jsonl"
+    path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
+    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
+                                     f"eval.generations={path}"), tmp_path / "rescore")
+    assert metrics["gsm8k/em"] == 0.75 and metrics["gsm8k/trap_rate"] == 0.0
+
+
+def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, model_cache):
+    run, _ = pruned
+    out = tmp_path / "train"
+    metrics = pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "task.train.n=8",
+                                  "lora.max_length=96", "lora.epochs=1", "lora.effective_batch_size=4",
+                                  "lora.per_device_batch_size=2", "evaluate=false"), out)
+    assert metrics["train/steps"] == 2 and metrics["train/final_loss"] > 0
+    assert json.loads((out / "pruning.json").read_text()) == json.loads((run / "pruning.json").read_text())
+    assert json.loads((out / "training.json").read_text())["source_model"] == f"{run}/model"
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert merged.config.intermediate_size == json.loads((run / "pruning.json").read_text())["kept_width"]
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_train_rejects_bad_lora_before_training(pruned, tmp_path, model_cache):
+    run, _ = pruned
+    with pytest.raises(ValueError, match="lora.r must be a positive integer"):
+        pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "lora.r=0", "evaluate=false",
+                            "task.train.n=4"), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "model").exists()
+
+
+def test_wandb_offline_sweep_runs_are_distinct(tmp_path, model_cache, monkeypatch):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "NETRC": str(tmp_path / "no-netrc"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wb"), "WANDB_CACHE_DIR": str(tmp_path / "wb"),
+           "WANDB_DATA_DIR": str(tmp_path / "wb")}
+    env.pop("WANDB_API_KEY", None)
+    cmd = [sys.executable, str(REPO / "prune.py"), "-m", "ratio=0.1,0.5", *SMALL, "evaluate=false",
+           "wandb.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", f"cache_dir={tmp_path}/cache",
+           f"model.cache_dir={model_cache}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    seen = []
+    for run in runs:
+        local = json.loads((run / "metrics.json").read_text())
+        wb = inspect_run(run)
+        assert wb["job_type"] == "prune"
+        for key, value in local.items():
+            if value is not None:
+                assert wb["summary"][key] == pytest.approx(value), key
+        assert wb["config"]["ratio"] == local["prune/ratio"]
+        assert wb["config"]["model.name_or_path"] == "tiny:llama"
+        seen.append(wb)
+    assert seen[0]["run_group"] == seen[1]["run_group"]
+    assert seen[0]["run_id"] != seen[1]["run_id"]
+    assert seen[0]["summary"]["prune/kept_width"] != seen[1]["summary"]["prune/kept_width"]

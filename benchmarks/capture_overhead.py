@@ -19,6 +19,13 @@ def plain_forward(model, tokenizer, prompts, settings) -> None:
             model(**batch, use_cache=False)
 
 
+def decoder_forward(model, tokenizer, prompts, settings) -> None:
+    """The same batches through the decoder only (what capture runs), no hooks: isolates the hook cost."""
+    with torch.no_grad():
+        for batch in capture._batches(tokenizer, prompts, settings):
+            model.get_decoder()(**batch, use_cache=False)
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -44,15 +51,18 @@ def main() -> None:
 
     plain_forward(model, tokenizer, prompts[: args.batch_size], settings)  # warm-up
     # Interleaved repeats, best of each: background load hits both sides alike.
-    t_plain, t_capture = float("inf"), float("inf")
+    t_plain = t_decoder = t_capture = float("inf")
     for _ in range(args.repeats):
         t_plain = min(t_plain, timed(lambda: plain_forward(model, tokenizer, prompts, settings)))
+        t_decoder = min(t_decoder, timed(lambda: decoder_forward(model, tokenizer, prompts, settings)))
         t_capture = min(t_capture, timed(lambda: capture.statistics(model, tokenizer, {"target": prompts}, settings)))
     print(f"model={args.model} prompts={args.n} batch={args.batch_size} max_length={args.max_length} "
           f"threads={torch.get_num_threads()}")
     print(f"plain forward (full model, no hooks): {t_plain:.3f} s")
+    print(f"decoder-only forward (no LM head):     {t_decoder:.3f} s")
     print(f"capture.statistics (hooks + stats):    {t_capture:.3f} s")
     print(f"capture / plain forward ratio: {t_capture / t_plain:.3f}  (target <= 1.10)")
+    print(f"capture / decoder-only forward ratio (hook + statistics overhead alone): {t_capture / t_decoder:.3f}")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,8 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     run_dir = Path(run_dir)
     tracking.check_mode(cfg.wandb.mode)
     task, settings = plain(cfg.task), plain(cfg.eval)
+    if cfg.get("generations"):  # `generations=<file>` at the top level is the documented short form
+        settings["generations"] = cfg.generations
     suite.check_settings(settings, task)
     rescoring = bool(settings.get("generations"))
     source = None if rescoring else models.resolve(cfg.model.name_or_path)

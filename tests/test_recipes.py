@@ -72,7 +72,7 @@ def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
     path = tmp_path / "outside.jsonl"
     path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
     metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
-                                     f"eval.generations={path}"), tmp_path / "rescore")
+                                     f"generations={path}"), tmp_path / "rescore")
     assert metrics["gsm8k/em"] == 0.75 and metrics["gsm8k/trap_rate"] == 0.0
 
 

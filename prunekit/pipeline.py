@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
@@ -58,7 +57,7 @@ def load_model(cfg, source):
 @contextmanager
 def tracked(cfg, job_type: str, run_dir: Path, sweep_dir):
     """A W&B run around one job on the main process (never fails the job); the caller writes the local record."""
-    if not PartialState().is_main_process:
+    if not models.process_state().is_main_process:
         yield tracking.Tracker(None, "disabled")
         return
     config = plain(cfg)
@@ -82,7 +81,7 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     if tracking.should_skip(run_dir, job_type, cfg.resume):
         log.info("%s job already complete in %s (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
-    if PartialState().is_main_process:
+    if models.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
     return None
 
@@ -105,7 +104,7 @@ def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> t
         return stats, True
     log.info("capturing activations (cache key %s)", key)
     stats = capture.statistics(model, tokenizer, sets, settings)
-    if PartialState().is_main_process:
+    if models.process_state().is_main_process:
         capture.save_cached(path, stats)
     return stats, False
 
@@ -193,7 +192,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                     attrib, ig_key = attribution_scores(cfg, strategy, model, tokenizer, source, sets["target"], layers)
 
             # Under `accelerate launch`, the other processes helped capture; the main process does the rest.
-            if not PartialState().is_main_process:
+            if not models.process_state().is_main_process:
                 return {}
             with timer("reference"):
                 reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None

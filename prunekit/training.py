@@ -307,13 +307,14 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     `checkpoints/step-N` every `save_every_steps` optimizer steps; `resume_from` continues such a checkpoint
     at the same step and data position. `log(metrics, step)` gets train/loss, lr, grad_norm, tokens_per_s.
     """
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import parse_flag_from_env, set_seed
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    # The process count is needed to validate before the Accelerator exists; pass the CPU flag the way
-    # AcceleratorState does, or this first PartialState would pin multi-process CPU runs to one process.
-    num_processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes
+    from prunekit.models import process_state
+
+    # The process count is needed to validate before the Accelerator exists (CPU processes form a gloo group).
+    num_processes = process_state().num_processes
     s = validate(model, lora, len(examples), num_processes)
     per_device, eff = int(s["per_device_batch_size"]), int(s["effective_batch_size"])
     accum = eff // (per_device * num_processes)

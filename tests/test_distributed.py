@@ -13,13 +13,15 @@ from tests.test_capture import PROMPTS
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
-    from accelerate import PartialState
     from prunekit import capture, models
     tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, sys.argv[2])
     model = models.tiny_model("llama", len(tokenizer))
     prompts = {"target": %r, "distractor/x": %r}
     stats = capture.statistics(model, tokenizer, prompts, capture.CaptureSettings(max_length=32, batch_size=2))
-    if PartialState().is_main_process:
+    state = models.process_state()
+    with state.split_between_processes(prompts["target"]) as shard:
+        print(f"rank {state.process_index}/{state.num_processes} captured {len(shard)} target prompts", flush=True)
+    if state.is_main_process:
         torch.save({k: s.to_dict() for k, s in stats.items()}, sys.argv[1])
 """)
 
@@ -29,11 +31,14 @@ def test_two_process_capture_equals_one_process(tmp_path, tokenizer, model_cache
     script = tmp_path / "cap.py"
     script.write_text(SCRIPT % (prompts["target"], prompts["distractor/x"]))
     out = tmp_path / "stats.pt"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(out), str(model_cache)]
+    # `accelerate launch --multi_gpu` starts processes through torchrun; without CUDA they form a gloo CPU group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(out),
+           str(model_cache)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0/2 captured 6 target prompts" in run.stdout and "rank 1/2 captured 5 target prompts" in run.stdout
     two = torch.load(out, weights_only=True)
 
     model = models.tiny_model("llama", len(tokenizer))

@@ -408,6 +408,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
+def grid_metric(runs: list[Run]) -> str | None:
+    """The metric a detrimental grid is judged by: the task metric, else the first lm-eval accuracy."""
+    metric = primary_metric(runs)
+    if metric:
+        return metric
+    keys = sorted({k for r in runs for k in r.metrics if k.startswith("lmeval/") and k.endswith("/acc")})
+    return keys[0] if keys else None
+
+
+def detrimental_grid(runs: list[Run]) -> tuple[pd.DataFrame, dict | None, str | None]:
+    """Method 2's grid search: metric per (layer, percent) of the ``detrimental`` runs, and the best setting
+    (``attribution.select_best``: ties go to the smaller percent, then the lower layer)."""
+    from prunekit.attribution import select_best
+
+    grid = [r for r in runs if r.pruning and r.pruning.get("strategy") == "detrimental"]
+    metric = grid_metric(grid)
+    rows = [{"layer": r.pruning["layer"], "percent": r.pruning["percent"], metric: _num(r.metrics.get(metric)),
+             "run": str(r.path)} for r in grid if metric and _num(r.metrics.get(metric)) is not None]
+    if not rows:
+        return pd.DataFrame(), None, metric
+    table = pd.DataFrame(rows).pivot_table(index="layer", columns="percent", values=metric, aggfunc="last")
+    return table, select_best(rows, metric), metric
+
+
 def render_section(key: tuple[str, str], runs: list[Run], out: Path, paper: bool, prefix: str) -> tuple[str, dict, dict]:
     """Markdown for one (model, task) section, its figure files and its tables (numbers)."""
     t = section_tables(runs)
@@ -460,6 +484,14 @@ def render_section(key: tuple[str, str], runs: list[Run], out: Path, paper: bool
         if not df.empty:
             md += [_markdown(_fmt_df(df, 3 if fig == "fig5" else 2)), ""]
         md += [f"![{fig}]({figs[fig].name})" if fig in figs else missing, ""]
+    grid, best, grid_by = detrimental_grid(runs)
+    t["detrimental_grid"], t["detrimental_best"] = grid, best
+    if best is not None:
+        md += ["### Detrimental-neuron grid (method 2): " + f"{grid_by} per layer x percent (adaptation split)", "",
+               _markdown(_fmt_df(grid, 4)), "",
+               f"Best setting: layer {best['layer']}, percent {best['percent']} ({grid_by} = {fmt(best[grid_by], 4)}). "
+               "Evaluate it on the test split:", "",
+               f"    python evaluate.py model.name_or_path={best['run']}/model task={key[1]}", ""]
     return "\n".join(md), figs, t
 
 

@@ -202,3 +202,22 @@ def test_paper_experiments_sweep_the_papers_grid(name, model, task, lora_r, monk
                   for a in arms]
     assert strategies == [{"name": "selective"}, {"name": "reverse"}, {"name": "random", "seed": 42},
                           {"name": "random", "seed": 33}]
+
+
+def test_detrimental_grid_picks_the_best_setting(tmp_path):
+    model = "pip:smollm2-135m-instruct"
+    cfg = {"model": {"name": "smol", "name_or_path": model}, "task": {"name": "math_offline"}}
+    acc = {(3, 0.1): 0.40, (3, 0.2): 0.55, (7, 0.1): 0.55, (7, 0.2): 0.30}  # a tie: 0.55 at two settings
+    for (layer, percent), value in acc.items():
+        pruning = {"source_model": model, "strategy": "detrimental", "seed": 42, "ratio": 0.0, "real_ratio": 0.0,
+                   "d_ff": 1536, "kept_width": 1536, "layer": layer, "percent": percent, "deactivated": []}
+        _write(tmp_path / "grid" / f"layer={layer},percent={percent}", {"lmeval/copa/acc": value},
+               {**cfg, "strategy": {"name": "detrimental", "layer": layer, "percent": percent}}, pruning)
+    result = report.build_report([tmp_path / "grid"], tmp_path / "out")
+    ((_, t),) = result["tables"].items()
+    assert t["detrimental_grid"].loc[3, 0.2] == 0.55 and t["detrimental_grid"].loc[7, 0.1] == 0.55
+    best = t["detrimental_best"]
+    assert (best["layer"], best["percent"]) == (7, 0.1)  # tie -> the smaller percent
+    md = Path(result["markdown"]).read_text()
+    assert "Best setting: layer 7, percent 0.1" in md
+    assert f"evaluate.py model.name_or_path={tmp_path / 'grid' / 'layer=7,percent=0.1'}/model" in md

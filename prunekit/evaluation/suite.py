@@ -1,0 +1,631 @@
+"""Evaluation suite: one call runs the enabled parts of issue 4 on an in-memory model and returns flat metrics.
+
+Parts: `task` (GSM8K EM / HumanEval pass@1 on greedy generations), `traps` (trap rate, Type 1 / Type 2),
+`similarity` (distractor similarity against the unpruned source model's outputs, paper eq. 6), `resources`
+(params, checkpoint size, peak memory, batch-1 tokens/s), `nll` (target NLL on gold solutions) and `lm_eval`.
+`rescore` scores an existing generations file (vLLM, an API, ...) without a model.
+
+`task` is the task preset as a plain dict (its `eval:` section holds `metric`, `target` with `gold_field`,
+`distractors`, optional `max_new_tokens`); `settings` is `conf/eval/default.yaml` as a plain dict (missing keys
+take the defaults of `DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from statistics import fmean
+
+from tqdm.auto import tqdm
+
+from prunekit import data
+from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
+
+log = logging.getLogger(__name__)
+
+PARTS = ("task", "traps", "similarity", "resources", "nll", "lm_eval")
+METRICS = ("gsm8k", "humaneval")
+# Paper: 1024 "unconstrained" tokens for GSM8K (trap analysis), 512 for HumanEval (Table 8).
+DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "humaneval": 512}
+# Distractor set name -> comparison kind: QnA outputs by BERTScore F1, dialogue outputs by SBERT cosine.
+DISTRACTOR_KINDS = {"squad": "qna", "qna": "qna", "conversations": "dialogue", "dialogue": "dialogue"}
+GENERATIONS_FILE = "generations.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+DISTRACTOR_FILE = "distractor_generations.jsonl"
+# Bumped when the reference generation recipe changes, so old cached references are not reused.
+REFERENCE_VERSION = 1
+
+# Mirror of conf/eval/default.yaml (a test keeps the two equal), so plain callers can pass partial settings.
+DEFAULTS: dict = {
+    "parts": ["task", "traps", "similarity", "resources", "nll", "lm_eval"],
+    "batch_size": 8,
+    "max_batch_tokens": 4096,
+    "chat_template": True,
+    "max_new_tokens": None,
+    "loop_detection": True,
+    "stop_on_answer": False,
+    "n": None,
+    "similarity": {"sbert_model": similarity.DEFAULT_MODEL, "bertscore_model": similarity.DEFAULT_MODEL,
+                   "bertscore_rescale": None, "bertscore_num_layers": None, "max_new_tokens": 128,
+                   "batch_size": 32},
+    "throughput": {"prompts": 4, "max_new_tokens": 32},
+    "code": {"workers": 2, "timeout_s": 3.0},
+    "nll": {"max_length": 1024},
+    "lm_eval": {"tasks": [], "include_path": None, "limit": None, "num_fewshot": None},
+    "generations": None,
+    "reference_cache_dir": None,
+}
+
+
+class SuiteError(ValueError):
+    """Bad evaluation settings, task or generations file; the message names the option and allowed values."""
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def _as_plain(value):
+    """Mapping/sequence trees (an OmegaConf node too, by duck typing) -> dicts and lists."""
+    if isinstance(value, Mapping) or (hasattr(value, "items") and not isinstance(value, (str, bytes))):
+        return {str(k): _as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and hasattr(value, "__len__")
+                                            and not isinstance(value, (str, bytes))):
+        return [_as_plain(v) for v in value]
+    return value
+
+
+def resolve_settings(settings: Mapping | None) -> dict:
+    """DEFAULTS overlaid with `settings` (one level of nesting); unknown keys are an error naming the allowed ones."""
+    given = _as_plain(settings or {})
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in given.items():
+        if key not in DEFAULTS:
+            raise SuiteError(f"eval.{key}: unknown setting; allowed: {', '.join(DEFAULTS)}")
+        if isinstance(DEFAULTS[key], dict):
+            if not isinstance(value, dict):
+                raise SuiteError(f"eval.{key} must be a mapping with keys {list(DEFAULTS[key])}, got {value!r}")
+            unknown = sorted(set(value) - set(DEFAULTS[key]))
+            if unknown:
+                raise SuiteError(f"eval.{key}.{unknown[0]}: unknown setting; allowed: {', '.join(DEFAULTS[key])}")
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _positive_int(value, option: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        extra = " or null" if allow_none else ""
+        raise SuiteError(f"{option}={value!r}: must be an integer >= 1{extra}")
+
+
+def _bool(value, option: str) -> None:
+    if not isinstance(value, bool):
+        raise SuiteError(f"{option}={value!r}: must be true or false")
+
+
+def task_eval(task: Mapping) -> dict:
+    """The task's `eval:` section with `metric` and `target` checked (plain dict)."""
+    t = _as_plain(task)
+    ev = t.get("eval") if isinstance(t, dict) else None
+    if not isinstance(ev, dict) or not isinstance(ev.get("target"), dict):
+        name = t.get("name", "?") if isinstance(t, dict) else "?"
+        raise SuiteError(f"task.eval.target: task {name!r} has no evaluation data; give task.eval.target "
+                         "(a prompt-set spec with gold_field)")
+    if ev.get("metric") not in METRICS:
+        raise SuiteError(f"task.eval.metric={ev.get('metric')!r}: unknown metric kind; allowed: {', '.join(METRICS)}")
+    return ev
+
+
+def distractor_kind(name: str) -> str:
+    """'qna' or 'dialogue' for a distractor set name (squad/qna -> BERTScore, conversations/dialogue -> SBERT)."""
+    kind = DISTRACTOR_KINDS.get(str(name).lower())
+    if kind is None:
+        raise SuiteError(f"task.eval.distractors.{name}: unknown distractor set name; allowed: "
+                         f"{', '.join(DISTRACTOR_KINDS)} (QnA sets are compared by BERTScore, dialogue by SBERT)")
+    return kind
+
+
+def check_settings(settings: Mapping | None, task: Mapping) -> dict:
+    """Validate settings and task before any work; returns the resolved settings (defaults filled in)."""
+    s = resolve_settings(settings)
+    ev = task_eval(task)
+    parts = s["parts"]
+    if isinstance(parts, str) or not isinstance(parts, list):
+        raise SuiteError(f"eval.parts={parts!r}: must be a list of part names from {', '.join(PARTS)}")
+    for p in parts:
+        if p not in PARTS:
+            raise SuiteError(f"eval.parts: unknown part {p!r}; allowed: {', '.join(PARTS)}")
+    _positive_int(s["batch_size"], "eval.batch_size")
+    _positive_int(s["max_batch_tokens"], "eval.max_batch_tokens", allow_none=True)
+    _positive_int(s["max_new_tokens"], "eval.max_new_tokens", allow_none=True)
+    _positive_int(ev.get("max_new_tokens"), "task.eval.max_new_tokens", allow_none=True)
+    _positive_int(s["n"], "eval.n", allow_none=True)
+    if s["chat_template"] not in (True, False, "auto"):
+        raise SuiteError(f"eval.chat_template={s['chat_template']!r}: allowed: true, false, auto")
+    _bool(s["loop_detection"], "eval.loop_detection")
+    _bool(s["stop_on_answer"], "eval.stop_on_answer")
+    if s["stop_on_answer"] and ev["metric"] != "gsm8k":
+        raise SuiteError("eval.stop_on_answer=true stops at the first complete \\boxed{}: allowed only with "
+                         f"task.eval.metric=gsm8k, not {ev['metric']!r}")
+    _positive_int(s["similarity"]["max_new_tokens"], "eval.similarity.max_new_tokens")
+    _positive_int(s["similarity"]["batch_size"], "eval.similarity.batch_size")
+    _positive_int(s["throughput"]["prompts"], "eval.throughput.prompts")
+    _positive_int(s["throughput"]["max_new_tokens"], "eval.throughput.max_new_tokens")
+    _positive_int(s["code"]["workers"], "eval.code.workers")
+    timeout = s["code"]["timeout_s"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise SuiteError(f"eval.code.timeout_s={timeout!r}: must be a number > 0")
+    if not isinstance(s["nll"]["max_length"], int) or s["nll"]["max_length"] < 2:
+        raise SuiteError(f"eval.nll.max_length={s['nll']['max_length']!r}: must be an integer >= 2")
+    tasks = s["lm_eval"]["tasks"]
+    if isinstance(tasks, str) or not isinstance(tasks, list):
+        raise SuiteError(f"eval.lm_eval.tasks={tasks!r}: must be a list of lm-eval task names (e.g. [boolq, copa])")
+    if "similarity" in parts:
+        for name in ev.get("distractors") or {}:
+            distractor_kind(name)
+    gens = s["generations"]
+    if gens is not None and not Path(str(gens)).expanduser().is_file():
+        raise SuiteError(f"eval.generations={gens!r}: no such file (a JSONL file with id and output per line)")
+    return s
+
+
+def _chat(settings: dict, tokenizer) -> bool:
+    """The resolved chat_template flag ('auto': apply it when the tokenizer has one)."""
+    if settings["chat_template"] == "auto":
+        return bool(getattr(tokenizer, "chat_template", None))
+    return bool(settings["chat_template"])
+
+
+def max_new_tokens(settings: dict, ev: dict) -> int:
+    """Target generation budget: eval.max_new_tokens, else task.eval.max_new_tokens, else the paper's per metric."""
+    return settings["max_new_tokens"] or ev.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS[ev["metric"]]
+
+
+# ---------------------------------------------------------------------------------------------- task data
+def math_gold(value) -> str:
+    """Gold answer from a GSM8K solution ('... #### 72') or a bare final answer ('72')."""
+    text = str(value)
+    return math.gold_answer(text) if "####" in text else text.strip().replace(",", "")
+
+
+def _field(record: Mapping, dotted: str):
+    """Value at a dotted path (`answer`, `metadata.answer_value`), None when absent."""
+    cur = record
+    for seg in str(dotted).split("."):
+        if not isinstance(cur, Mapping) or seg not in cur:
+            return None
+        cur = cur[seg]
+    return cur
+
+
+def target_samples(task: Mapping, settings: dict) -> list[dict]:
+    """Eval samples {id, prompt, gold, record}: GSM8K id = position in the eval set + offset; HumanEval id = task_id."""
+    ev = task_eval(task)
+    spec = dict(ev["target"])
+    if settings.get("n") is not None:
+        spec["n"] = settings["n"]
+    gold_field = spec.get("gold_field")
+    if not gold_field:
+        raise SuiteError("task.eval.target.gold_field: missing; name the record field holding the gold answer "
+                         "(GSM8K: answer; HumanEval: test)")
+    records = data.load_records(spec, "task.eval.target")
+    offset = int(spec.get("offset") or 0)
+    samples = []
+    for i, rec in enumerate(records):
+        gold = _field(rec, gold_field)
+        if gold is None:
+            raise SuiteError(f"task.eval.target.gold_field={gold_field!r}: record {i} has no such field; "
+                             f"fields: {', '.join(rec)}")
+        if ev["metric"] == "gsm8k":
+            question = data.render(rec, spec, "task.eval.target")
+            samples.append({"id": offset + i, "prompt": math.build_prompt(question), "gold": math_gold(gold),
+                            "record": rec})
+        else:
+            missing = [k for k in code.REQUIRED_FIELDS if k != "test" and k not in rec]
+            if missing:
+                raise SuiteError(f"task.eval.target: HumanEval record {i} lacks {missing}; "
+                                 f"required: {list(code.REQUIRED_FIELDS)}")
+            problem = {**rec, "test": gold}
+            samples.append({"id": rec["task_id"], "prompt": code.build_prompt(problem), "gold": gold,
+                            "record": problem})
+    return samples
+
+
+def nll_pairs(samples: list[dict], metric: str) -> list[tuple[str, str]]:
+    """(prompt, gold solution) pairs: GSM8K `answer` (or GSM-Symbolic `metadata.answer_cot`, whose `answer` is only
+    the number); HumanEval: the official prompt followed by the canonical solution (a whole function)."""
+    pairs = []
+    for s in samples:
+        rec = s["record"]
+        if metric == "humaneval":
+            if "canonical_solution" not in rec:
+                raise SuiteError("nll: HumanEval records need canonical_solution; drop `nll` from eval.parts")
+            pairs.append((s["prompt"], rec["prompt"] + rec["canonical_solution"]))
+            continue
+        answer = str(rec.get("answer", ""))
+        cot = (rec.get("metadata") or {}).get("answer_cot") if isinstance(rec.get("metadata"), dict) else None
+        if "####" not in answer and cot:
+            answer = str(cot)
+        if not answer.strip():
+            raise SuiteError("nll: GSM8K records need a worked solution in `answer`; drop `nll` from eval.parts")
+        pairs.append((s["prompt"], answer))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+def verdict(metric: str, output: str, sample: dict, *, token_ids=None, tokenizer=None, hit_limit: bool) -> dict:
+    """Per-sample answer and trap labels (code correctness comes later, from the sandbox)."""
+    if metric == "gsm8k":
+        scored = math.score(output, sample["gold"])
+        has_answer = math.has_complete_answer
+        out = {"correct": scored["correct"], "extracted": scored["extracted"], "source": scored["source"]}
+    else:
+        entry = sample["record"]["entry_point"]
+        has_answer = lambda text: code.has_complete_function(text, entry, truncated=True)  # noqa: E731
+        out = {"correct": None}
+    v = traps.classify(output, token_ids, hit_limit=hit_limit, has_answer=has_answer, tokenizer=tokenizer)
+    out.update({"trap": v.trap, "trap_type": v.kind, "trap_reason": v.reason})
+    return out
+
+
+def _score_code(samples: list[dict], rows: list[dict], settings: dict) -> None:
+    """Run each completion's tests in the sandbox (parallel); fills correct/status into `rows`."""
+    problems = [s["record"] for s in samples]
+    res = code.pass_at_1(problems, [r["output"] for r in rows], workers=settings["code"]["workers"],
+                         timeout_s=float(settings["code"]["timeout_s"]))
+    for row, r in zip(rows, res["results"]):
+        row["correct"], row["status"] = r["passed"], r["status"]
+
+
+def task_metrics(metric: str, rows: list[dict], parts) -> dict:
+    """Flat `<metric>/...` numbers from per-sample rows (`task` part: accuracy; `traps` part: trap counts)."""
+    n = len(rows)
+    out: dict = {f"{metric}/n": n}
+    trapped = [bool(r["trap"]) for r in rows]
+    if "task" in parts:
+        correct = sum(bool(r["correct"]) for r in rows)
+        name = "em" if metric == "gsm8k" else "pass@1"
+        out[f"{metric}/{name}"] = correct / n  # a Type 1 trap's answer counts (as the paper)
+        out[f"{metric}/correct"] = correct
+        out[f"{metric}/{name}_strict"] = sum(bool(r["correct"]) and not t for r, t in zip(rows, trapped)) / n
+        if metric == "gsm8k":
+            sources = Counter(r.get("source") for r in rows)
+            out["gsm8k/boxed_rate"] = sources["boxed"] / n
+            out["gsm8k/fallback_number"] = sources["number"]
+            out["gsm8k/no_answer"] = sources[None]
+        else:
+            statuses = Counter(r.get("status") for r in rows)
+            out["humaneval/timeouts"] = statuses["timeout"]
+            out["humaneval/sandbox_errors"] = statuses["error"]
+    if "traps" in parts:
+        summary = traps.summarize(traps.TrapVerdict(r["trap"], r["trap_type"], r["trap_reason"], None) for r in rows)
+        out.update({f"{metric}/{k}": v for k, v in summary.items() if k != "n"})
+    tokens = [r["n_tokens"] for r in rows if r.get("n_tokens") is not None]
+    if tokens:
+        out[f"{metric}/new_tokens"] = sum(tokens)
+        out[f"{metric}/mean_new_tokens"] = fmean(tokens)
+    reasons = Counter(r.get("stop_reason") for r in rows if r.get("stop_reason"))
+    if reasons:
+        out.update({f"{metric}/stop_{reason}": reasons[reason] for reason in generation.STOP_REASONS})
+    return out
+
+
+def _sample_record(row: dict) -> dict:
+    """samples.jsonl line: the verdict fields without prompt and output."""
+    return {k: v for k, v in row.items() if k not in ("prompt", "output")}
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def batches_by_tokens(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Index batches, longest prompts first, each holding at most batch_size rows and (when set) at most
+    max_batch_tokens padded prompt tokens, so one very long prompt does not pad a whole batch to its length."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, i = [], 0
+    while i < len(order):
+        rows = batch_size
+        if max_batch_tokens is not None:
+            rows = max(1, min(batch_size, max_batch_tokens // max(1, lengths[order[i]])))
+        out.append(order[i : i + rows])
+        i += rows
+    return out
+
+
+def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int, *, stop_on_answer: bool,
+              desc: str) -> list[generation.Generation]:
+    """Greedy generations with the online loop detector and the optional stop-at-first-box criterion."""
+    eos = generation.eos_ids(model, tokenizer)
+    loop, answer = settings["loop_detection"], stop_on_answer
+    chat = _chat(settings, tokenizer)
+
+    def criteria(prompt_len: int) -> list:
+        crits = []
+        if loop:
+            crits.append(traps.LoopStoppingCriteria(prompt_len, eos_token_id=eos))
+        if answer:
+            crits.append(traps.AnswerStoppingCriteria(tokenizer, math.has_complete_answer, prompt_len))
+        return crits
+
+    lengths = [len(ids) for ids in generation.encode(tokenizer, prompts, chat)]
+    groups = batches_by_tokens(lengths, settings["batch_size"], settings["max_batch_tokens"])
+    results: list = [None] * len(prompts)
+    n_new = 0
+    with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
+        for idx in groups:  # one engine call per batch: the engine itself batches by count only
+            gens = generation.generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=budget,
+                                       batch_size=len(idx), chat_template=chat, progress=False,
+                                       stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc)
+            for i, g in zip(idx, gens):
+                results[i] = g
+                n_new += g.n_tokens
+            bar.update(len(idx))
+            bar.set_postfix(new_tokens=n_new)
+    return results
+
+
+def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> dict:
+    """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl, return metrics."""
+    metric, budget = ev["metric"], max_new_tokens(settings, ev)
+    gens = _generate(model, tokenizer, [s["prompt"] for s in samples], settings, budget,
+                     stop_on_answer=settings["stop_on_answer"], desc=f"eval {metric}")
+    rows = []
+    for s, g in zip(samples, gens):
+        row = g.record(id=s["id"])
+        row.update(verdict(metric, g.output, s, token_ids=g.token_ids, tokenizer=tokenizer,
+                           hit_limit=g.stop_reason == "length"))
+        rows.append(row)
+    if metric == "humaneval" and "task" in settings["parts"]:
+        _score_code(samples, rows, settings)
+    generation.write_generations(run_dir / GENERATIONS_FILE, rows)
+    generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
+    metrics = task_metrics(metric, rows, settings["parts"])
+    metrics[f"{metric}/max_new_tokens"] = budget
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- similarity
+def distractor_prompts(task: Mapping) -> dict[str, list[str]]:
+    """{set name: prompts} of the task's `eval.distractors` (empty when it has none)."""
+    ev = task_eval(task)
+    return {str(name): data.load_prompts(spec, f"task.eval.distractors.{name}")
+            for name, spec in (ev.get("distractors") or {}).items()}
+
+
+def _reference_settings(settings: dict, tokenizer) -> dict:
+    """The generation settings that decide distractor outputs (part of the reference cache key)."""
+    return {"max_new_tokens": settings["similarity"]["max_new_tokens"], "chat_template": _chat(settings, tokenizer),
+            "batch_size": settings["batch_size"], "loop_detection": settings["loop_detection"],
+            "version": REFERENCE_VERSION}
+
+
+def _distractor_outputs(model, tokenizer, prompts: dict[str, list[str]], settings: dict) -> dict:
+    """{name: {prompts, outputs, n_tokens, stop_reasons}} of greedy generations on each distractor set."""
+    out = {}
+    for name, ps in prompts.items():
+        gens = _generate(model, tokenizer, ps, settings, settings["similarity"]["max_new_tokens"],
+                         stop_on_answer=False, desc=f"distractor {name}")
+        out[name] = {"prompts": ps, "outputs": [g.output for g in gens], "n_tokens": [g.n_tokens for g in gens],
+                     "stop_reasons": [g.stop_reason for g in gens]}
+    return out
+
+
+def reference_key(model_id: str, prompts: dict[str, list[str]], gen_settings: dict) -> str:
+    """sha256 over (model identity, distractor prompts, generation settings)."""
+    blob = json.dumps({"model": model_id, "prompts": prompts, "settings": gen_settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | None, cache_dir=None, *,
+                          model_id: str | None = None) -> dict:
+    """The source model's outputs on the task's distractor prompts: {name: {"prompts": [...], "outputs": [...]}}.
+
+    With `cache_dir` (and `model_id`, a string identifying the weights) they are stored under a key of
+    (model_id, prompts, generation settings), so a sweep generates them once.
+    """
+    s = check_settings(settings, task)
+    cache_dir = cache_dir if cache_dir is not None else s["reference_cache_dir"]
+    if cache_dir is not None and not model_id:
+        raise SuiteError("reference_generations: cache_dir needs model_id= (a string identifying the source "
+                         "model's weights, e.g. its hub id or json of prunekit.models.identity)")
+    prompts = distractor_prompts(task)
+    if not prompts:
+        raise SuiteError("task.eval.distractors: empty; distractor similarity needs at least one set")
+    path = None
+    if cache_dir is not None:
+        key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
+        path = Path(cache_dir).expanduser() / f"{key}.json"
+        if path.is_file():
+            log.info("reference outputs: cache hit %s", path)
+            return json.loads(path.read_text(encoding="utf-8"))
+    refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
+            for name, v in _distractor_outputs(model, tokenizer, prompts, s).items()}
+    if path is not None:
+        from prunekit.checkpoint import atomic_write_json
+
+        atomic_write_json(path, refs)
+        log.info("reference outputs cached in %s", path)
+    return refs
+
+
+def _check_reference(reference: Mapping, prompts: dict[str, list[str]]) -> None:
+    """The reference must hold every distractor set, with the same prompts in the same order."""
+    for name, ps in prompts.items():
+        ref = reference.get(name)
+        if not isinstance(ref, Mapping) or "outputs" not in ref or "prompts" not in ref:
+            raise SuiteError(f"reference_outputs: no set {name!r} with prompts and outputs; got sets "
+                             f"{sorted(reference)} (make it with reference_generations on the same task)")
+        if list(ref["prompts"]) != ps or len(ref["outputs"]) != len(ps):
+            raise SuiteError(f"reference_outputs[{name!r}]: prompts differ from task.eval.distractors.{name} "
+                             "(made for another task or n?); regenerate with reference_generations")
+
+
+def _run_similarity(model, tokenizer, task, settings, reference, run_dir: Path) -> dict:
+    """Distractor outputs of the evaluated model vs the reference outputs: BERTScore (QnA), SBERT (dialogue)."""
+    prompts = distractor_prompts(task)
+    if not prompts:
+        log.info("similarity skipped: task.eval.distractors is empty")
+        return {}
+    if reference is None:
+        log.warning("similarity skipped: no reference_outputs (the source model's distractor outputs) were given")
+        return {}
+    _check_reference(reference, prompts)
+    ours = _distractor_outputs(model, tokenizer, prompts, settings)
+    pairs: dict[str, tuple[list[str], list[str]]] = {}
+    by_kind: dict[str, list[str]] = {}
+    for name in prompts:
+        kind = distractor_kind(name)
+        cands, refs = pairs.setdefault(kind, ([], []))
+        cands.extend(ours[name]["outputs"])
+        refs.extend(reference[name]["outputs"])
+        by_kind.setdefault(kind, []).append(name)
+    sim = settings["similarity"]
+    metrics = similarity.distractor_similarity(
+        pairs.get("qna"), pairs.get("dialogue"), sbert_model=sim["sbert_model"],
+        bertscore_model=sim["bertscore_model"], bertscore_rescale=sim["bertscore_rescale"],
+        bertscore_num_layers=sim["bertscore_num_layers"], batch_size=sim["batch_size"])
+    for kind, names in by_kind.items():  # per-set alias when a kind has one set (e.g. distractor/squad_bertscore)
+        if len(names) == 1:
+            key = "distractor/bertscore_f1" if kind == "qna" else "distractor/sbert_cosine"
+            metrics[f"distractor/{names[0]}_{'bertscore' if kind == 'qna' else 'sbert'}"] = metrics[key]
+    rows = [{"set": name, "index": i, "prompt": p, "output": o, "reference": r, "n_tokens": t, "stop_reason": sr}
+            for name, v in ours.items()
+            for i, (p, o, r, t, sr) in enumerate(zip(v["prompts"], v["outputs"], reference[name]["outputs"],
+                                                     v["n_tokens"], v["stop_reasons"]))]
+    generation.write_generations(run_dir / DISTRACTOR_FILE, rows)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def evaluate(model, tokenizer, task: Mapping, settings: Mapping | None, *, run_dir, reference_outputs=None,
+             checkpoint_dir=None) -> dict:
+    """Run the enabled parts on `model` and return flat metrics; writes generations.jsonl, samples.jsonl and
+    distractor_generations.jsonl into `run_dir`."""
+    s = check_settings(settings, task)
+    ev = task_eval(task)
+    metric, parts = ev["metric"], s["parts"]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resources.reset_peak_memory(model.device)
+    was_training = model.training
+    model.eval()
+    metrics: dict = {}
+    t_all = time.perf_counter()
+    try:
+        samples = target_samples(task, s)
+        log.info("evaluating %s on %d samples, parts %s", metric, len(samples), parts)
+
+        def timed(part, fn):
+            t0 = time.perf_counter()
+            metrics.update(fn())
+            metrics[f"time/eval_{part}_s"] = time.perf_counter() - t0
+
+        if "task" in parts or "traps" in parts:
+            timed("generate", lambda: _run_target(model, tokenizer, samples, ev, s, run_dir))
+        if "nll" in parts:
+            timed("nll", lambda: {f"{metric}/nll": nll.target_nll(
+                model, tokenizer, nll_pairs(samples, metric), batch_size=s["batch_size"],
+                max_length=s["nll"]["max_length"], chat_template=_chat(s, tokenizer))})
+        if "resources" in parts:  # before similarity/lm-eval, whose encoders would count in the peak memory
+            tp = s["throughput"]
+            timed("resources", lambda: {
+                **resources.throughput(model, tokenizer, [x["prompt"] for x in samples[: tp["prompts"]]],
+                                       max_new_tokens=tp["max_new_tokens"], chat_template=_chat(s, tokenizer)),
+                **resources.model_resources(model, checkpoint_dir)})
+        if "similarity" in parts:
+            timed("similarity", lambda: _run_similarity(model, tokenizer, task, s, reference_outputs, run_dir))
+        if "lm_eval" in parts and s["lm_eval"]["tasks"]:
+            from prunekit.evaluation.lm_eval_bridge import run_lm_eval
+
+            le = s["lm_eval"]
+            timed("lm_eval", lambda: run_lm_eval(model, tokenizer, list(le["tasks"]), include_path=le["include_path"],
+                                                 limit=le["limit"], batch_size=s["batch_size"],
+                                                 num_fewshot=le["num_fewshot"]))
+    finally:
+        model.train(was_training)
+    metrics["time/eval_s"] = time.perf_counter() - t_all
+    log.info("evaluation done in %.1f s: %s", metrics["time/eval_s"],
+             {k: v for k, v in metrics.items() if not k.startswith("time/")})
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- re-scoring
+def read_outputs(path, metric: str) -> list[dict]:
+    """Lines of a generations file: each needs `id` and a string `output`; GSM8K ids become ints."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise SuiteError(f"eval.generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
+    rows, seen = [], set()
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SuiteError(f"eval.generations: line {lineno} of {p} is not JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
+                raise SuiteError(f"eval.generations: line {lineno} of {p} needs fields id and output (a string)")
+            rid = rec["id"]
+            if metric == "gsm8k":
+                try:
+                    rid = int(rid)
+                except (TypeError, ValueError):
+                    raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} is not a GSM8K test index "
+                                     "(an integer)") from None
+            if rid in seen:
+                raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} appears twice")
+            seen.add(rid)
+            rows.append({**rec, "id": rid})
+    if not rows:
+        raise SuiteError(f"eval.generations: {p} holds no generations")
+    return rows
+
+
+def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) -> dict:
+    """Score an existing JSONL of {id, output} lines without a model; writes samples.jsonl (and generations.jsonl
+    with verdicts, unless that is the input file). Trap labels come from text: line loops, and the length limit
+    when a line has stop_reason ("length") or n_tokens (>= the max_new_tokens in effect)."""
+    s = check_settings(settings, task)
+    ev = task_eval(task)
+    metric = ev["metric"]
+    rows_in = read_outputs(generations_path, metric)
+    samples = {x["id"]: x for x in target_samples(task, s)}
+    unknown = [r["id"] for r in rows_in if r["id"] not in samples]
+    if unknown:
+        raise SuiteError(f"eval.generations: {len(unknown)} id(s) not in task.eval.target, e.g. {unknown[:3]}; "
+                         f"valid ids look like {list(samples)[:5]} ({len(samples)} in the eval set)")
+    budget = max_new_tokens(s, ev)
+    rows = []
+    for r in rows_in:
+        if r.get("stop_reason") is not None:
+            hit_limit = r["stop_reason"] == "length"
+        else:
+            hit_limit = r.get("n_tokens") is not None and int(r["n_tokens"]) >= budget
+        row = {k: r[k] for k in ("id", "output", "n_tokens", "stop_reason") if k in r}
+        row.update(verdict(metric, r["output"], samples[r["id"]], hit_limit=hit_limit))
+        rows.append(row)
+    picked = [samples[r["id"]] for r in rows]
+    if metric == "humaneval" and "task" in s["parts"]:
+        _score_code(picked, rows, s)
+    run_dir = Path(run_dir)
+    out_path = run_dir / GENERATIONS_FILE
+    if out_path.resolve() != Path(str(generations_path)).expanduser().resolve():
+        generation.write_generations(out_path, rows)
+    generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
+    metrics = task_metrics(metric, rows, s["parts"])
+    log.info("re-scored %d generations from %s: %s", len(rows), generations_path, metrics)
+    return metrics
+
+
+__all__ = [
+    "DEFAULTS", "METRICS", "PARTS", "SuiteError", "batches_by_tokens", "check_settings", "distractor_kind",
+    "distractor_prompts", "evaluate", "math_gold", "max_new_tokens", "nll_pairs", "read_outputs",
+    "reference_generations", "reference_key", "rescore", "resolve_settings", "target_samples", "task_metrics",
+    "verdict",
+]

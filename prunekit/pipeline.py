@@ -69,7 +69,9 @@ def tracked(cfg, job_type: str, run_dir: Path, sweep_dir):
 
 
 def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict) -> None:
-    """metrics.json + config.yaml, then the completion marker LAST, then the sweep's runs.jsonl line."""
+    """metrics.json + config.yaml, then the completion marker LAST, then the sweep's runs.jsonl line (main process)."""
+    if not models.process_state().is_main_process:
+        return
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
     tracking.mark_complete(run_dir, job_type)
@@ -134,7 +136,7 @@ def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, ch
     """The evaluation suite on an in-memory model; its sample generations also go to W&B."""
     metrics = suite.evaluate(model, tokenizer, plain(cfg.task), plain(cfg.eval), run_dir=run_dir,
                              reference_outputs=reference, checkpoint_dir=checkpoint_dir)
-    generations = run_dir / "samples.jsonl"
+    generations = run_dir / "generations.jsonl"  # prompt, output and verdict of every target sample
     if generations.exists():
         rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
         tracking.log_generations(tracker, rows, limit=cfg.wandb.log_generations)
@@ -191,9 +193,6 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                     layers = [strategy["layer"]] if name == "detrimental" else None
                     attrib, ig_key = attribution_scores(cfg, strategy, model, tokenizer, source, sets["target"], layers)
 
-            # Under `accelerate launch`, the other processes helped capture; the main process does the rest.
-            if not models.process_state().is_main_process:
-                return {}
             with timer("reference"):
                 reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
 
@@ -221,10 +220,13 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                 record["selectivity_summary"] = scoring.layer_summary(selectivity) if selectivity is not None else None
                 params_after = count_parameters(model)
 
-            # 5. Save a stock checkpoint and the run records (atomic writes; the completion marker last).
+            # 5. Save a stock checkpoint and the run records (atomic writes, main process; the completion marker last).
             with timer("save"):
-                save_model(model, tokenizer, run_dir / "model")
-                atomic_write_json(run_dir / "pruning.json", record)
+                state = models.process_state()
+                if state.is_main_process:
+                    save_model(model, tokenizer, run_dir / "model")
+                    atomic_write_json(run_dir / "pruning.json", record)
+                state.wait_for_everyone()
 
             # 6. Evaluate the pruned model (evaluate=true): task metric, traps, similarity, resources, NLL.
             evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model") \

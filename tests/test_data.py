@@ -382,7 +382,7 @@ def test_math_offline_default_loads_offline_and_eval_is_disjoint():
     assert len(sets["distractors"]["conversations"]) == 200
     ev = data.load_prompts(task.eval.target, "task.eval.target")
     train = data.load_records(task.train, "task.train")
-    assert len(ev) == 100 and len(train) == 1000
+    assert len(ev) == task.eval.target.n == 16 and len(train) == 1000
     assert not set(ev) & set(sets["target"]) and not set(ev) & {r["question"] for r in train}
     gold = data.load_records(task.eval.target, "task.eval.target")
     assert all(r[task.eval.target.gold_field].lstrip("-").replace(".", "").isdigit() for r in gold)
@@ -390,4 +390,4 @@ def test_math_offline_default_loads_offline_and_eval_is_disjoint():
     assert all(data.render(r, {"path": "pip:gsm_symbolic", "field": task.train.response_field}).strip()
                for r in train)
     ev_conv = data.load_prompts(task.eval.distractors.conversations, "task.eval.distractors.conversations")
-    assert len(ev_conv) == 100 and not set(ev_conv) & set(sets["distractors"]["conversations"])
+    assert len(ev_conv) == task.eval.distractors.conversations.n == 16 and not set(ev_conv) & set(sets["distractors"]["conversations"])

@@ -1,4 +1,4 @@
-"""Capture sharded over 2 CPU processes (accelerate launch, gloo) equals capture in one process."""
+"""Capture and generation sharded over 2 CPU processes (accelerate launch, gloo) equal one process."""
 
 import os
 import subprocess
@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from prunekit import capture, models
+from prunekit.evaluation.generation import generate
 from tests.test_capture import PROMPTS
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
     from prunekit import capture, models
+    from prunekit.evaluation.generation import generate
     tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, sys.argv[2])
     model = models.tiny_model("llama", len(tokenizer))
     prompts = {"target": %r, "distractor/x": %r}
@@ -21,12 +23,15 @@ SCRIPT = textwrap.dedent("""
     state = models.process_state()
     with state.split_between_processes(prompts["target"]) as shard:
         print(f"rank {state.process_index}/{state.num_processes} captured {len(shard)} target prompts", flush=True)
+    generations = generate(model, tokenizer, prompts["target"], max_new_tokens=6, batch_size=2)
     if state.is_main_process:
-        torch.save({k: s.to_dict() for k, s in stats.items()}, sys.argv[1])
+        out = {k: s.to_dict() for k, s in stats.items()}
+        out["generations"] = [g.token_ids for g in generations]
+        torch.save(out, sys.argv[1])
 """)
 
 
-def test_two_process_capture_equals_one_process(tmp_path, tokenizer, model_cache):
+def test_two_process_capture_and_generation_equal_one_process(tmp_path, tokenizer, model_cache):
     prompts = {"target": PROMPTS * 2 + ["One more."], "distractor/x": PROMPTS[::-1]}
     script = tmp_path / "cap.py"
     script.write_text(SCRIPT % (prompts["target"], prompts["distractor/x"]))
@@ -47,3 +52,6 @@ def test_two_process_capture_equals_one_process(tmp_path, tokenizer, model_cache
         assert two[name]["count"] == one[name].count == len(prompts[name])
         torch.testing.assert_close(two[name]["mean"], one[name].mean, rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(two[name]["m2"], one[name].m2, rtol=1e-4, atol=1e-9)
+    # Whole batches go to each process, so the gathered generations are exactly the one-process ones.
+    single = generate(model, tokenizer, prompts["target"], max_new_tokens=6, batch_size=2)
+    assert two["generations"] == [g.token_ids for g in single]

@@ -9,16 +9,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+
+from prunekit.checkpoint import atomic_write_text
+from prunekit.models import process_state
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,8 @@ def generate(
 
     `stopping_criteria_factory(padded_prompt_len)` adds per-batch criteria; rows they stop (and rows that hit a
     stop string) get stop_reason "criterion", and keep the tokens up to and including the triggering one.
+    Under `accelerate launch` the batches are shared out whole across processes and the generations gathered,
+    so every process returns exactly what one process would.
     """
     _check(prompts, max_new_tokens, batch_size)
     if not prompts:
@@ -194,9 +198,13 @@ def generate(
     # Built once: it precomputes tables over the whole vocabulary, and keeps no per-batch state.
     stop_crit = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)) if stop_strings else None
     n_new = 0
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+    state = process_state()
+    with state.split_between_processes(batches) as mine:
+        mine = list(mine)
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, disable=not progress or not state.is_local_main_process,
+               unit="prompt")
     with _left_padding(tokenizer), _pad_token(tokenizer, pad_id):
-        for idx in batches:
+        for idx in mine:
             enc = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt")
             input_ids = enc["input_ids"].to(device)
             attention_mask = enc["attention_mask"].to(device)
@@ -220,23 +228,17 @@ def generate(
             bar.update(len(idx))
             bar.set_postfix(new_tokens=n_new)
     bar.close()
-    log.info("%s: %d prompts, %d new tokens, %d batches", desc, len(prompts), n_new, len(batches))
+    if state.num_processes > 1:
+        for i, generation in gather_object([(i, results[i]) for idx in mine for i in idx]):
+            results[i] = generation
+    log.info("%s: %d prompts, %d new tokens, %d batches", desc, sum(map(len, mine)), n_new, len(mine))
     return results  # type: ignore[return-value]
 
 
 def write_generations(path: str | Path, records: Iterable[dict]) -> Path:
     """Write records as JSONL atomically (temp file in the same directory, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
     return path
 
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, read_json, save_model
 from prunekit.evaluation import suite
+from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,6 @@ log = logging.getLogger(__name__)
 def plain(node):
     """OmegaConf node -> plain Python containers (library functions take plain values)."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def release_memory() -> None:

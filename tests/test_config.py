@@ -8,6 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.conftest import MODEL_CACHE
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
@@ -58,6 +60,11 @@ def _prune(*overrides, cwd):
     (["model.name_or_path=/no/such/dir"], "model.name_or_path='/no/such/dir': no such directory or file"),
     (["model.name_or_path=pip:nope"], "model.name_or_path='pip:nope': unknown pip model"),
     (["task.target.path=/no/such.jsonl"], "task.target.path='/no/such.jsonl'"),
+    (["model=tiny", "ratio=0.9", f"model.cache_dir={MODEL_CACHE}"],
+     "ratio=0.9: removes 384 of 384 neurons per layer and leaves 0 < 128"),
+    (["task.target.n=0"], "task.target"),
+    (["strategy=detrimental", "strategy.layer=99", "model=tiny", f"model.cache_dir={MODEL_CACHE}"],
+     "strategy.layer=99"),
 ])
 def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
     out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -88,3 +95,12 @@ def test_job_and_sweep_dirnames_are_stable_short_and_distinct():
     same = sweep_id(["-m", "strategy=selective,reverse", "ratio=0.05,0.1"])
     assert same == sweep_id(["ratio=0.05,0.1", "--multirun", "strategy=selective,reverse", "hydra.verbose=true"])
     assert same != sweep_id(["-m", "ratio=0.05,0.1"])
+
+
+def test_non_gated_architecture_fails_after_config_before_weights(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path / "gpt2")  # config only: no weights at all
+    out = _prune(f"model.name_or_path={tmp_path / 'gpt2'}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: model.name_or_path: architecture 'gpt2' (GPT2LMHeadModel) has no gated-MLP adapter" in out.stderr

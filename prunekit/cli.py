@@ -19,10 +19,27 @@ def sweep_id(argv: list[str] | None = None) -> str:
     return f"{readable}-{hashlib.sha1(chr(0).join(args).encode()).hexdigest()[:6]}"
 
 
-def job_dirname(override_dirname: str, limit: int = 120) -> str:
-    """A job's sub-directory from its overrides: readable, one path component ('/' replaced), at most ``limit``
-    characters (longer ones keep their start plus a hash, so different jobs never collide)."""
-    name = override_dirname.replace("/", "_") or "defaults"
+# Keys that say where things are stored or how they are logged, not what a job computes: left out of job dir names.
+NOT_IN_DIRNAME = ("cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir", "resume",
+                  "experiment", "wandb.")
+_SWEEP_VALUE = re.compile(r"^(range|choice|glob|interval)\(|,")
+
+
+def swept_keys(argv: list[str] | None = None) -> list[str]:
+    """Keys the multirun command sweeps (``key=a,b`` or ``key=range(...)``), in command-line order."""
+    args = sys.argv[1:] if argv is None else argv
+    return [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and _SWEEP_VALUE.search(a.split("=", 1)[1])]
+
+
+def job_dirname(overrides, limit: int = 120, argv: list[str] | None = None) -> str:
+    """A job's sub-directory from its overrides (``hydra.overrides.task``): the swept keys first, then the rest
+    sorted; storage/logging keys left out; one path component; at most ``limit`` characters (a longer name keeps
+    its start plus a hash, so different jobs never collide)."""
+    items = [str(o).lstrip("+~") for o in overrides]
+    items = [o for o in items if not o.split("=", 1)[0].startswith(NOT_IN_DIRNAME) and not o.startswith("hydra")]
+    swept = swept_keys(argv)
+    items.sort(key=lambda o: (swept.index(o.split("=", 1)[0]) if o.split("=", 1)[0] in swept else len(swept), o))
+    name = ",".join(items).replace("/", "_") or "defaults"
     if len(name) <= limit:
         return name
     return f"{name[: limit - 8]}-{hashlib.sha1(name.encode()).hexdigest()[:7]}"

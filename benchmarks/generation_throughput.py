@@ -5,6 +5,8 @@
 
 Prompts are GSM8K test questions from ../shared/data when present (real, varied lengths), else built-in ones.
 A random model never emits EOS, so every prompt runs to --max-new-tokens; the real model may stop earlier.
+Measured here (2 cores, SmolLM2, 32 GSM8K questions, 64 new tokens, chat template): batch 1 23.3 tok/s, unsorted
+batch 8 87.9 (3.77x), length-sorted batch 8 96.7 (4.15x), outputs identical to batch 1.
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ def main() -> None:
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
     ap.add_argument("--n", type=int, default=32, help="number of prompts")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--chat-template", action="store_true")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    # Evaluation wraps prompts in the chat template (eval.chat_template=true); raw prompts make SmolLM2 stop
+    # after a few tokens, which measures the batch's idle rows more than the engine.
+    ap.add_argument("--raw", dest="chat_template", action="store_false", help="raw prompts, no chat template")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats per setting; the fastest is kept")
     args = ap.parse_args()
     model, tok = load(args.model)

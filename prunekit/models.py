@@ -104,18 +104,13 @@ def resolve(name_or_path: str) -> Source:
     """Classify ``model.name_or_path`` without loading anything; bad local paths fail here."""
     if not name_or_path:
         raise ModelError("model.name_or_path is empty: pass a hub id, a directory, a .gguf file, pip:<name> or tiny:<arch>")
-    if name_or_path.startswith("pip:"):
-        name = name_or_path[4:]
-        if name not in PIP_MODELS:
-            raise ModelError(f"model.name_or_path='{name_or_path}': unknown pip model; allowed: "
-                             + ", ".join(f"pip:{k}" for k in PIP_MODELS))
-        return Source("pip", name)
-    if name_or_path.startswith("tiny:"):
-        arch = name_or_path[5:]
-        if arch not in TINY_ARCHS:
-            raise ModelError(f"model.name_or_path='{name_or_path}': unknown tiny architecture; allowed: "
-                             + ", ".join(f"tiny:{a}" for a in TINY_ARCHS))
-        return Source("tiny", arch)
+    for kind, known, what in (("pip", PIP_MODELS, "pip model"), ("tiny", TINY_ARCHS, "tiny architecture")):
+        if name_or_path.startswith(f"{kind}:"):
+            value = name_or_path[len(kind) + 1:]
+            if value not in known:
+                raise ModelError(f"model.name_or_path='{name_or_path}': unknown {what}; allowed: "
+                                 + ", ".join(f"{kind}:{k}" for k in known))
+            return Source(kind, value)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -1,0 +1,42 @@
+"""Model sources: every form of model.name_or_path is classified, bad ones fail with the allowed values."""
+
+import pytest
+
+from prunekit import models
+
+
+def test_sources_are_classified(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert models.resolve("pip:smollm2-135m-instruct") == models.Source("pip", "smollm2-135m-instruct")
+    assert models.resolve("tiny:phi3") == models.Source("tiny", "phi3")
+    assert models.resolve(str(tmp_path / "ckpt")).kind == "dir"
+    assert models.resolve(str(tmp_path / "m.gguf")).kind == "gguf"
+    assert models.resolve("Qwen/Qwen2.5-Math-1.5B-Instruct") == models.Source("hub", "Qwen/Qwen2.5-Math-1.5B-Instruct")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "model.name_or_path is empty"),
+    ("pip:nope", "unknown pip model; allowed: pip:smollm2-135m-instruct, pip:qwen2.5-coder-1.5b-instruct-q4km"),
+    ("tiny:gpt2", "unknown tiny architecture; allowed: tiny:llama, tiny:qwen2"),
+    ("/no/such/dir", "no such directory or file"),
+    ("/no/such/model.gguf", "no such .gguf file"),
+])
+def test_bad_sources(value, message):
+    with pytest.raises(models.ModelError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        models.resolve(value)
+
+
+def test_directory_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(models.ModelError, match="has no config.json"):
+        models.resolve(str(tmp_path))
+
+
+def test_dtype_choice():
+    import torch
+
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(models.ModelError, match="model.dtype='fp8': unknown dtype; allowed: auto, float32"):
+        models.resolve_dtype("fp8")

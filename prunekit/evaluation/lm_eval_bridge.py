@@ -111,6 +111,9 @@ def task_spec(name: str, task_manager, local_dirs: tuple[str, ...]):
     if not any(yaml_path.is_relative_to(d) for d in local_dirs):
         return name
     cfg = load_yaml(yaml_path, resolve_func=True)
+    if cfg.get("output_type") == "multiple_choice" and not cfg.get("doc_to_choice"):
+        raise LmEvalConfigError(f"tasks: local task {name!r} ({yaml_path}) has output_type multiple_choice but no "
+                                "doc_to_choice: a multiple-choice metric needs the answer options of each document")
     data_files = (cfg.get("dataset_kwargs") or {}).get("data_files")
     if data_files is None:
         return name

@@ -268,7 +268,9 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
         settings["generations"] = cfg.generations
     suite.check_settings(settings, task)
     rescoring = bool(settings.get("generations"))
-    source = None if rescoring else models.resolve(cfg.model.name_or_path)
+    chosen = best_of_grid(cfg.best_of) if cfg.get("best_of") else None
+    name_or_path = f"{chosen['run']}/model" if chosen else cfg.model.name_or_path
+    source = None if rescoring else models.resolve(name_or_path)
     if source is not None:
         check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
     done = skip_if_complete(cfg, "evaluate", run_dir)
@@ -281,7 +283,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
             with timer("rescore"):
                 metrics = suite.rescore(task, settings, settings["generations"], run_dir)
         else:
-            record = pruning_record_of(cfg.model.name_or_path)
+            record = pruning_record_of(name_or_path)
             reference = None
             if "similarity" in settings["parts"]:
                 with timer("reference"):
@@ -289,18 +291,34 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
             with timer("load"):
                 model, tokenizer = load_model(cfg, source)
             try:
-                checkpoint = cfg.model.name_or_path if source.kind == "dir" else None
+                checkpoint = name_or_path if source.kind == "dir" else None
                 metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint)
             finally:
                 del model, tokenizer
                 release_memory()
             if record is not None:
                 metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
+            if chosen:
+                metrics.update({"select/layer": chosen["layer"], "select/percent": chosen["percent"],
+                                f"select/adaptation/{chosen['metric']}": chosen[chosen["metric"]]})
         metrics.update(timer)
         tracker.log(metrics)
         tracker.summary(metrics)
     finish_record(cfg, "evaluate", run_dir, sweep_dir, metrics)
     return metrics
+
+
+def best_of_grid(sweep_dir) -> dict:
+    """The best (layer, percent) run of a ``strategy=detrimental`` grid sweep, by its runs' own metrics (method 2's
+    adaptation split); ties go to the smaller percent, then the lower layer."""
+    from prunekit import report  # tables and plotting libraries: imported only for this
+
+    _, best, metric = report.detrimental_grid(report.load_runs([sweep_dir]))
+    if best is None:
+        raise report.ReportError(f"best_of={sweep_dir}: no strategy=detrimental runs with a task or lm-eval metric")
+    log.info("best_of: layer %s, percent %s (%s = %s on the grid's adaptation split): %s", best["layer"],
+             best["percent"], metric, best[metric], best["run"])
+    return {**best, "metric": metric}
 
 
 def _source_reference(cfg, record: dict | None, source) -> dict | None:

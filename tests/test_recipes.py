@@ -124,3 +124,18 @@ def test_wandb_offline_sweep_runs_are_distinct(tmp_path, model_cache, monkeypatc
     assert seen[0]["run_group"] == seen[1]["run_group"]
     assert seen[0]["run_id"] != seen[1]["run_id"]
     assert seen[0]["summary"]["prune/kept_width"] != seen[1]["summary"]["prune/kept_width"]
+
+
+def test_detrimental_grid_then_best_setting_on_the_test_split(tmp_path, model_cache):
+    grid = tmp_path / "grid"
+    adaptation = ["evaluate=true", "eval.parts=[task,traps]", "eval.n=2", "strategy.samples=2", "strategy.steps=4"]
+    for layer, percent in ((1, 0.5), (0, 0.25), (1, 0.25)):
+        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=detrimental", f"strategy.layer={layer}",
+                            f"strategy.percent={percent}", *adaptation), grid / f"layer={layer},percent={percent}")
+    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={grid}", "eval.parts=[task,traps]",
+                                     "eval.n=3"), tmp_path / "test")
+    # Every grid run scores the same EM on this random model: the tie goes to the smaller percent, then the lower layer.
+    assert (metrics["select/layer"], metrics["select/percent"]) == (0, 0.25)
+    assert metrics["gsm8k/n"] == 3 and "select/adaptation/gsm8k/em" in metrics
+    with pytest.raises(ValueError, match="no strategy=detrimental runs"):
+        pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}"), tmp_path / "test2")

@@ -80,3 +80,15 @@ def save_model(model, tokenizer, path: Path) -> None:
 def read_json(path: Path):
     with open(path) as f:
         return json.load(f)
+
+
+def pruning_record_of(model_path) -> dict | None:
+    """``pruning.json`` of a checkpoint written by prune.py/train.py (beside its ``model/``, or in the dir given)."""
+    text = str(model_path) if isinstance(model_path, (str, os.PathLike)) else ""
+    if not text or text.startswith(("pip:", "tiny:")):
+        return None
+    path = Path(model_path).expanduser()
+    for base in (path.parent, path):
+        if (base / "pruning.json").is_file():
+            return read_json(base / "pruning.json")
+    return None

@@ -62,8 +62,8 @@ class DataError(ValueError):
     """A prompt-set spec or its data is unusable; the one-line message names the config option."""
 
 
-class _Missing(Exception):
-    """A record lacks the field/template key; carries the keys that exist at that level."""
+class MissingField(KeyError):
+    """A record lacks a field/template key; carries the keys that exist at that level."""
 
     def __init__(self, key: str, available: list[str]):
         super().__init__(key)
@@ -169,22 +169,30 @@ def spec_fingerprint(spec: Any) -> dict:
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def _lookup(record: Any, dotted: str) -> Any:
-    """Value at a dotted path; integer segments index lists. Raises _Missing."""
+def lookup(record: Any, dotted: str) -> Any:
+    """Value at a dotted path (``messages.0.content``); integer segments index lists. Raises MissingField."""
     cur = record
     for seg in dotted.split("."):
         if isinstance(cur, Mapping):
             if seg not in cur:
-                raise _Missing(seg, [str(k) for k in cur])
+                raise MissingField(seg, [str(k) for k in cur])
             cur = cur[seg]
         elif isinstance(cur, Sequence) and not isinstance(cur, str):
             try:
                 cur = cur[int(seg)]
             except (ValueError, IndexError):
-                raise _Missing(seg, [f"0..{len(cur) - 1}" if len(cur) else "(empty list)"]) from None
+                raise MissingField(seg, [f"0..{len(cur) - 1}" if len(cur) else "(empty list)"]) from None
         else:
-            raise _Missing(seg, [])
+            raise MissingField(seg, [])
     return cur
+
+
+def get_path(record: Any, dotted: str, default: Any = None) -> Any:
+    """Value at a dotted path, or ``default`` when any part of it is missing."""
+    try:
+        return lookup(record, str(dotted))
+    except MissingField:
+        return default
 
 
 def _text(value: Any, option: str, what: str) -> str:
@@ -200,18 +208,18 @@ def _text(value: Any, option: str, what: str) -> str:
 
 
 def _render(record: Mapping, spec: dict, option: str) -> str:
-    """Rendered text of one record (normalised spec); raises _Missing if the field/template key is absent."""
+    """Rendered text of one record (normalised spec); raises MissingField if the field/template key is absent."""
     if spec["field"] is not None:
-        return _text(_lookup(record, spec["field"]), option, f"field={spec['field']!r}")
+        return _text(lookup(record, spec["field"]), option, f"field={spec['field']!r}")
     if spec["template"] is None:
         raise DataError(f"{option}: give exactly one of field (dotted path, e.g. question) or template "
                         "(e.g. '{context}\\n{question}')")
     try:
         return spec["template"].format_map(record)
     except KeyError as e:
-        raise _Missing(str(e.args[0]), [str(k) for k in record]) from None
+        raise MissingField(str(e.args[0]), [str(k) for k in record]) from None
     except (IndexError, TypeError, AttributeError) as e:
-        raise _Missing(str(e), [str(k) for k in record]) from None
+        raise MissingField(str(e), [str(k) for k in record]) from None
     except ValueError as e:  # malformed template: a config error for every record
         raise DataError(f"{option}.template={spec['template']!r}: {e}") from None
 
@@ -221,7 +229,7 @@ def render(record: Mapping, spec: Any, option: str = "spec") -> str:
     s = normalise(spec, option)
     try:
         return _render(record, s, option)
-    except _Missing as m:
+    except MissingField as m:
         what = f"field={s['field']!r}" if s["field"] is not None else f"template={s['template']!r}"
         raise DataError(f"{option}.{what}: record has no {m.key!r}; fields: {', '.join(m.available) or '(none)'}") \
             from None
@@ -231,8 +239,8 @@ def _matches_where(record: Mapping, where: dict | None) -> bool:
     """True if every dotted field equals its wanted value (strings compared case-insensitively)."""
     for key, want in (where or {}).items():
         try:
-            got = _lookup(record, key)
-        except _Missing:
+            got = lookup(record, key)
+        except MissingField:
             return False
         if str(got).strip().lower() != str(want).strip().lower():
             return False
@@ -522,7 +530,7 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
     dropped = 0
     records, texts = [], []
     matched = missing = empty = 0
-    first_missing: _Missing | None = None
+    first_missing: MissingField | None = None
     bar = tqdm(order, desc=option, unit="rec", disable=None, leave=False, mininterval=1.0)
     for i in bar:
         rec = rows[i]
@@ -532,7 +540,7 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
         if need_text:
             try:
                 text = _render(rec, spec, option)
-            except _Missing as m:
+            except MissingField as m:
                 missing += 1
                 first_missing = first_missing or m
                 continue

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
-from prunekit.checkpoint import atomic_write_json, atomic_write_text, read_json, save_model
+from prunekit.checkpoint import atomic_write_json, atomic_write_text, pruning_record_of, read_json, save_model
 from prunekit.evaluation import suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture
@@ -253,12 +253,6 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-def pruning_record_of(name_or_path: str) -> dict | None:
-    """pruning.json of a checkpoint written by prune.py/train.py (it sits beside ``model/``), if any."""
-    path = Path(name_or_path).expanduser().parent / "pruning.json"
-    return read_json(path) if path.is_file() else None
-
-
 def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
     """Evaluate any checkpoint (original, pruned or recovered), or re-score a generations file without a model."""
     run_dir = Path(run_dir)

@@ -25,7 +25,8 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from prunekit import tracking  # noqa: E402
-from prunekit.checkpoint import atomic_write_text  # noqa: E402
+from prunekit.data import get_path  # noqa: E402
+from prunekit.checkpoint import atomic_write_text, pruning_record_of  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +141,11 @@ def _pruning_record(run_dir: Path, config: dict) -> dict | None:
     """``pruning.json`` of the run, or of the pruned model it evaluated/trained (``<prune run>/model``)."""
     if (run_dir / "pruning.json").is_file():
         return _read_json(run_dir / "pruning.json")
-    src = tracking._get(config, "model.name_or_path")
-    if isinstance(src, str) and src and not src.startswith(("pip:", "tiny:")):
-        candidate = Path(src).expanduser()
-        for base in (candidate.parent, candidate):
-            if (base / "pruning.json").is_file():
-                return _read_json(base / "pruning.json")
-    return None
+    return pruning_record_of(get_path(config, "model.name_or_path"))
 
 
 def _task_of(config: dict, metrics: dict) -> str:
-    name = tracking._get(config, "task.name")
+    name = get_path(config, "task.name")
     if name:
         return str(name)
     for metric in PRIMARY_METRICS:
@@ -176,7 +171,7 @@ def load_run(run_dir: Path) -> Run:
         extra = {"real_ratio": pruning.get("real_ratio", metrics.get("prune/real_ratio")),
                  "kept_width": pruning.get("kept_width"), "selectivity": pruning.get("selectivity_summary")}
     else:  # an evaluation of the unpruned model: the baseline (ratio 0)
-        model = str(tracking._get(config, "model.name_or_path", "unknown-model"))
+        model = str(get_path(config, "model.name_or_path", "unknown-model"))
         strategy, ratio, d_ff, extra = "original", 0.0, metrics.get("model/d_ff"), {}
     return Run(run_dir, metrics, config, pruning, kind, model, _task_of(config, metrics), strategy, round(ratio, 4),
                d_ff, extra)

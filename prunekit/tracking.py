@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from prunekit.checkpoint import atomic_write_json
+from prunekit.data import get_path
 
 log = logging.getLogger(__name__)
 
@@ -91,44 +92,35 @@ def flatten(config: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def _get(cfg: Mapping, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def model_name(cfg: Mapping) -> str:
     """Short model name: the preset's ``model.name``, else the last part of ``model.name_or_path``."""
-    name = _get(cfg, "model.name") or str(_get(cfg, "model.name_or_path", "model")).rstrip("/").split("/")[-1]
+    name = get_path(cfg, "model.name") or str(get_path(cfg, "model.name_or_path", "model")).rstrip("/").split("/")[-1]
     return str(name).lower()
 
 
 def task_name(cfg: Mapping) -> str:
-    return str(_get(cfg, "task.name") or "task")
+    return str(get_path(cfg, "task.name") or "task")
 
 
 def strategy_label(cfg: Mapping) -> str:
     """Strategy name, with the seed for ``random`` (its seeds are separate runs)."""
-    name = str(_get(cfg, "strategy.name") or "none")
+    name = str(get_path(cfg, "strategy.name") or "none")
     if name == "random":
-        return f"random-s{_get(cfg, 'strategy.seed', _get(cfg, 'seed'))}"
+        return f"random-s{get_path(cfg, 'strategy.seed', get_path(cfg, 'seed'))}"
     return name
 
 
 def run_name(cfg: Mapping) -> str:
     """Human-readable run name, e.g. ``smollm2-135m/selective/r0.10``."""
-    ratio = _get(cfg, "ratio")
+    ratio = get_path(cfg, "ratio")
     ratio = f"r{float(ratio):.2f}" if ratio is not None else "r?"
     return f"{model_name(cfg)}/{strategy_label(cfg)}/{ratio}"
 
 
 def tags(cfg: Mapping) -> list[str]:
     """W&B tags for filtering: model, task, strategy, ratio."""
-    ratio = _get(cfg, "ratio")
-    return [f"model:{model_name(cfg)}", f"task:{task_name(cfg)}", f"strategy:{_get(cfg, 'strategy.name') or 'none'}",
+    ratio = get_path(cfg, "ratio")
+    return [f"model:{model_name(cfg)}", f"task:{task_name(cfg)}", f"strategy:{get_path(cfg, 'strategy.name') or 'none'}",
             f"ratio:{float(ratio):.2f}" if ratio is not None else "ratio:none"]
 
 

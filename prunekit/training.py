@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -138,13 +137,12 @@ class Examples(list):
 
 def field(record: Mapping, path: str):
     """Value at a dotted path (`"answer.text"`) in a nested record; clear error naming the missing part."""
-    value: Any = record
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            keys = list(value) if isinstance(value, Mapping) else type(value).__name__
-            raise TrainingConfigError(f"response_field={path!r}: no {part!r} in record (available: {keys})")
-        value = value[part]
-    return value
+    from prunekit.data import MissingField, lookup
+
+    try:
+        return lookup(record, path)
+    except MissingField as e:
+        raise TrainingConfigError(f"response_field={path!r}: no {e.key!r} in record (available: {e.available})") from None
 
 
 def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str, response_field: str,
@@ -402,35 +400,19 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
 
 
 # -------------------------------------------------------------------------------------------------- merge
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` onto `dst`, replacing an existing `dst` (old copy moved aside first, then deleted)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def merge_and_save(peft_model, tokenizer, out_dir: str | os.PathLike) -> nn.Module:
     """Save the adapter to `out_dir/adapter/` and the merged model + tokenizer to `out_dir/model/`; return merged.
 
     Merging is in place (`merge_and_unload`); `model/` is a stock checkpoint for plain `from_pretrained`.
     Each directory is written to a temp dir first and renamed into place.
     """
+    from prunekit.checkpoint import atomic_dir, save_model
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out_dir))
-    try:
-        peft_model.save_pretrained(tmp / "adapter")
-        tokenizer.save_pretrained(tmp / "adapter")
-        merged = peft_model.merge_and_unload()
-        merged.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        _replace_dir(tmp / "adapter", out_dir / "adapter")
-        _replace_dir(tmp / "model", out_dir / "model")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(out_dir / "adapter") as tmp:
+        peft_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    merged = peft_model.merge_and_unload()
+    save_model(merged, tokenizer, out_dir / "model")
     log_.info("saved adapter and merged model under %s", out_dir)
     return merged

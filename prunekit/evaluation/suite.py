@@ -195,16 +195,6 @@ def math_gold(value) -> str:
     return math.gold_answer(text) if "####" in text else text.strip().replace(",", "")
 
 
-def _field(record: Mapping, dotted: str):
-    """Value at a dotted path (`answer`, `metadata.answer_value`), None when absent."""
-    cur = record
-    for seg in str(dotted).split("."):
-        if not isinstance(cur, Mapping) or seg not in cur:
-            return None
-        cur = cur[seg]
-    return cur
-
-
 def target_samples(task: Mapping, settings: dict) -> list[dict]:
     """Eval samples {id, prompt, gold, record}: GSM8K id = position in the eval set + offset; HumanEval id = task_id."""
     ev = task_eval(task)
@@ -219,7 +209,7 @@ def target_samples(task: Mapping, settings: dict) -> list[dict]:
     offset = int(spec.get("offset") or 0)
     samples = []
     for i, rec in enumerate(records):
-        gold = _field(rec, gold_field)
+        gold = data.get_path(rec, gold_field)
         if gold is None:
             raise SuiteError(f"task.eval.target.gold_field={gold_field!r}: record {i} has no such field; "
                              f"fields: {', '.join(rec)}")

@@ -18,9 +18,13 @@ from tqdm.auto import tqdm
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.mlp import mlp_layers
 from prunekit.models import process_state
-from prunekit.scoring import RunningStats, merge_all
+from prunekit.scoring import RunningStats, TokenStats, merge_all
 
 log = logging.getLogger(__name__)
+
+
+# Bumped when the cached statistics change shape or meaning (2: token-level sums for the importance baselines).
+FORMAT = 2
 
 
 class CaptureError(ValueError):
@@ -54,23 +58,25 @@ def down_proj_inputs(model):
     """Hooks that record, per layer, the per-prompt masked mean of |down_proj input| for the current batch.
 
     Yields ``(buffer, set_mask)``: call ``set_mask(attention_mask)`` before each forward; afterwards
-    ``buffer[layer]`` holds a [batch, d_ff] float32 tensor.
+    ``buffer[layer]`` holds a [batch, d_ff] float32 tensor and ``buffer[("tokens", layer)]`` the batch's
+    token-level sums of x and x^2 over non-padding tokens ([d_ff] each, float64), for the importance baselines.
     """
     state = {"mask": None, "weights": None}
-    buffer: dict[int, torch.Tensor] = {}
+    buffer: dict = {}
 
     def set_mask(mask: torch.Tensor) -> None:
         mask = mask.float()
-        state["mask"] = mask
+        state["mask"] = mask.unsqueeze(1)  # [B, 1, T]
         state["weights"] = (mask / mask.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)  # [B, 1, T]
         buffer.clear()
 
     def make_hook(layer: int):
         def hook(_module, args):
-            x = args[0]
+            x = args[0].float()
             # [B,1,T] @ [B,T,F] -> [B,F]: mean over non-padding tokens, in fp32 whatever the model dtype.
-            w = state["weights"].to(device=x.device)
-            buffer[layer] = torch.bmm(w, x.abs().float()).squeeze(1)
+            w, m = state["weights"].to(device=x.device), state["mask"].to(device=x.device)
+            buffer[layer] = torch.bmm(w, x.abs()).squeeze(1)
+            buffer[("tokens", layer)] = (torch.bmm(m, x).sum((0, 1)).double(), torch.bmm(m, x * x).sum((0, 1)).double())
 
         return hook
 
@@ -129,7 +135,11 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
                     set_mask(batch["attention_mask"])
                     decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                     values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
-                    stats = stats.merge(RunningStats.of(values))
+                    tokens = TokenStats(int(batch["attention_mask"].sum()),
+                                        torch.stack([buffer[("tokens", i)][0].cpu() for i in range(len(layers))]),
+                                        torch.stack([buffer[("tokens", i)][1].cpu() for i in range(len(layers))]))
+                    batch_stats = RunningStats.of(values)
+                    stats = stats.merge(RunningStats(batch_stats.count, batch_stats.mean, batch_stats.m2, tokens))
                 results[name] = stats = gather_stats(stats)
                 log.info("captured %d prompts of set '%s'", stats.count, name)
     finally:
@@ -141,6 +151,7 @@ def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: di
     """Key of the activation cache: model identity + prompt-set specs and texts + capture settings."""
     texts = hashlib.sha256(json.dumps(prompt_sets, sort_keys=True).encode()).hexdigest()
     payload = {
+        "format": FORMAT,
         "model": model_identity,
         "specs": specs,
         "texts": texts,

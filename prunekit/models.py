@@ -9,6 +9,7 @@ or a tiny random model for tests; dtype and device are decided here and nowhere 
   ``tiny:llama``                        a tiny random-weight model (llama, qwen2, qwen3, mistral, gemma, phi3)
 """
 
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -82,10 +83,22 @@ def device() -> torch.device:
     return process_state().device
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(name: str, on: torch.device | None = None) -> torch.dtype:
-    """``auto`` means bfloat16 on CUDA and float32 elsewhere."""
+    """``auto`` means bfloat16 on CUDA and on CPUs with native bf16 (measured by benchmarks/bf16_cpu.py: faster
+    capture and decoding with the same pruning choices, see the README), float32 elsewhere."""
     if name == "auto":
-        return torch.bfloat16 if (on or device()).type == "cuda" else torch.float32
+        dev = on or device()
+        return torch.bfloat16 if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16()) else torch.float32
     if name not in DTYPES:
         raise ModelError(f"model.dtype='{name}': unknown dtype; allowed: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -151,8 +164,13 @@ def _gguf_to_dir(gguf: Path, out: Path) -> None:
 
 
 def _concat_parts(parts: list[Path], out: Path) -> None:
-    """Concatenate a GGUF split across packages into one file (atomic)."""
-    tmp = out.with_suffix(".tmp")
+    """Concatenate a GGUF split across packages into one file (atomic).
+
+    The temp name is unique per process: two processes materialising the same model at once each write their
+    own copy and the second rename replaces the first with identical bytes (a shared name raced, issue 11).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         for p in parts:
             with open(p, "rb") as src:

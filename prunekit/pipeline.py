@@ -5,6 +5,7 @@ and, in a multirun, the sweep directory; Hydra itself stays in the entry scripts
 """
 
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from prunekit import attribution, capture, data, models, scoring, slicing, strat
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, pruning_record_of, read_json, save_model
 from prunekit.evaluation import suite
 from prunekit.evaluation.resources import count_parameters
-from prunekit.mlp import check_architecture
+from prunekit.mlp import check_architecture, mlp_layers
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,77 @@ def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
     return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
 
 
-def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, checkpoint_dir=None) -> dict:
+# Bumped when what the source evaluation computes changes, so older cached source results are not reused.
+SOURCE_EVAL_VERSION = 1
+# Evaluation settings that do not change the source model's target generations (left out of their cache key).
+NOT_GENERATION = ("parts", "generations", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
+
+
+def _source_dir(cfg, model, source, settings: dict) -> Path:
+    """Cache directory of a source model's evaluation: model + dtype + task eval data + generation settings."""
+    key_of = {"version": SOURCE_EVAL_VERSION, "model": models.identity(source, cfg.model.revision),
+              "dtype": str(next(model.parameters()).dtype), "task": plain(cfg.task).get("eval"),
+              "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION},
+              "code_timeout_s": settings["code"]["timeout_s"]}
+    key = hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return Path(cfg.cache_dir).expanduser() / "sources" / key
+
+
+def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
+    """The unpruned source model's metrics and target generations (with verdicts), cached on disk.
+
+    The generations are keyed by model + task evaluation data + generation settings, so every run of a sweep and
+    every later run of the same default reuses them; the metrics of the other parts are cached beside them per
+    set of parts. Similarity is left out: the source against its own outputs is 1 by definition (its distractor
+    outputs are the similarity reference, generated once by ``reference_outputs``).
+    """
+    settings = suite.check_settings(plain(cfg.eval), plain(cfg.task))
+    task = plain(cfg.task)
+    out = _source_dir(cfg, model, source, settings)
+    gen_done = out / "target.json"
+    if not gen_done.is_file():  # generations.jsonl + task/trap metrics; a killed run resumes from its journal
+        log.info("evaluating the unpruned source model once (cached in %s)", out)
+        metrics = suite.evaluate(model, tokenizer, task, {**settings, "parts": ["task", "traps"]}, run_dir=out)
+        atomic_write_json(gen_done, metrics)
+    rows = [json.loads(line) for line in (out / suite.GENERATIONS_FILE).read_text().splitlines() if line.strip()]
+    metrics = {k: v for k, v in read_json(gen_done).items() if not k.startswith("time/")}
+    rest = [p for p in settings["parts"] if p in ("nll", "resources", "lm_eval")]
+    if rest:
+        parts_file = out / f"metrics-{'-'.join(rest)}.json"
+        if not parts_file.is_file():
+            atomic_write_json(parts_file, suite.evaluate(model, tokenizer, task, {**settings, "parts": rest},
+                                                         run_dir=out, source_rows=rows))
+        metrics.update({k: v for k, v in read_json(parts_file).items() if not k.startswith("time/")})
+    return metrics, rows
+
+
+def before_after(metrics: dict) -> str:
+    """The short before -> after table `prune.py` ends with (original/ metrics vs the pruned model's)."""
+    task = "gsm8k/em" if "gsm8k/em" in metrics else "humaneval/pass@1"
+    metric = task.split("/")[0]
+    rows = [(task, task), ("target NLL (own answers)", f"{metric}/nll"), ("trap rate", f"{metric}/trap_rate"),
+            ("distractor similarity", "distractor/sss"), ("parameters", "resources/params"),
+            ("tokens/s (batch 1)", "resources/tokens_per_s")]
+    before = {"distractor/sss": 1.0, **{k[len("original/"):]: v for k, v in metrics.items() if k.startswith("original/")}}
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+
+    lines = [f"{'':26} {'before':>12} {'after':>12}"]
+    lines += [f"{label:26} {fmt(before.get(key)):>12} {fmt(metrics.get(key)):>12}" for label, key in rows
+              if key in metrics or key in before]
+    return "\n".join(lines)
+
+
+def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, checkpoint_dir=None,
+               source_rows=None) -> dict:
     """The evaluation suite on an in-memory model; its sample generations also go to W&B."""
     metrics = suite.evaluate(model, tokenizer, plain(cfg.task), plain(cfg.eval), run_dir=run_dir,
-                             reference_outputs=reference, checkpoint_dir=checkpoint_dir)
+                             reference_outputs=reference, checkpoint_dir=checkpoint_dir, source_rows=source_rows)
     generations = run_dir / "generations.jsonl"  # prompt, output and verdict of every target sample
     if generations.exists():
         rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
@@ -152,6 +220,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         strategy = plain(cfg.strategy)
         name = strategy["name"]
         strategies.check_strategy(name)
+        strategies.check_options(strategy)
         deactivation = name in strategies.DEACTIVATION
         if not deactivation:
             slicing.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
@@ -178,7 +247,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             params_before = count_parameters(model)
         try:
             # 3. Scores: activation statistics -> selectivity (cached), and/or integrated-gradients attribution.
-            selectivity = attrib = key = ig_key = cached = None
+            selectivity = attrib = key = ig_key = cached = stats = None
             with timer("capture"):
                 if name in strategies.NEEDS_SELECTIVITY:
                     dtype = str(next(model.parameters()).dtype)
@@ -192,6 +261,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
             with timer("reference"):
                 reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
+            with timer("source_eval"):  # the unpruned model's numbers, cached: only the first run pays
+                original, source_rows = source_evaluation(cfg, model, tokenizer, source) if cfg.evaluate else ({}, None)
 
             # 4. Remove neurons: uniform physical pruning, or zero one layer's detrimental (or random) neurons.
             with timer("prune"):
@@ -206,9 +277,10 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                     record.update(ratio=0.0, real_ratio=0.0, kept_width=d_ff, layer=strategy["layer"],
                                   percent=strategy["percent"], where=strategy["where"], deactivated=neurons.tolist())
                 else:
+                    down = [mlp.down.weight for mlp in mlp_layers(model)] if name in strategies.NEEDS_WEIGHTS else None
                     scores = None if name == "random" else strategies.ranking(
                         name, selectivity, attrib, rank_by=strategy.get("rank_by", "signed"),
-                        weight=strategy.get("weight", 0.5))
+                        weight=strategy.get("weight", 0.5), stats=stats, down_weights=down)
                     kept = strategies.choose(name, scores, n_prune, d_ff=d_ff, layers=n_layers,
                                              seed=strategy.get("seed", cfg.seed))
                     slicing.prune_mlp(model, kept)
@@ -226,8 +298,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                 state.wait_for_everyone()
 
             # 6. Evaluate the pruned model (evaluate=true): task metric, traps, similarity, resources, NLL.
-            evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model") \
-                if cfg.evaluate else {}
+            evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
+                                   source_rows) if cfg.evaluate else {}
         finally:
             del model, tokenizer
             release_memory()
@@ -241,14 +313,20 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             "resources/params": params_after,
             "capture/cached": cached,
             **evaluated,
+            **{f"original/{k}": v for k, v in original.items()},
             **timer,
         }
+        if cfg.evaluate:
+            metrics["original/resources/params"] = params_before
         tracker.log(metrics)
         tracker.summary(metrics)
         tracking.log_selectivity(tracker, record)
     finish_record(cfg, "prune", run_dir, sweep_dir, metrics)
     log.info("%s: real ratio %.4f, params %d -> %d; saved %s", name, record["real_ratio"], params_before,
              params_after, run_dir / "model")
+    if cfg.evaluate and models.process_state().is_main_process:
+        print(f"\n{name} pruning, ratio {cfg.ratio} (real {record['real_ratio']:.4f}): before -> after\n"
+              + before_after(metrics), flush=True)
     return metrics
 
 
@@ -278,15 +356,23 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
                 metrics = suite.rescore(task, settings, settings["generations"], run_dir)
         else:
             record = pruning_record_of(name_or_path)
-            reference = None
-            if "similarity" in settings["parts"]:
-                with timer("reference"):
-                    reference = _source_reference(cfg, record, source)
+            reference = source_rows = None
+            original: dict = {}
+            if record is not None and {"similarity", "nll"} & set(settings["parts"]):
+                with timer("source"):  # the unpruned model the checkpoint came from (cached results)
+                    reference, original, source_rows = _source_results(cfg, record, settings["parts"])
             with timer("load"):
                 model, tokenizer = load_model(cfg, source)
             try:
-                checkpoint = name_or_path if source.kind == "dir" else None
-                metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint)
+                if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
+                    if "similarity" in settings["parts"]:
+                        log.info("similarity skipped: an unpruned model against its own outputs is 1 by definition")
+                    metrics, _ = source_evaluation(cfg, model, tokenizer, source)
+                    _copy_source_files(cfg, model, source, run_dir)
+                else:
+                    checkpoint = name_or_path if source.kind == "dir" else None
+                    metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint, source_rows)
+                    metrics.update({f"original/{k}": v for k, v in original.items()})
             finally:
                 del model, tokenizer
                 release_memory()
@@ -315,16 +401,29 @@ def best_of_grid(sweep_dir) -> dict:
     return {**best, "metric": metric}
 
 
-def _source_reference(cfg, record: dict | None, source) -> dict | None:
-    """Reference outputs from the unpruned model a checkpoint came from (the checkpoint itself if unpruned)."""
-    if record is not None:
-        source = models.resolve(record["source_model"])
+def _source_results(cfg, record: dict, parts) -> tuple[dict | None, dict, list[dict] | None]:
+    """From the unpruned model a checkpoint came from: similarity reference outputs (when `similarity` is on),
+    and its cached evaluation metrics and target generations (when `nll` is on). Loads it only on a cache miss."""
+    source = models.resolve(record["source_model"])
     model, tokenizer = load_model(cfg, source)
     try:
-        return reference_outputs(cfg, model, tokenizer, source)
+        reference = reference_outputs(cfg, model, tokenizer, source)
+        original, rows = source_evaluation(cfg, model, tokenizer, source) if "nll" in parts else ({}, None)
+        return reference, original, rows
     finally:
         del model, tokenizer
         release_memory()
+
+
+def _copy_source_files(cfg, model, source, run_dir: Path) -> None:
+    """generations.jsonl and samples.jsonl of the cached source evaluation, into an evaluate run's directory."""
+    import shutil
+
+    settings = suite.check_settings(plain(cfg.eval), plain(cfg.task))
+    cached = _source_dir(cfg, model, source, settings)
+    for name in (suite.GENERATIONS_FILE, suite.SAMPLES_FILE):
+        if (cached / name).is_file():
+            shutil.copyfile(cached / name, run_dir / name)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -356,10 +455,11 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
     with tracked(cfg, "train", run_dir, sweep_dir) as tracker:
-        reference = None
-        if cfg.evaluate and "similarity" in cfg.eval.parts:
-            with timer("reference"):
-                reference = _source_reference(cfg, record, source)
+        reference = source_rows = None
+        if cfg.evaluate and {"similarity", "nll"} & set(cfg.eval.parts):
+            with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
+                reference, _, source_rows = _source_results(
+                    cfg, record or {"source_model": cfg.model.name_or_path}, cfg.eval.parts)
         with timer("load"):
             model, tokenizer = load_model(cfg, source)
         try:
@@ -377,8 +477,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                 atomic_write_json(run_dir / "pruning.json", record)
             atomic_write_json(run_dir / "training.json", {"source_model": cfg.model.name_or_path, "lora": lora,
                                                           "examples": len(examples), **summary})
-            scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model") \
-                if cfg.evaluate else {}
+            scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
+                                source_rows) if cfg.evaluate else {}
         finally:
             del model, tokenizer
             release_memory()

@@ -4,11 +4,13 @@ single-layer deactivation strategies of the detrimental-neuron method, the neuro
 import torch
 
 # Physical, uniform 128-aligned pruning; which scores each one ranks by (lowest removed first).
-PHYSICAL = ("selective", "reverse", "random", "attribution", "selective_attribution")
+PHYSICAL = ("selective", "reverse", "random", "attribution", "selective_attribution", "wanda_sp", "flap", "contrastive")
 # Zero the top-attributed (or random) neurons of ONE layer; the width is unchanged (arXiv 2507.09185).
 DEACTIVATION = ("detrimental", "detrimental_random")
 STRATEGIES = PHYSICAL + DEACTIVATION
-NEEDS_SELECTIVITY = ("selective", "reverse", "selective_attribution")
+# Strategies ranked from the activation capture (selectivity and/or the token-level importance statistics).
+NEEDS_SELECTIVITY = ("selective", "reverse", "selective_attribution", "wanda_sp", "flap", "contrastive")
+NEEDS_WEIGHTS = ("wanda_sp", "flap", "contrastive")  # importance baselines: activations x down_proj columns
 NEEDS_ATTRIBUTION = ("attribution", "selective_attribution", "detrimental")
 
 
@@ -21,6 +23,15 @@ def check_strategy(name: str) -> None:
         raise StrategyError(f"strategy.name='{name}': unknown strategy; allowed: {', '.join(STRATEGIES)}")
 
 
+def check_options(strategy: dict) -> None:
+    """Options only the importance baselines have (the attribution options are checked in attribution.py)."""
+    if strategy.get("name") == "contrastive":
+        w = strategy.get("weight", 0.5)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+            raise StrategyError(f"strategy.weight={w!r}: must be a number in [0, 1) for contrastive "
+                                "(0 = target importance alone)")
+
+
 def _lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Indices of the n_prune lowest scores per layer; ties go to the lower index (stable sort)."""
     order = torch.sort(scores, dim=1, stable=True).indices
@@ -28,10 +39,25 @@ def _lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 
 
 def ranking(name: str, selectivity: torch.Tensor | None = None, attribution: torch.Tensor | None = None, *,
-            rank_by: str = "signed", weight: float = 0.5) -> torch.Tensor:
-    """The score whose LOWEST values a physical strategy removes first."""
-    from prunekit import attribution as ig  # torch-only import; kept local so strategies stay light
+            rank_by: str = "signed", weight: float = 0.5, stats: dict | None = None,
+            down_weights=None) -> torch.Tensor:
+    """The score whose LOWEST values a physical strategy removes first.
 
+    ``stats`` are the capture statistics by set (``target``, ``distractor/<name>``) and ``down_weights`` the
+    per-layer ``down_proj`` weights [hidden, d_ff], for the importance baselines.
+    """
+    from prunekit import attribution as ig  # torch-only import; kept local so strategies stay light
+    from prunekit import scoring
+
+    if name in NEEDS_WEIGHTS:
+        if stats is None or down_weights is None:
+            raise StrategyError(f"strategy.name='{name}' needs capture statistics and down_proj weights")
+        if name == "wanda_sp":
+            return scoring.wanda_sp(stats["target"], down_weights)
+        if name == "flap":
+            return scoring.flap(stats["target"], down_weights)
+        return scoring.contrastive(stats["target"], [v for k, v in stats.items() if k != "target"], down_weights,
+                                   weight)
     if name == "selective":
         return selectivity
     if name == "reverse":

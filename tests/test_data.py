@@ -217,8 +217,8 @@ def test_error_filter_matches_nothing(jsonl):
 
 
 def test_error_unknown_pip_source():
-    msg = err({"path": "pip:squad", "field": "q", "n": 1})
-    assert msg.startswith("task.target.path='pip:squad'") and "pip:gsm_symbolic, pip:sharegpt, pip:humaneval" in msg
+    msg = err({"path": "pip:coqa", "field": "q", "n": 1})
+    assert msg.startswith("task.target.path='pip:coqa'") and "pip:gsm_symbolic, pip:sharegpt, pip:humaneval" in msg
 
 
 def test_error_not_a_mapping_and_missing_path():
@@ -378,8 +378,8 @@ def test_math_preset_accepts_local_copies_by_path():
 def test_math_offline_default_loads_offline_and_eval_is_disjoint():
     task = preset("math_offline")
     sets = data.prompt_sets(task)
-    assert len(sets["target"]) == 200 and list(sets["distractors"]) == ["conversations"]
-    assert len(sets["distractors"]["conversations"]) == 200
+    assert len(sets["target"]) == 200 and list(sets["distractors"]) == ["squad", "conversations"]
+    assert [len(v) for v in sets["distractors"].values()] == [100, 100]
     ev = data.load_prompts(task.eval.target, "task.eval.target")
     train = data.load_records(task.train, "task.train")
     assert len(ev) == task.eval.target.n == 16 and len(train) == 1000
@@ -389,5 +389,33 @@ def test_math_offline_default_loads_offline_and_eval_is_disjoint():
     # the dotted response field resolves on every training record
     assert all(data.render(r, {"path": "pip:gsm_symbolic", "field": task.train.response_field}).strip()
                for r in train)
-    ev_conv = data.load_prompts(task.eval.distractors.conversations, "task.eval.distractors.conversations")
-    assert len(ev_conv) == task.eval.distractors.conversations.n == 16 and not set(ev_conv) & set(sets["distractors"]["conversations"])
+    for name in ("squad", "conversations"):  # the paper's two distractor roles, evaluation rows never captured
+        ev_set = data.load_prompts(task.eval.distractors[name], f"task.eval.distractors.{name}")
+        assert len(ev_set) == task.eval.distractors[name].n == 8 and not set(ev_set) & set(sets["distractors"][name])
+
+
+def test_pip_chitchat_is_short_casual_code_free_dialogue():
+    from prunekit import data as D
+
+    rows = D._chitchat()
+    assert len(rows) > 1000
+    for r in rows[:500]:
+        head = [m["content"] for m in r["messages"][:3]]
+        assert sum(map(len, head)) <= D.CHITCHAT_MAX_CHARS
+        assert not any(mark in t for t in head for mark in D._CODE_MARKS)
+        assert [m["role"] for m in r["messages"][:3]] == ["user", "assistant", "user"]
+    prompts = D.load_prompts({"path": "pip:chitchat", "n": 3, "template":
+                              "{messages[0][role]}: {messages[0][content]}\ncontinue"}, "x")
+    assert len(prompts) == 3 and all(p.startswith("user: ") for p in prompts)
+
+
+def test_pip_squad_is_one_question_per_passage():
+    from prunekit import data as D
+
+    if not D.squad_path().is_file():
+        pytest.skip("SQuAD not fetched (scripts/setup.sh fetches it)")
+    rows = D._squad()
+    assert len(rows) == 2067  # SQuAD v1.1 dev paragraphs
+    assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
+    assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",
+                                                  "n": 1}, "x")[0]

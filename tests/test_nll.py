@@ -137,3 +137,17 @@ def test_real_gsm8k_solutions_batched_equals_reference():
     model = _model(tok)
     got = N.target_nll(model, tok, pairs, batch_size=4, progress=False)
     assert got == pytest.approx(_reference(model, tok, pairs), rel=1e-6)
+
+
+def test_chunked_lm_head_equals_full_logits(model, tok):
+    """Only scored positions go through the LM head, a few rows at a time: same sum as the full-logits cross entropy."""
+    batch = N.collate([N.build_example(tok, p, a) for p, a in PAIRS], pad_id=3)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    target = batch["labels"][:, 1:]
+    keep = target != N.IGNORE
+    full = torch.nn.functional.cross_entropy(logits[:, :-1][keep].double(), target[keep], reduction="sum")
+    for chunk in (1, 3, 256):
+        total, count = N.nll_sum(model, **batch, chunk=chunk)
+        assert count == int(keep.sum())
+        assert math.isclose(total, float(full), rel_tol=1e-5)

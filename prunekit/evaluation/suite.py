@@ -13,6 +13,7 @@ take the defaults of `DEFAULTS`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from statistics import fmean
 from tqdm.auto import tqdm
 
 from prunekit import data
+from prunekit.models import process_state
 from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ DISTRACTOR_KINDS = {"squad": "qna", "qna": "qna", "conversations": "dialogue", "
 GENERATIONS_FILE = "generations.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 DISTRACTOR_FILE = "distractor_generations.jsonl"
+JOURNAL_FILE = "generations.partial.jsonl"  # finished batches of an evaluation still under way
 # Bumped when the reference generation recipe changes, so old cached references are not reused.
 REFERENCE_VERSION = 1
 
@@ -249,6 +252,20 @@ def nll_pairs(samples: list[dict], metric: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def own_answer_pairs(samples: list[dict], source_rows: list[dict]) -> tuple[list[tuple[str, str]], bool]:
+    """(prompt, answer) pairs from the unpruned source model's own greedy outputs on the eval target: the correct
+    ones, in the model's own format (chat template, its code style, its way of writing the final answer); all of
+    them when none is correct (a model that cannot do the task: then the proxy measures faithfulness to the source).
+    Returns (pairs, correct_only)."""
+    by_id = {s["id"]: s for s in samples}
+    rows = [r for r in source_rows if r.get("id") in by_id and str(r.get("output", "")).strip()]
+    correct = [r for r in rows if r.get("correct")]
+    chosen = correct or rows
+    if not chosen:
+        raise SuiteError("nll: the source model produced no non-empty output on the eval target; nothing to score")
+    return [(by_id[r["id"]]["prompt"], r["output"]) for r in chosen], bool(correct)
+
+
 # ---------------------------------------------------------------------------------------------- verdicts
 def verdict(metric: str, output: str, sample: dict, *, token_ids=None, tokenizer=None, hit_limit: bool) -> dict:
     """Per-sample answer and trap labels (code correctness comes later, from the sandbox)."""
@@ -327,12 +344,42 @@ def batches_by_tokens(lengths: list[int], batch_size: int, max_batch_tokens: int
     return out
 
 
+def _journal_key(prompt: str, budget: int, chat: bool, loop: bool, answer: bool) -> str:
+    """What decides one greedy generation (the model aside: a journal lives in one run directory)."""
+    blob = json.dumps([prompt, budget, chat, loop, answer])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _read_journal(path: Path | None) -> dict[str, generation.Generation]:
+    """Generations a killed earlier attempt finished (a torn last line is ignored)."""
+    done: dict[str, generation.Generation] = {}
+    if path is None or not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            key = rec.pop("key")
+            done[key] = generation.Generation(**rec)
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue
+    return done
+
+
 def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int, *, stop_on_answer: bool,
-              desc: str) -> list[generation.Generation]:
-    """Greedy generations with the online loop detector and the optional stop-at-first-box criterion."""
+              desc: str, journal: Path | None = None) -> list[generation.Generation]:
+    """Greedy generations with the online loop detector and the optional stop-at-first-box criterion.
+
+    With ``journal`` (a JSONL path), every finished batch is appended there and a re-run skips the prompts it
+    holds, so a killed hour-long evaluation resumes where it stopped; the caller deletes it when done.
+    """
     eos = generation.eos_ids(model, tokenizer)
     loop, answer = settings["loop_detection"], stop_on_answer
     chat = _chat(settings, tokenizer)
+    keys = [_journal_key(p, budget, chat, loop, answer) for p in prompts]
+    done = _read_journal(journal) if process_state().num_processes == 1 else {}
+    if done:
+        log.info("%s: resuming, %d of %d prompts already generated (%s)", desc,
+                 sum(k in done for k in keys), len(prompts), journal)
 
     def criteria(prompt_len: int) -> list:
         crits = []
@@ -342,18 +389,23 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
             crits.append(traps.AnswerStoppingCriteria(tokenizer, math.has_complete_answer, prompt_len))
         return crits
 
-    lengths = [len(ids) for ids in generation.encode(tokenizer, prompts, chat)]
+    results: list = [done.get(k) for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    lengths = [len(ids) for ids in generation.encode(tokenizer, [prompts[i] for i in todo], chat)]
     groups = batches_by_tokens(lengths, settings["batch_size"], settings["max_batch_tokens"])
-    results: list = [None] * len(prompts)
     n_new = 0
-    with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
-        for idx in groups:  # one engine call per batch: the engine itself batches by count only
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt") as bar:
+        for group in groups:  # one engine call per batch: the engine itself batches by count only
+            idx = [todo[j] for j in group]
             gens = generation.generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=budget,
                                        batch_size=len(idx), chat_template=chat, progress=False,
                                        stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc)
             for i, g in zip(idx, gens):
                 results[i] = g
                 n_new += g.n_tokens
+            if journal is not None and process_state().is_main_process:
+                with open(journal, "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps({"key": keys[i], **dataclasses.asdict(results[i])}) + "\n" for i in idx)
             bar.update(len(idx))
             bar.set_postfix(new_tokens=n_new)
     return results
@@ -362,21 +414,35 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
 def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> dict:
     """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl, return metrics."""
     metric, budget = ev["metric"], max_new_tokens(settings, ev)
+    journal = run_dir / JOURNAL_FILE
     gens = _generate(model, tokenizer, [s["prompt"] for s in samples], settings, budget,
-                     stop_on_answer=settings["stop_on_answer"], desc=f"eval {metric}")
+                     stop_on_answer=settings["stop_on_answer"], desc=f"eval {metric}", journal=journal)
     rows = []
     for s, g in zip(samples, gens):
         row = g.record(id=s["id"])
         row.update(verdict(metric, g.output, s, token_ids=g.token_ids, tokenizer=tokenizer,
                            hit_limit=g.stop_reason == "length"))
         rows.append(row)
-    if metric == "humaneval" and "task" in settings["parts"]:
-        _score_code(samples, rows, settings)
+    if metric == "humaneval" and ("task" in settings["parts"] or "nll" in settings["parts"]):
+        _score_code(samples, rows, settings)  # nll scores the correct answers only
     generation.write_generations(run_dir / GENERATIONS_FILE, rows)
     generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
+    journal.unlink(missing_ok=True)
     metrics = task_metrics(metric, rows, settings["parts"])
     metrics[f"{metric}/max_new_tokens"] = budget
-    return metrics
+    return metrics, rows
+
+
+def _run_nll(model, tokenizer, samples, metric: str, settings: dict, source_rows: list[dict]) -> dict:
+    """`<metric>/nll`: mean token NLL of the source model's own correct answers (the validated target proxy);
+    `<metric>/nll_gold`: of the dataset's gold solutions (the earlier definition; they are not in the format the
+    model writes: raw canonical code, GSM8K's <<48/2=24>> calculator marks)."""
+    kw = dict(batch_size=settings["batch_size"], max_length=settings["nll"]["max_length"],
+              chat_template=_chat(settings, tokenizer))
+    pairs, correct_only = own_answer_pairs(samples, source_rows)
+    return {f"{metric}/nll": nll.target_nll(model, tokenizer, pairs, **kw),
+            f"{metric}/nll_answers": len(pairs), f"{metric}/nll_correct_only": correct_only,
+            f"{metric}/nll_gold": nll.target_nll(model, tokenizer, nll_pairs(samples, metric), **kw)}
 
 
 # ---------------------------------------------------------------------------------------------- similarity
@@ -493,9 +559,13 @@ def _run_similarity(model, tokenizer, task, settings, reference, run_dir: Path) 
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def evaluate(model, tokenizer, task: Mapping, settings: Mapping | None, *, run_dir, reference_outputs=None,
-             checkpoint_dir=None) -> dict:
+             checkpoint_dir=None, source_rows: list[dict] | None = None) -> dict:
     """Run the enabled parts on `model` and return flat metrics; writes generations.jsonl, samples.jsonl and
-    distractor_generations.jsonl into `run_dir`."""
+    distractor_generations.jsonl into `run_dir`.
+
+    `source_rows` are the unpruned source model's target generations with verdicts (its generations.jsonl): the
+    answers the `nll` part scores. None means `model` is the source itself: its own rows are used (and generated
+    for `nll` even when `task` and `traps` are off)."""
     s = check_settings(settings, task)
     ev = task_eval(task)
     metric, parts = ev["metric"], s["parts"]
@@ -515,12 +585,16 @@ def evaluate(model, tokenizer, task: Mapping, settings: Mapping | None, *, run_d
             metrics.update(fn())
             metrics[f"time/eval_{part}_s"] = time.perf_counter() - t0
 
-        if "task" in parts or "traps" in parts:
-            timed("generate", lambda: _run_target(model, tokenizer, samples, ev, s, run_dir))
+        rows = None
+        if "task" in parts or "traps" in parts or ("nll" in parts and source_rows is None):
+            t0 = time.perf_counter()
+            target_metrics, rows = _run_target(model, tokenizer, samples, ev, s, run_dir)
+            if "task" in parts or "traps" in parts:
+                metrics.update(target_metrics)
+            metrics["time/eval_generate_s"] = time.perf_counter() - t0
         if "nll" in parts:
-            timed("nll", lambda: {f"{metric}/nll": nll.target_nll(
-                model, tokenizer, nll_pairs(samples, metric), batch_size=s["batch_size"],
-                max_length=s["nll"]["max_length"], chat_template=_chat(s, tokenizer))})
+            timed("nll", lambda: _run_nll(model, tokenizer, samples, metric, s,
+                                          source_rows if source_rows is not None else rows))
         if "resources" in parts:  # before similarity/lm-eval, whose encoders would count in the peak memory
             tp = s["throughput"]
             timed("resources", lambda: {
@@ -616,6 +690,6 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
 __all__ = [
     "DEFAULTS", "METRICS", "PARTS", "SuiteError", "batches_by_tokens", "check_settings", "distractor_kind",
     "distractor_prompts", "evaluate", "math_gold", "max_new_tokens", "nll_pairs", "read_outputs",
-    "reference_generations", "reference_key", "rescore", "resolve_settings", "target_samples", "task_metrics",
+    "own_answer_pairs", "reference_generations", "reference_key", "rescore", "resolve_settings", "target_samples", "task_metrics",
     "verdict",
 ]

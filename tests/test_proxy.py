@@ -1,0 +1,84 @@
+"""The validated target proxy (NLL of the source model's own answers), the resumable generation journal, the cached
+source evaluation and the before -> after table."""
+
+import json
+
+import pytest
+
+from prunekit import models, pipeline
+from prunekit.evaluation import generation, suite
+from tests.test_prune_pipeline import _cfg
+
+
+def _samples():
+    return [{"id": i, "prompt": f"question {i}"} for i in range(4)]
+
+
+def test_own_answer_pairs_keep_correct_answers_in_the_models_format():
+    rows = [{"id": 0, "output": "a \\boxed{1}", "correct": True}, {"id": 1, "output": "wrong", "correct": False},
+            {"id": 2, "output": "   ", "correct": True}, {"id": 3, "output": "b \\boxed{4}", "correct": True},
+            {"id": 99, "output": "not in the eval set", "correct": True}]
+    pairs, correct_only = suite.own_answer_pairs(_samples(), rows)
+    assert correct_only and pairs == [("question 0", "a \\boxed{1}"), ("question 3", "b \\boxed{4}")]
+
+
+def test_own_answer_pairs_fall_back_to_all_outputs_when_none_is_correct():
+    rows = [{"id": 0, "output": "x", "correct": False}, {"id": 1, "output": "y", "correct": None}]
+    pairs, correct_only = suite.own_answer_pairs(_samples(), rows)
+    assert not correct_only and [a for _, a in pairs] == ["x", "y"]
+    with pytest.raises(suite.SuiteError, match="no non-empty output"):
+        suite.own_answer_pairs(_samples(), [{"id": 0, "output": "", "correct": True}])
+
+
+SETTINGS = suite.resolve_settings({"batch_size": 2, "chat_template": False})
+
+
+def test_generation_journal_resumes_without_regenerating(tokenizer, tmp_path, monkeypatch):
+    model = models.tiny_model("llama", len(tokenizer))
+    prompts = ["Tom has 3 apples.", "Hi!", "What is the capital of France?", "Compute 12 * 7."]
+    journal = tmp_path / "journal.jsonl"
+    first = suite._generate(model, tokenizer, prompts, SETTINGS, 6, stop_on_answer=False, desc="t", journal=journal)
+    assert len(journal.read_text().splitlines()) == 4
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing the last line
+    calls = []
+    real = generation.generate
+
+    def counting(model, tokenizer, prompts, **kw):
+        calls.append(list(prompts))
+        return real(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(generation, "generate", counting)
+    again = suite._generate(model, tokenizer, prompts, SETTINGS, 6, stop_on_answer=False, desc="t", journal=journal)
+    assert [g.output for g in again] == [g.output for g in first]
+    assert sum(map(len, calls)) == 1  # only the prompt whose line was torn is generated again
+    other_budget = suite._generate(model, tokenizer, prompts, SETTINGS, 5, stop_on_answer=False, desc="t",
+                                   journal=journal)
+    assert sum(map(len, calls)) == 5 and len(other_budget) == 4  # a different budget reuses nothing
+
+
+def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, model_cache, capsys):
+    overrides = ["eval.parts=[task,traps,nll]", "eval.n=2", "eval.max_new_tokens=8", "task.eval.target.offset=10000"]
+    m1 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
+    sources = list((tmp_path / "cache" / "sources").iterdir())
+    assert len(sources) == 1 and (sources[0] / "target.json").is_file()
+    for key in ("gsm8k/nll", "gsm8k/nll_gold", "gsm8k/trap_rate", "resources/params"):
+        assert f"original/{key}" in m1 and key in m1
+    assert m1["original/resources/params"] > m1["resources/params"]
+    out = capsys.readouterr().out
+    assert "before -> after" in out and "target NLL (own answers)" in out
+    stamp = (sources[0] / "target.json").stat().st_mtime_ns
+    m2 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides, "strategy=reverse"), tmp_path / "b")
+    assert (sources[0] / "target.json").stat().st_mtime_ns == stamp  # cached: the source is evaluated once
+    assert m2["original/gsm8k/nll"] == m1["original/gsm8k/nll"]
+    rows = [json.loads(x) for x in (sources[0] / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+
+
+def test_before_after_table_lists_both_columns():
+    text = pipeline.before_after({"gsm8k/em": 0.5, "original/gsm8k/em": 0.75, "resources/params": 1000,
+                                  "original/resources/params": 2000, "distractor/sss": 0.4})
+    lines = text.splitlines()
+    assert lines[0].split() == ["before", "after"]
+    assert lines[1].split() == ["gsm8k/em", "0.750", "0.500"]
+    assert "distractor similarity" in text and "1,000" in text and "2,000" in text

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from prunekit.capture import format_prompt  # the same prompt formatting as activation capture
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.mlp import GatedMLP, mlp_layers
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ WHERE = ("gate", "down")
 RANK_BY = ("signed", "abs")
 
 
-class AttributionError(ValueError):
+class AttributionError(PrunekitError):
     """A bad attribution / detrimental strategy option; the message names the option and the allowed values."""
 
 

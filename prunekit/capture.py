@@ -7,6 +7,8 @@ decoder only (``model.get_decoder()``): the LM head's logits are never needed fo
 import hashlib
 import json
 import logging
+import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from prunekit.checkpoint import atomic_torch_save
 from prunekit.mlp import mlp_layers
 from prunekit.models import process_state
 from prunekit.scoring import RunningStats, TokenStats, merge_all
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 
 
-class CaptureError(ValueError):
+class CaptureError(PrunekitError):
     """A capture option out of range."""
 
 
@@ -162,15 +165,67 @@ def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: di
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def load_cached(path: Path) -> dict[str, RunningStats] | None:
-    """Statistics saved under a cache key, or None."""
+def _problem(data, expected: dict) -> str | None:
+    """Why a loaded cache entry cannot be used for ``expected`` ({"sets": {name: prompts}, "layers", "d_ff"}),
+    or None. A loadable-but-wrong file (other shapes, a missing set, NaN, count 0) must never change the pruning."""
+    if not isinstance(data, dict):
+        return f"not a mapping of prompt sets ({type(data).__name__})"
+    manifest = data.get("_manifest") or {}
+    if manifest.get("format") != FORMAT:
+        return f"format {manifest.get('format')!r}, expected {FORMAT}"
+    sets = {k: v for k, v in data.items() if k != "_manifest"}
+    if sorted(sets) != sorted(expected["sets"]):
+        return f"prompt sets {sorted(sets)}, expected {sorted(expected['sets'])}"
+    shape = (expected["layers"], expected["d_ff"])
+    for name, d in sets.items():
+        try:
+            stats = RunningStats.from_dict(d)
+        except (KeyError, TypeError, ValueError) as e:
+            return f"set {name!r} is malformed ({e})"
+        if stats.count != expected["sets"][name]:
+            return f"set {name!r} holds {stats.count} prompts, expected {expected['sets'][name]}"
+        tensors = [stats.mean, stats.m2] + ([stats.tokens.sum, stats.tokens.sumsq] if stats.tokens else [])
+        if stats.tokens is None or stats.tokens.count < 1:
+            return f"set {name!r} has no token statistics"
+        if any(not isinstance(t, torch.Tensor) or tuple(t.shape) != shape for t in tensors):
+            return f"set {name!r} has shapes {[tuple(getattr(t, 'shape', ())) for t in tensors]}, expected {shape}"
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            return f"set {name!r} holds NaN or infinite values"
+    return None
+
+
+def load_cached(path: Path, expected: dict) -> dict[str, RunningStats] | None:
+    """Statistics saved under a cache key, verified against ``expected``; None when absent. A damaged or
+    mismatched entry is logged with its path, moved aside (``<name>.bad-<time>``) and None is returned, so the
+    caller captures again."""
     if not path.exists():
         return None
-    data = torch.load(path, weights_only=True)
-    log.info("loaded activation statistics from cache %s", path)
-    return {name: RunningStats.from_dict(d) for name, d in data.items()}
+    try:
+        data = torch.load(path, weights_only=True)
+        problem = _problem(data, expected)
+    except Exception as e:  # noqa: BLE001 - any unreadable file (truncated zip, garbage, empty) is a damaged entry
+        problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    if problem is None:
+        log.info("loaded activation statistics from cache %s", path)
+        return {name: RunningStats.from_dict(d) for name, d in data.items() if name != "_manifest"}
+    aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+    log.warning("activation cache %s is damaged or does not match this run (%s): moved to %s, capturing again",
+                path, problem, aside)
+    try:
+        os.replace(path, aside)
+    except OSError:
+        path.unlink(missing_ok=True)
+    return None
 
 
 def save_cached(path: Path, stats: dict[str, RunningStats]) -> None:
-    atomic_torch_save({name: s.to_dict() for name, s in stats.items()}, path)
+    """Write the statistics with a manifest (format, sets and counts, shapes); a failed write (full disk) is logged
+    and leaves the run going: the cache only saves time."""
+    first = next(iter(stats.values()))
+    manifest = {"format": FORMAT, "sets": {n: s.count for n, s in stats.items()}, "shape": list(first.mean.shape)}
+    try:
+        atomic_torch_save({"_manifest": manifest, **{name: s.to_dict() for name, s in stats.items()}}, path)
+    except OSError as e:
+        log.warning("could not write the activation cache %s (%s); continuing without it", path, e)
+        return
     log.info("saved activation statistics to cache %s", path)

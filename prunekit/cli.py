@@ -8,6 +8,8 @@ import sys
 
 from omegaconf import OmegaConf
 
+from prunekit.errors import PrunekitError
+
 log = logging.getLogger("prunekit")
 
 
@@ -59,8 +61,8 @@ def hydra_dirs() -> dict:
 
 
 def is_usage_error(exc: BaseException) -> bool:
-    """prunekit raises ValueError subclasses (RatioError, DataError, ModelError, ...) for bad options."""
-    return isinstance(exc, ValueError) and type(exc).__module__.startswith("prunekit")
+    """Every prunekit error for bad input derives from PrunekitError (RatioError, DataError, ModelError, ...)."""
+    return isinstance(exc, PrunekitError)
 
 
 def guarded(fn, *args, **kwargs):

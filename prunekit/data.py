@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ GSM_SYMBOLIC_SIZE = 100_000
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-class DataError(ValueError):
+class DataError(PrunekitError):
     """A prompt-set spec or its data is unusable; the one-line message names the config option."""
 
 

@@ -23,6 +23,7 @@ from accelerate.utils import parse_flag_from_env
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.checkpoint import atomic_dir
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ TINY_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(PrunekitError):
     """A model option that cannot be resolved or loaded."""
 
 

@@ -4,6 +4,7 @@ Each recipe takes the composed config (an OmegaConf DictConfig or anything with 
 and, in a multirun, the sweep directory; Hydra itself stays in the entry scripts.
 """
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -77,12 +78,16 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict) -
 
 
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
-    """With resume=true, the metrics of a job that already finished in this run directory; else None."""
-    if tracking.should_skip(run_dir, job_type, cfg.resume):
+    """With resume=true, the metrics of a job that already finished in this run directory with the same settings
+    (another config there is a one-line error); else None, after clearing the earlier attempt's results."""
+    config = plain(cfg)
+    if tracking.check_resume(run_dir, job_type, config, cfg.resume):
         log.info("%s job already complete in %s (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
     if models.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracking.record_config(run_dir, config)
     return None
 
 
@@ -97,15 +102,23 @@ def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
 
 
 def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> tuple[dict, bool]:
-    """Statistics for ``key`` from the on-disk cache, or captured now and cached. Returns (stats, was_cached)."""
+    """Statistics for ``key`` from the on-disk cache (verified), or captured now and cached. Returns
+    (stats, was_cached). Parallel jobs of a sweep wait on one file lock per key, so the set is captured once."""
+    from filelock import FileLock
+
     path = Path(cache_dir).expanduser() / f"{key}.pt"
-    stats = capture.load_cached(path)
-    if stats is not None:
-        return stats, True
-    log.info("capturing activations (cache key %s)", key)
-    stats = capture.statistics(model, tokenizer, sets, settings)
-    if models.process_state().is_main_process:
-        capture.save_cached(path, stats)
+    layers = mlp_layers(model)
+    expected = {"sets": {n: len(p) for n, p in sets.items()}, "layers": len(layers), "d_ff": layers[0].d_ff}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = models.process_state()
+    with FileLock(str(path) + ".lock") if state.num_processes == 1 else contextlib.nullcontext():
+        stats = capture.load_cached(path, expected)
+        if stats is not None:
+            return stats, True
+        log.info("capturing activations (cache key %s)", key)
+        stats = capture.statistics(model, tokenizer, sets, settings)
+        if state.is_main_process:
+            capture.save_cached(path, stats)
     return stats, False
 
 
@@ -130,8 +143,10 @@ def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
     return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
 
 
-# Bumped when what the source evaluation computes changes, so older cached source results are not reused.
+# Bumped when the source model's cached target generations (SOURCE_EVAL_VERSION) or the metrics computed from them
+# (SOURCE_METRICS_VERSION, e.g. the rule choosing which own answers the NLL proxy scores) change meaning.
 SOURCE_EVAL_VERSION = 1
+SOURCE_METRICS_VERSION = 2
 # Evaluation settings that do not change the source model's target generations (left out of their cache key).
 NOT_GENERATION = ("parts", "generations", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
 
@@ -166,7 +181,7 @@ def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
     metrics = {k: v for k, v in read_json(gen_done).items() if not k.startswith("time/")}
     rest = [p for p in settings["parts"] if p in ("nll", "resources", "lm_eval")]
     if rest:
-        parts_file = out / f"metrics-{'-'.join(rest)}.json"
+        parts_file = out / f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}.json"
         if not parts_file.is_file():
             atomic_write_json(parts_file, suite.evaluate(model, tokenizer, task, {**settings, "parts": rest},
                                                          run_dir=out, source_rows=rows))

@@ -27,6 +27,7 @@ import yaml  # noqa: E402
 from prunekit import tracking  # noqa: E402
 from prunekit.data import get_path  # noqa: E402
 from prunekit.checkpoint import atomic_write_text, pruning_record_of  # noqa: E402
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ SKIP_PARTS = {"wandb", "model", "checkpoints", ".hydra", "report"}
 NA = "n/a"
 
 
-class ReportError(ValueError):
+class ReportError(PrunekitError):
     """Bad report input (no runs found, unreadable records)."""
 
 
@@ -126,12 +127,22 @@ def _read_config(run_dir: Path) -> dict:
     return {}
 
 
+def _complete(run_dir: Path) -> bool:
+    """A finished job: a completion marker (written after every result file) says so; a dir whose job was redone
+    and failed keeps no metrics.json of the earlier attempt, and an unfinished one has no marker."""
+    return any(tracking.is_complete(run_dir, marker.stem.split("-", 1)[1]) for marker in run_dir.glob("complete-*.json")
+               if marker.stem.split("-", 1)[1] in tracking.JOB_TYPES)
+
+
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
-    """Every directory under ``sweep_dir`` with a ``metrics.json`` (not inside model/, wandb/, ...)."""
+    """Every directory under ``sweep_dir`` holding a complete job's ``metrics.json`` (not inside model/, wandb/)."""
     found = []
     for path in sorted(Path(sweep_dir).rglob("metrics.json")):
         rel = path.relative_to(sweep_dir).parts[:-1]
         if any(p in SKIP_PARTS or p.startswith(".") for p in rel):
+            continue
+        if not _complete(path.parent):
+            log.info("report: %s skipped (its job did not complete)", path.parent)
             continue
         found.append(path.parent)
     return found
@@ -540,9 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wandb:
             tracking.check_mode(args.wandb_mode)
         result = build_report(args.sweep_dirs, args.out, paper=args.paper)
-    except ValueError as exc:
-        if not type(exc).__module__.startswith("prunekit"):
-            raise
+    except PrunekitError as exc:  # by class: as `python -m prunekit.report` this module is __main__
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.wandb:

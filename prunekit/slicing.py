@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from prunekit.mlp import GatedMLP, mlp_layers
+from prunekit.errors import PrunekitError
 
 ALIGN = 128
 
 
-class RatioError(ValueError):
+class RatioError(PrunekitError):
     """A pruning ratio that is out of range or leaves too few neurons."""
 
 

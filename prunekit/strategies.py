@@ -2,6 +2,7 @@
 single-layer deactivation strategies of the detrimental-neuron method, the neurons of one layer to zero."""
 
 import torch
+from prunekit.errors import PrunekitError
 
 # Physical, uniform 128-aligned pruning; which scores each one ranks by (lowest removed first).
 PHYSICAL = ("selective", "reverse", "random", "attribution", "selective_attribution", "wanda_sp", "flap", "contrastive")
@@ -14,7 +15,7 @@ NEEDS_WEIGHTS = ("wanda_sp", "flap", "contrastive")  # importance baselines: act
 NEEDS_ATTRIBUTION = ("attribution", "selective_attribution", "detrimental")
 
 
-class StrategyError(ValueError):
+class StrategyError(PrunekitError):
     """An unknown strategy name or bad strategy option."""
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from prunekit.checkpoint import atomic_write_json
 from prunekit.data import get_path
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ FINAL_FILES = {
 _offline_fallback_logged = False
 
 
-class TrackingError(ValueError):
+class TrackingError(PrunekitError):
     """Bad tracking option (unknown wandb.mode or job type)."""
 
 
@@ -365,12 +366,64 @@ def should_skip(run_dir: str | os.PathLike, job_type: str, resume: bool = True) 
     return False
 
 
+# Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
+NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
+              "eval.code.workers", "hydra.")
+CONFIG_FILE = "run-config.json"
+# Results of an attempt: cleared when a job (re)starts, so a failure can never leave another attempt's numbers.
+RESULT_FILES = ("metrics.json", "generations.jsonl", "samples.jsonl", "distractor_generations.jsonl")
+JOURNAL_FILE = "generations.partial.jsonl"  # finished generation batches of a killed evaluation (same config only)
+
+
+def config_hash(config: Mapping) -> tuple[str, dict]:
+    """sha256 of the settings that decide a job's results, and those settings flattened."""
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HASHED)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16], flat
+
+
+def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, resume: bool) -> bool:
+    """Whether the job may be skipped; raises when ``run_dir`` holds a run of other settings and resume is on.
+
+    resume=true: a complete run with the same config hash is skipped; a different hash is refused with a one-line
+    error naming the settings that differ. resume=false: the earlier attempt's results are dropped and redone.
+    """
+    run_dir = Path(run_dir)
+    digest, flat = config_hash(config)
+    saved = run_dir / CONFIG_FILE
+    try:
+        old = json.loads(saved.read_text()) if saved.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if old is not None and old.get("hash") != digest:
+        if resume:
+            before = old.get("config") or {}
+            diff = [f"{k}: {before.get(k)!r} -> {flat.get(k)!r}" for k in sorted(set(before) | set(flat))
+                    if before.get(k) != flat.get(k)]
+            raise TrackingError(f"{run_dir} holds a {job_type} run with other settings ({'; '.join(diff[:3])}"
+                                f"{' ...' if len(diff) > 3 else ''}); use another hydra.run.dir, or resume=false "
+                                "to redo it there")
+        (run_dir / JOURNAL_FILE).unlink(missing_ok=True)  # generations of the other config: never reused
+    if resume and old is not None and old.get("hash") == digest and is_complete(run_dir, job_type):
+        log.info("resume: %s job in %s is complete with the same settings; skipped (resume=false re-runs it)",
+                 job_type, run_dir)
+        return True
+    return False
+
+
+def record_config(run_dir: str | os.PathLike, config: Mapping) -> None:
+    digest, flat = config_hash(config)
+    atomic_write_json(Path(run_dir) / CONFIG_FILE, {"hash": digest, "config": flat})
+
+
 def begin(run_dir: str | os.PathLike, job_type: str) -> None:
-    """Start (or redo) a job: drop its completion marker and temp files a killed earlier attempt left behind."""
+    """Start (or redo) a job: drop its completion marker, the results of an earlier attempt (the report must never
+    read them as this run's) and temp files a killed earlier attempt left behind."""
     run_dir = Path(run_dir)
     marker_path(run_dir, job_type).unlink(missing_ok=True)
     if not run_dir.is_dir():
         return
+    for name in RESULT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
     for tmp in run_dir.rglob(".*.tmp"):  # prunekit.checkpoint's atomic-write temp names
         if "wandb" in tmp.relative_to(run_dir).parts:
             continue

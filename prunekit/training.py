@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from prunekit.errors import PrunekitError
 
 log_ = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
 REQUIRED = ("r", "alpha", "lr", "effective_batch_size")
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(PrunekitError):
     """A LoRA/training setting, the training data or a resume checkpoint is unusable; raised before training."""
 
 

@@ -92,11 +92,21 @@ def test_bad_capture_settings():
         capture.CaptureSettings(max_length=0)
 
 
+def _with_tokens(stats: RunningStats) -> RunningStats:
+    from prunekit.scoring import TokenStats
+
+    layers, d_ff = stats.mean.shape
+    return RunningStats(stats.count, stats.mean, stats.m2,
+                        TokenStats(7, torch.rand(layers, d_ff, dtype=torch.float64), torch.rand(layers, d_ff, dtype=torch.float64)))
+
+
 def test_cache_round_trip(tmp_path):
-    stats = {"target": RunningStats.of(torch.rand(4, 2, 3))}
+    stats = {"target": _with_tokens(RunningStats.of(torch.rand(4, 2, 3)))}
+    expected = {"sets": {"target": 4}, "layers": 2, "d_ff": 3}
     path = tmp_path / "k.pt"
-    assert capture.load_cached(path) is None
+    assert capture.load_cached(path, expected) is None
     capture.save_cached(path, stats)
-    back = capture.load_cached(path)
+    back = capture.load_cached(path, expected)
     assert back["target"].count == 4 and torch.equal(back["target"].mean, stats["target"].mean)
+    assert torch.equal(back["target"].tokens.sumsq, stats["target"].tokens.sumsq)
     assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # no temp files left behind

@@ -88,7 +88,9 @@ def test_capture_statistics_carry_token_counts(tokenizer):
 def test_strategy_prunes_its_lowest_scores(tmp_path, model_cache, name):
     pipeline.prune(_cfg(tmp_path, model_cache, f"strategy={name}", "ratio=0.3", "evaluate=false"), tmp_path / name)
     record = json.loads((tmp_path / name / "pruning.json").read_text())
-    stats = capture.load_cached(tmp_path / "cache" / "activations" / f"{record['capture_cache_key']}.pt")
+    counts = {"target": 6, "distractor/conversations": 6, "distractor/squad": 6}
+    stats = capture.load_cached(tmp_path / "cache" / "activations" / f"{record['capture_cache_key']}.pt",
+                                {"sets": counts, "layers": 2, "d_ff": 384})
     source, _ = models.load(models.resolve("tiny:llama"), model_cache)  # the same seeded weights the run pruned
     down = [m.down.weight for m in mlp_layers(source)]
     scores = strategies.ranking(name, stats=stats, down_weights=down, weight=0.5)

@@ -22,10 +22,14 @@ def test_own_answer_pairs_keep_correct_answers_in_the_models_format():
     assert correct_only and pairs == [("question 0", "a \\boxed{1}"), ("question 3", "b \\boxed{4}")]
 
 
-def test_own_answer_pairs_fall_back_to_all_outputs_when_none_is_correct():
+def test_own_answer_pairs_fall_back_to_all_outputs_when_too_few_are_correct():
     rows = [{"id": 0, "output": "x", "correct": False}, {"id": 1, "output": "y", "correct": None}]
     pairs, correct_only = suite.own_answer_pairs(_samples(), rows)
     assert not correct_only and [a for _, a in pairs] == ["x", "y"]
+    many = [{"id": i, "output": f"o{i}", "correct": i == 0} for i in range(40)]
+    samples = [{"id": i, "prompt": f"q{i}"} for i in range(40)]
+    pairs, correct_only = suite.own_answer_pairs(samples, many)  # 1 correct of 40: too small a sample
+    assert not correct_only and len(pairs) == 40
     with pytest.raises(suite.SuiteError, match="no non-empty output"):
         suite.own_answer_pairs(_samples(), [{"id": 0, "output": "", "correct": True}])
 

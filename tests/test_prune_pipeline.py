@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from prunekit import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "capture.max_length=48",
+TINY = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6", "capture.max_length=48",
         "capture.batch_size=4", "wandb.mode=disabled"]
 
 
@@ -87,11 +87,11 @@ def test_detrimental_random_zeroes_one_layer_and_keeps_width(tmp_path, model_cac
     assert torch.count_nonzero(gate[record["deactivated"]]) == 0 and torch.count_nonzero(gate) > 0
 
 
-def test_failed_run_leaves_earlier_results_intact(tmp_path, model_cache, monkeypatch):
+def test_failed_rerun_keeps_earlier_weights_and_leaves_no_stale_numbers(tmp_path, model_cache, monkeypatch):
     run = tmp_path / "run"
     pipeline.prune(_cfg(tmp_path, model_cache, "resume=false"), run)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     weights = (run / "model" / "model.safetensors").read_bytes()
+    pruning = (run / "pruning.json").read_text()
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -99,6 +99,8 @@ def test_failed_run_leaves_earlier_results_intact(tmp_path, model_cache, monkeyp
     monkeypatch.setattr(pipeline, "save_model", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         pipeline.prune(_cfg(tmp_path, model_cache, "resume=false", "ratio=0.5"), run)
-    assert (run / "model" / "model.safetensors").read_bytes() == weights
-    assert json.loads((run / "metrics.json").read_text()) == json.loads(before["metrics.json"])
+    assert (run / "model" / "model.safetensors").read_bytes() == weights  # atomic writes: never half-written
+    assert (run / "pruning.json").read_text() == pruning
+    # The redone job cleared the earlier attempt's numbers: nothing can report the 0.1 model as the 0.5 run.
+    assert not (run / "metrics.json").exists() and not list(run.glob("complete-*.json"))
     assert not list(run.glob(".*.tmp"))

@@ -22,6 +22,7 @@ def _write(run_dir, metrics, config, pruning=None, training=None):
         (run_dir / "pruning.json").write_text(json.dumps(pruning))
     if training is not None:
         (run_dir / "training.json").write_text(json.dumps(training))
+    (run_dir / "complete-evaluate.json").write_text(json.dumps({"status": "complete"}))  # a finished job
 
 
 def make_sweep(root, model="Qwen/Qwen2.5-Math-1.5B-Instruct", task="math", metric="gsm8k/em", scale=1.0):

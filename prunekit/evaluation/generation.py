@@ -21,13 +21,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 
 from prunekit.checkpoint import atomic_write_text
 from prunekit.models import process_state
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
 STOP_REASONS = ("eos", "length", "criterion")
 
 
-class GenerationError(ValueError):
+class GenerationError(PrunekitError):
     """Bad generation settings (max_new_tokens, batch_size, prompts, tokenizer without EOS)."""
 
 

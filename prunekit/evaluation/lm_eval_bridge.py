@@ -22,13 +22,14 @@ import difflib
 import functools
 import logging
 from pathlib import Path
+from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
-class LmEvalConfigError(ValueError):
+class LmEvalConfigError(PrunekitError):
     """Bad lm-eval bridge option (task name, include_path, limit, batch size, few-shot count)."""
 
 

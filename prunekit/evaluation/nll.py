@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunekit.evaluation.generation import format_prompt
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding), as in transformers
 
 
-class NLLError(ValueError):
+class NLLError(PrunekitError):
     """Bad input to target_nll (empty pair list, empty answer, bad batch_size / max_length)."""
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from prunekit.evaluation.generation import encode, eos_ids, greedy_config
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-class ResourceError(ValueError):
+class ResourceError(PrunekitError):
     """Bad input to a resource measurement (missing checkpoint, empty prompt set, bad max_new_tokens)."""
 
 

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _UID_SLOTS = 64
 _MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class SandboxError(ValueError):
+class SandboxError(PrunekitError):
     """Bad sandbox option (the message names the option and the allowed values)."""
 
 

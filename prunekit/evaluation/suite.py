@@ -25,9 +25,10 @@ from statistics import fmean
 
 from tqdm.auto import tqdm
 
-from prunekit import data
+from prunekit import data, tracking
 from prunekit.models import process_state
 from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
+from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ DISTRACTOR_KINDS = {"squad": "qna", "qna": "qna", "conversations": "dialogue", "
 GENERATIONS_FILE = "generations.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 DISTRACTOR_FILE = "distractor_generations.jsonl"
-JOURNAL_FILE = "generations.partial.jsonl"  # finished batches of an evaluation still under way
+JOURNAL_FILE = tracking.JOURNAL_FILE  # finished batches of an evaluation still under way (resumable)
 # Bumped when the reference generation recipe changes, so old cached references are not reused.
 REFERENCE_VERSION = 1
 
@@ -66,7 +67,7 @@ DEFAULTS: dict = {
 }
 
 
-class SuiteError(ValueError):
+class SuiteError(PrunekitError):
     """Bad evaluation settings, task or generations file; the message names the option and allowed values."""
 
 
@@ -252,18 +253,24 @@ def nll_pairs(samples: list[dict], metric: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# Fewer correct answers than this (or than half the rows, for tiny sets) are too small a sample: the proxy then
+# scores every answer instead.
+MIN_CORRECT_ANSWERS = 16
+
+
 def own_answer_pairs(samples: list[dict], source_rows: list[dict]) -> tuple[list[tuple[str, str]], bool]:
     """(prompt, answer) pairs from the unpruned source model's own greedy outputs on the eval target: the correct
     ones, in the model's own format (chat template, its code style, its way of writing the final answer); all of
-    them when none is correct (a model that cannot do the task: then the proxy measures faithfulness to the source).
-    Returns (pairs, correct_only)."""
+    them when too few are correct (MIN_CORRECT_ANSWERS) (a model that cannot do the task: the proxy then measures
+    faithfulness to the source's behaviour). Returns (pairs, correct_only)."""
     by_id = {s["id"]: s for s in samples}
     rows = [r for r in source_rows if r.get("id") in by_id and str(r.get("output", "")).strip()]
     correct = [r for r in rows if r.get("correct")]
-    chosen = correct or rows
+    enough = bool(correct) and len(correct) >= min(MIN_CORRECT_ANSWERS, max(1, len(rows) // 2))
+    chosen = correct if enough else rows
     if not chosen:
         raise SuiteError("nll: the source model produced no non-empty output on the eval target; nothing to score")
-    return [(by_id[r["id"]]["prompt"], r["output"]) for r in chosen], bool(correct)
+    return [(by_id[r["id"]]["prompt"], r["output"]) for r in chosen], enough
 
 
 # ---------------------------------------------------------------------------------------------- verdicts

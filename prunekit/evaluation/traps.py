@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 from transformers import StoppingCriteria
+from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ MIN_SPAN = 40
 MIN_LINE_REPEATS = 4
 
 
-class TrapConfigError(ValueError):
+class TrapConfigError(PrunekitError):
     """A trap-detection threshold is out of range."""
 
 

@@ -1,0 +1,6 @@
+"""One base for every user-facing prunekit error: bad options, data, models or files. The entry scripts and the
+report catch this class (and only it) and print one line, `error: <message>`, with exit status 2."""
+
+
+class PrunekitError(ValueError):
+    """Bad input the user can fix; the message names the option or file and what is allowed."""

@@ -1,0 +1,106 @@
+"""Fault injection: damaged or mismatched activation caches are noticed, moved aside and rebuilt, and never change
+the pruning (issue 11). More fault cases (kill -9, full disk, bad model directories) are still to come."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from prunekit import pipeline
+from tests.test_prune_pipeline import _cfg
+
+
+def _cache_file(tmp_path):
+    files = list((tmp_path / "cache" / "activations").glob("*.pt"))
+    assert len(files) == 1
+    return files[0]
+
+
+def _kept(run):
+    return json.loads((run / "pruning.json").read_text())["kept_indices"]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _garbage(path):
+    path.write_bytes(b"\x00garbage" * 50)
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _edit(change):
+    def corrupt(path):
+        data = torch.load(path, weights_only=True)
+        change(data)
+        torch.save(data, path)
+    return corrupt
+
+
+def _shape(data):  # statistics of a narrower model: neurons beyond 256 could never be pruned
+    for k, v in data.items():
+        if k != "_manifest":
+            v["mean"], v["m2"] = v["mean"][:, :256], v["m2"][:, :256]
+
+
+def _missing_set(data):
+    data.pop("distractor/squad")
+
+
+def _nan(data):
+    data["target"]["mean"][0, 0] = float("nan")
+
+
+def _count0(data):
+    data["target"]["count"] = 0
+
+
+CORRUPTIONS = {"truncated": _truncate, "garbage": _garbage, "empty": _empty, "wrong shape": _edit(_shape),
+               "missing set": _edit(_missing_set), "NaN": _edit(_nan), "count 0": _edit(_count0)}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("clean")
+    pipeline.prune(_cfg(tmp, model_cache, "evaluate=false"), tmp / "run")
+    return tmp, _kept(tmp / "run")
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_damaged_activation_cache_is_moved_aside_and_rebuilt(kind, clean, tmp_path, model_cache, caplog):
+    import shutil
+
+    shutil.copytree(clean[0] / "cache", tmp_path / "cache")
+    path = _cache_file(tmp_path)
+    CORRUPTIONS[kind](path)
+    with caplog.at_level(logging.WARNING, logger="prunekit.capture"):
+        metrics = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(path) in w and "capturing again" in w for w in warnings), warnings
+    assert metrics["capture/cached"] is False
+    assert _kept(tmp_path / "run") == clean[1]  # the damage never changes which neurons are pruned
+    assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1  # kept aside for inspection
+    again = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "resume=false"), tmp_path / "run2")
+    assert again["capture/cached"] is True  # the rebuilt entry is valid
+
+
+def test_resume_refuses_a_changed_config_and_resume_false_redoes_it(clean, tmp_path, model_cache):
+    import shutil
+
+    from prunekit.tracking import TrackingError
+
+    shutil.copytree(clean[0] / "cache", tmp_path / "cache")
+    run = tmp_path / "run"
+    first = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
+    assert pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run) == first  # same settings: skipped
+    with pytest.raises(TrackingError, match=r"other settings \(ratio: 0.1 -> 0.5; strategy.name: 'selective' -> "
+                                            r"'reverse'\).*resume=false"):
+        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse"), run)
+    assert json.loads((run / "pruning.json").read_text())["ratio"] == 0.1  # untouched
+    redone = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse",
+                                 "resume=false"), run)
+    assert redone["prune/ratio"] == 0.5 and json.loads((run / "pruning.json").read_text())["strategy"] == "reverse"

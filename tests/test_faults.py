@@ -104,3 +104,17 @@ def test_resume_refuses_a_changed_config_and_resume_false_redoes_it(clean, tmp_p
     redone = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse",
                                  "resume=false"), run)
     assert redone["prune/ratio"] == 0.5 and json.loads((run / "pruning.json").read_text())["strategy"] == "reverse"
+
+
+def test_generations_file_bad_ids_encoding_and_partial_coverage(tmp_path, caplog):
+    from prunekit.evaluation import suite
+
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"id": 1.7, "output": "x"}\n')
+    with pytest.raises(suite.SuiteError, match=r"line 1: id 1.7 is not a GSM8K test index"):
+        suite.read_outputs(bad, "gsm8k")
+    bad.write_bytes(b'{"id": 1, "output": "caf\xe9"}\n')
+    with pytest.raises(suite.SuiteError, match=r"is not UTF-8 text"):
+        suite.read_outputs(bad, "gsm8k")
+    bad.write_text('{"id": "3", "output": "\\\\boxed{4}"}\n')
+    assert suite.read_outputs(bad, "gsm8k")[0]["id"] == 3

@@ -632,27 +632,31 @@ def read_outputs(path, metric: str) -> list[dict]:
     if not p.is_file():
         raise SuiteError(f"eval.generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
     rows, seen = [], set()
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SuiteError(f"eval.generations: line {lineno} of {p} is not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
-                raise SuiteError(f"eval.generations: line {lineno} of {p} needs fields id and output (a string)")
-            rid = rec["id"]
-            if metric == "gsm8k":
-                try:
-                    rid = int(rid)
-                except (TypeError, ValueError):
-                    raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} is not a GSM8K test index "
-                                     "(an integer)") from None
-            if rid in seen:
-                raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} appears twice")
-            seen.add(rid)
-            rows.append({**rec, "id": rid})
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"eval.generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SuiteError(f"eval.generations: line {lineno} of {p} is not JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
+            raise SuiteError(f"eval.generations: line {lineno} of {p} needs fields id and output (a string)")
+        rid = rec["id"]
+        if metric == "gsm8k":
+            whole = isinstance(rid, int) and not isinstance(rid, bool) or (
+                isinstance(rid, str) and rid.strip().lstrip("-").isdigit())
+            if not whole:  # 1.7 or "1.7" is not read as 1
+                raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} is not a GSM8K test index "
+                                 "(an integer)")
+            rid = int(rid)
+        if rid in seen:
+            raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} appears twice")
+        seen.add(rid)
+        rows.append({**rec, "id": rid})
     if not rows:
         raise SuiteError(f"eval.generations: {p} holds no generations")
     return rows
@@ -681,6 +685,9 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
         row = {k: r[k] for k in ("id", "output", "n_tokens", "stop_reason") if k in r}
         row.update(verdict(metric, r["output"], samples[r["id"]], hit_limit=hit_limit))
         rows.append(row)
+    if len(rows) < len(samples):
+        log.warning("eval.generations: %d of the %d eval ids have a generation; metrics cover those %d only",
+                    len(rows), len(samples), len(rows))
     picked = [samples[r["id"]] for r in rows]
     if metric == "humaneval" and "task" in s["parts"]:
         _score_code(picked, rows, s)

@@ -1,4 +1,5 @@
-"""Evaluate any checkpoint: `python evaluate.py model.name_or_path=<run>/model task=math`; re-score: `eval.generations=<file.jsonl>`."""
+"""Evaluate any checkpoint: `python evaluate.py model.name_or_path=<run>/model task=math`;
+re-score a generations file without a model: `python evaluate.py task=math generations=<file.jsonl>`."""
 
 import hydra
 

@@ -51,7 +51,7 @@ def main() -> None:
         out[dtype] = dict(model=model, tok=tok, capture=t_capture, tps=sum(g.n_tokens for g in gens) / t_gen,
                           outputs=[g.output for g in gens], removed=removed, d_ff=d_ff)
     pairs = [(p, o) for p, o in zip(prompts, out["float32"]["outputs"]) if o.strip()]  # fp32 answers: the reference
-    for dtype, o in out.items():
+    for o in out.values():
         o["nll"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)
         slicing.prune_mlp(o["model"], strategies.kept_indices(o["removed"], o["d_ff"]))
         o["nll_pruned"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)

@@ -20,7 +20,6 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prunekit import models
-
 from prunekit.evaluation.generation import batch_order, encode, generate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from prunekit.capture import format_prompt  # the same prompt formatting as activation capture
 from prunekit.checkpoint import atomic_torch_save
-from prunekit.mlp import GatedMLP, mlp_layers
 from prunekit.errors import PrunekitError
+from prunekit.mlp import GatedMLP, mlp_layers
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def ig_scores_from_ids(model, input_ids_list: Sequence, *, steps: int = 20, laye
     """
     check_steps(steps, method)
     mlps = mlp_layers(model)
-    layers = list(range(len(mlps))) if layers is None else [check_layer(l, len(mlps)) for l in layers]
+    layers = list(range(len(mlps))) if layers is None else [check_layer(layer, len(mlps)) for layer in layers]
     check_batch_size(batch_size)
     if not input_ids_list:
         raise AttributionError("strategy.samples: no prompts to attribute")
@@ -288,21 +288,21 @@ def cached_ig_scores(model, tokenizer, prompts: Sequence[str], *, key: str, cach
     Returns (scores [len(layers), d_ff], the layers read from the cache).
     """
     n_layers = len(mlp_layers(model))
-    layers = list(range(n_layers)) if layers is None else [check_layer(l, n_layers) for l in layers]
+    layers = list(range(n_layers)) if layers is None else [check_layer(layer, n_layers) for layer in layers]
     folder = Path(cache_dir).expanduser() / key
-    rows = {l: torch.load(folder / f"layer{l:03d}.pt", weights_only=True)
-            for l in layers if (folder / f"layer{l:03d}.pt").exists()}
+    rows = {layer: torch.load(folder / f"layer{layer:03d}.pt", weights_only=True)
+            for layer in layers if (folder / f"layer{layer:03d}.pt").exists()}
     hit = sorted(rows)
-    missing = [l for l in layers if l not in rows]
+    missing = [layer for layer in layers if layer not in rows]
     if missing:
         log.info("attribution cache %s: computing layers %s", key, missing)
         fresh = ig_scores(model, tokenizer, prompts, layers=missing, **ig_kwargs)
-        for l, row in zip(missing, fresh):
-            atomic_torch_save(row.clone(), folder / f"layer{l:03d}.pt")
-            rows[l] = row
+        for layer, row in zip(missing, fresh):
+            atomic_torch_save(row.clone(), folder / f"layer{layer:03d}.pt")
+            rows[layer] = row
     else:
         log.info("attribution cache %s: all %d layers cached", key, len(layers))
-    return torch.stack([rows[l] for l in layers]), hit
+    return torch.stack([rows[layer] for layer in layers]), hit
 
 
 # ---------------------------------------------------------------------------------------------- strategies
@@ -415,8 +415,8 @@ def grid_search(model, scores: torch.Tensor, layers: Sequence[int], percents: Se
     With ``control_seed`` the neurons are the seeded random control instead of the top attributed ones.
     """
     n_layers = scores.shape[0]
-    for l in layers:
-        check_layer(l, n_layers)
+    for layer in layers:
+        check_layer(layer, n_layers)
     for p in percents:
         check_percent(p)
     results = []

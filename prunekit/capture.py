@@ -18,10 +18,10 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from prunekit.checkpoint import atomic_torch_save
+from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
 from prunekit.models import process_state
 from prunekit.scoring import RunningStats, TokenStats, merge_all
-from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
 

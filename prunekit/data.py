@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
+
 from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)

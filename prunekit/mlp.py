@@ -9,6 +9,7 @@ A gated MLP computes ``down(act(gate(x)) * up(x))``; the neurons prunekit scores
 from dataclasses import dataclass
 
 from torch import nn
+
 from prunekit.errors import PrunekitError
 
 # model_type (config.model_type) -> weight layout

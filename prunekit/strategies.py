@@ -2,6 +2,7 @@
 single-layer deactivation strategies of the detrimental-neuron method, the neurons of one layer to zero."""
 
 import torch
+
 from prunekit.errors import PrunekitError
 
 # Physical, uniform 128-aligned pruning; which scores each one ranks by (lowest removed first).

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
 from prunekit.errors import PrunekitError
 
 log_ = logging.getLogger(__name__)

@@ -50,7 +50,8 @@ def shared_data(*parts) -> Path:
 
 def word_tokenizer(texts):
     """A WordLevel tokenizer built in memory over the words of ``texts`` (unknown words map to <unk>)."""
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     words = sorted({w for t in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)})

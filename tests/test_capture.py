@@ -97,7 +97,8 @@ def _with_tokens(stats: RunningStats) -> RunningStats:
 
     layers, d_ff = stats.mean.shape
     return RunningStats(stats.count, stats.mean, stats.m2,
-                        TokenStats(7, torch.rand(layers, d_ff, dtype=torch.float64), torch.rand(layers, d_ff, dtype=torch.float64)))
+                        TokenStats(7, torch.rand(layers, d_ff, dtype=torch.float64),
+                                   torch.rand(layers, d_ff, dtype=torch.float64)))
 
 
 def test_cache_round_trip(tmp_path):

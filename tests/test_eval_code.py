@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from prunekit.evaluation.code import (
-    HUMANEVAL_INSTRUCTION, CodeEvalError, build_messages, build_prompt, check, has_complete_function,
-    load_humaneval, pass_at_1, sanitize,
+    HUMANEVAL_INSTRUCTION,
+    CodeEvalError,
+    build_messages,
+    build_prompt,
+    check,
+    has_complete_function,
+    load_humaneval,
+    pass_at_1,
+    sanitize,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

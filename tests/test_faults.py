@@ -118,3 +118,87 @@ def test_generations_file_bad_ids_encoding_and_partial_coverage(tmp_path, caplog
         suite.read_outputs(bad, "gsm8k")
     bad.write_text('{"id": "3", "output": "\\\\boxed{4}"}\n')
     assert suite.read_outputs(bad, "gsm8k")[0]["id"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ bad models
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory, tokenizer):
+    from prunekit.models import tiny_model
+
+    path = tmp_path_factory.mktemp("good") / "model"
+    tiny_model("llama", len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _config(path):
+    return json.loads((path / "config.json").read_text())
+
+
+def _no_weights(d):
+    (d / "model.safetensors").unlink()
+
+
+def _truncated_weights(d):
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def _garbage_weights(d):
+    (d / "model.safetensors").write_bytes(b"\x01garbage" * 100)
+
+
+def _unknown_type(d):
+    (d / "config.json").write_text(json.dumps({**_config(d), "model_type": "no-such-arch"}))
+
+
+def _config_list(d):
+    (d / "config.json").write_text("[1, 2]")
+
+
+def _config_invalid(d):
+    (d / "config.json").write_text("{not json")
+
+
+def _no_tokenizer(d):
+    for f in d.iterdir():
+        if "token" in f.name or f.name.endswith((".model", ".txt")) or f.name == "vocab.json":
+            f.unlink()
+
+
+def _shapes(d):
+    (d / "config.json").write_text(json.dumps({**_config(d), "hidden_size": 96}))
+
+
+BAD_DIRS = {"no weights": _no_weights, "truncated weights": _truncated_weights, "garbage weights": _garbage_weights,
+            "unknown model_type": _unknown_type, "config not an object": _config_list,
+            "config not JSON": _config_invalid, "no tokenizer": _no_tokenizer, "shapes disagree": _shapes}
+
+
+@pytest.mark.parametrize("kind", list(BAD_DIRS))
+def test_bad_model_directory_is_one_line_error(kind, good_dir, tmp_path):
+    import shutil
+
+    from prunekit import models
+    from prunekit.errors import PrunekitError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(good_dir, bad)
+    BAD_DIRS[kind](bad)
+    with pytest.raises(PrunekitError) as err:
+        source = models.resolve(str(bad))
+        models.load_config(source, tmp_path)
+        models.load(source, tmp_path, dtype="float32")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("model.name_or_path=") and str(bad) in message
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF", b"\x00garbage" * 64])
+def test_bad_gguf_is_one_line_error(content, tmp_path):
+    from prunekit import models
+    from prunekit.errors import PrunekitError
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(content)
+    with pytest.raises(PrunekitError, match=r"model.name_or_path='.*m.gguf': cannot load its config"):
+        models.load_config(models.resolve(str(path)), tmp_path)

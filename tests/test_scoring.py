@@ -45,7 +45,8 @@ def test_merge_all_and_summary():
     assert pooled.count == 9
     summary = layer_summary(torch.tensor([[1.0, -1.0, 0.0], [2.0, 3.0, -4.0]]))
     assert summary[0]["target_dominant"] == 1 and summary[0]["distractor_dominant"] == 1
-    assert summary[1] == {"layer": 1, "mean": pytest.approx(1 / 3), "std": pytest.approx(torch.tensor([2.0, 3, -4]).std(unbiased=False).item()),
+    std = torch.tensor([2.0, 3, -4]).std(unbiased=False).item()
+    assert summary[1] == {"layer": 1, "mean": pytest.approx(1 / 3), "std": pytest.approx(std),
                           "min": -4.0, "max": 3.0, "target_dominant": 2, "distractor_dominant": 1}
 
 

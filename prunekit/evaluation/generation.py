@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from prunekit.checkpoint import atomic_write_text
-from prunekit.models import process_state
 from prunekit.errors import PrunekitError
+from prunekit.models import process_state
 
 log = logging.getLogger(__name__)
 

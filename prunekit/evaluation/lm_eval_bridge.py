@@ -22,6 +22,7 @@ import difflib
 import functools
 import logging
 from pathlib import Path
+
 from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)

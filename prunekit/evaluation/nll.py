@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from prunekit.evaluation.generation import format_prompt
 from prunekit.errors import PrunekitError
+from prunekit.evaluation.generation import format_prompt
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
-from prunekit.evaluation.generation import encode, eos_ids, greedy_config
 from prunekit.errors import PrunekitError
+from prunekit.evaluation.generation import encode, eos_ids, greedy_config
 
 log = logging.getLogger(__name__)
 

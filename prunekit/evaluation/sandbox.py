@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+
 from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)

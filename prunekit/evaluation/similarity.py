@@ -31,6 +31,7 @@ import logging
 import os
 from pathlib import Path
 from statistics import fmean
+
 from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from statistics import fmean
 from tqdm.auto import tqdm
 
 from prunekit import data, tracking
-from prunekit.models import process_state
-from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
 from prunekit.errors import PrunekitError
+from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
+from prunekit.models import process_state
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,16 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
     if gens is not None and not Path(str(gens)).expanduser().is_file():
         raise SuiteError(f"eval.generations={gens!r}: no such file (a JSONL file with id and output per line)")
     return s
+
+
+def check_data(settings: dict, task: Mapping) -> None:
+    """Load the evaluation prompt sets the enabled parts need (cheap, no model): a missing or empty set stops the
+    run before any weights load, not after capture and pruning."""
+    parts = settings["parts"]
+    if {"task", "traps", "nll", "resources"} & set(parts) and not settings.get("generations"):
+        target_samples(task, settings)
+    if "similarity" in parts:
+        distractor_prompts(task)
 
 
 def _chat(settings: dict, tokenizer) -> bool:
@@ -504,8 +514,16 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
         key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
         path = Path(cache_dir).expanduser() / f"{key}.json"
         if path.is_file():
-            log.info("reference outputs: cache hit %s", path)
-            return json.loads(path.read_text(encoding="utf-8"))
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                _check_reference(cached, prompts)
+                log.info("reference outputs: cache hit %s", path)
+                return cached
+            except (ValueError, UnicodeDecodeError, OSError) as e:  # SuiteError is a ValueError too
+                aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+                log.warning("reference outputs cache %s is damaged (%s): moved to %s, generating again",
+                            path, str(e).splitlines()[0][:120], aside)
+                path.replace(aside)
     refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
             for name, v in _distractor_outputs(model, tokenizer, prompts, s).items()}
     if path is not None:
@@ -522,10 +540,10 @@ def _check_reference(reference: Mapping, prompts: dict[str, list[str]]) -> None:
         ref = reference.get(name)
         if not isinstance(ref, Mapping) or "outputs" not in ref or "prompts" not in ref:
             raise SuiteError(f"reference_outputs: no set {name!r} with prompts and outputs; got sets "
-                             f"{sorted(reference)} (make it with reference_generations on the same task)")
+                             f"{sorted(reference) if isinstance(reference, Mapping) else type(reference).__name__}")
         if list(ref["prompts"]) != ps or len(ref["outputs"]) != len(ps):
             raise SuiteError(f"reference_outputs[{name!r}]: prompts differ from task.eval.distractors.{name} "
-                             "(made for another task or n?); regenerate with reference_generations")
+                             "(made for another task or n?)")
 
 
 def _run_similarity(model, tokenizer, task, settings, reference, run_dir: Path) -> dict:

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 from transformers import StoppingCriteria
+
 from prunekit.errors import PrunekitError
 
 logger = logging.getLogger(__name__)

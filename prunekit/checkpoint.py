@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ def _temp_path(path: Path, suffix: str = ""):
     """A temp file beside ``path`` (same filesystem) that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -53,7 +54,7 @@ def atomic_dir(path: Path):
     """Yield a temp directory that replaces ``path`` (an old one is removed only after the swap)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _public(tmp, is_dir=True)
@@ -67,6 +68,36 @@ def atomic_dir(path: Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# Temp names carry the writing process's id: `.<name>.<pid>.<random>.tmp`, `.<name>.old-<pid>`, `<name>.<pid>.tmp`.
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$|^\..+\.old-(\d+)$|^\..+\.(\d+)\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(folder, recursive: bool = False) -> list[Path]:
+    """Remove the temp files and dirs that killed processes left in ``folder`` (their pid no longer runs); a temp
+    of a process still running (a parallel job) is left alone. Returns what was removed."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.rglob(".*") if recursive else folder.glob(".*"):
+        m = _TEMP.match(entry.name)
+        if not m or "wandb" in entry.parts or _alive(int(next(g for g in m.groups() if g))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def save_model(model, tokenizer, path: Path) -> None:

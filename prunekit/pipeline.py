@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
-from prunekit.checkpoint import atomic_write_json, atomic_write_text, pruning_record_of, read_json, save_model
+from prunekit.checkpoint import atomic_write_json, atomic_write_text, clean_stale_temps, pruning_record_of, read_json, save_model
 from prunekit.evaluation import suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture, mlp_layers
@@ -88,6 +88,9 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
         tracking.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking.record_config(run_dir, config)
+        for folder in (cfg.capture.cache_dir, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
+                       Path(cfg.cache_dir).expanduser() / "sources"):
+            clean_stale_temps(folder, recursive=True)  # what killed jobs left (their processes are gone)
     return None
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from prunekit.checkpoint import atomic_write_json
+from prunekit.checkpoint import atomic_write_json, clean_stale_temps
 from prunekit.data import get_path
 from prunekit.errors import PrunekitError
 
@@ -424,15 +424,8 @@ def begin(run_dir: str | os.PathLike, job_type: str) -> None:
         return
     for name in RESULT_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for tmp in run_dir.rglob(".*.tmp"):  # prunekit.checkpoint's atomic-write temp names
-        if "wandb" in tmp.relative_to(run_dir).parts:
-            continue
-        log.info("resume: removing leftover temp %s", tmp)
-        if tmp.is_dir():
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    for tmp in clean_stale_temps(run_dir, recursive=True):
+        log.info("removed a temp a killed earlier attempt left: %s", tmp)
 
 
 def mark_complete(run_dir: str | os.PathLike, job_type: str) -> Path:

@@ -3,6 +3,7 @@ the pruning (issue 11). More fault cases (kill -9, full disk, bad model director
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -202,3 +203,23 @@ def test_bad_gguf_is_one_line_error(content, tmp_path):
     path.write_bytes(content)
     with pytest.raises(PrunekitError, match=r"model.name_or_path='.*m.gguf': cannot load its config"):
         models.load_config(models.resolve(str(path)), tmp_path)
+
+
+def test_stale_temps_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from prunekit.checkpoint import clean_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getpid()
+    litter = [tmp_path / f".model.{dead_pid}.abc123.tmp", tmp_path / f".k.pt.{dead_pid}.x1y2.tmp",
+              tmp_path / f".model.old-{dead_pid}", tmp_path / f".q.gguf.{dead_pid}.tmp"]
+    kept = [tmp_path / f".model.{live_pid}.zz9.tmp", tmp_path / "k.pt", tmp_path / "k.pt.bad-123"]
+    for path in litter[:2] + kept:
+        path.write_text("x")
+    for path in litter[2:]:
+        path.mkdir()
+    removed = clean_stale_temps(tmp_path)
+    assert sorted(removed) == sorted(litter)
+    assert all(p.exists() for p in kept)

@@ -67,7 +67,7 @@ def main() -> None:
     spec = {"path": args.data, "field": "question", "n": args.n, "offset": args.offset}
     records = data.load_records(spec, "--data")
     prompts = [math.build_prompt(r["question"]) for r in records]
-    golds = [suite.math_gold(r.get("answer", "")) for r in records]
+    golds = [math.gold_of(r.get("answer", "")) for r in records]
 
     early, t_early = run(model, tokenizer, prompts, args, detector=True)
     full, t_full = run(model, tokenizer, prompts, args, detector=False)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, clean_stale_temps, pruning_record_of, read_json, save_model
-from prunekit.evaluation import suite
+from prunekit.evaluation import benchmarks, suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture, mlp_layers
 
@@ -194,7 +194,8 @@ def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
 
 def before_after(metrics: dict) -> str:
     """The short before -> after table `prune.py` ends with (original/ metrics vs the pruned model's)."""
-    task = "gsm8k/em" if "gsm8k/em" in metrics else "humaneval/pass@1"
+    task = next((m for m in benchmarks.primary_metrics() if m in metrics or f"original/{m}" in metrics),
+                "gsm8k/em")
     metric = task.split("/")[0]
     rows = [(task, task), ("target NLL (own answers)", f"{metric}/nll"), ("trap rate", f"{metric}/trap_rate"),
             ("distractor similarity", "distractor/sss"), ("parameters", "resources/params"),
@@ -445,7 +446,7 @@ def _copy_source_files(cfg, model, source, run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-GAIN_METRICS = ("gsm8k/em", "humaneval/pass@1", "distractor/sss")
+GAIN_METRICS = (*benchmarks.primary_metrics(), "distractor/sss")
 
 
 def relative_gain(before: dict, after: dict) -> dict:

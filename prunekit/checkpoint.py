@@ -84,16 +84,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder, recursive: bool = False) -> list[Path]:
+def clean_stale_temps(folder, recursive: bool = False, any_owner: bool = False) -> list[Path]:
     """Remove the temp files and dirs that killed processes left in ``folder`` (their pid no longer runs); a temp
-    of a process still running (a parallel job) is left alone. Returns what was removed."""
+    of a process still running (a parallel job on a shared cache) is left alone. ``any_owner``: every temp goes
+    (a job's own run directory, which no other process writes). Returns what was removed."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.rglob(".*") if recursive else folder.glob(".*"):
         m = _TEMP.match(entry.name)
-        if not m or "wandb" in entry.parts or _alive(int(next(g for g in m.groups() if g))):
+        if "wandb" in entry.relative_to(folder).parts:
+            continue
+        if any_owner and not m and (entry.name.endswith(".tmp") or ".old-" in entry.name):
+            pass
+        elif not m or _alive(int(next(g for g in m.groups() if g))):
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         removed.append(entry)

@@ -61,9 +61,10 @@ def tracked(cfg, job_type: str, run_dir: Path, sweep_dir):
         return
     config = plain(cfg)
     group = cfg.wandb.group or tracking.group(config, sweep_dir, run_dir)
+    record = None if job_type == "prune" else pruning_record_of(cfg.model.name_or_path)  # what the model is
     with tracking.start(config, job_type=job_type, run_dir=run_dir, mode=cfg.wandb.mode, project=cfg.wandb.project,
-                        entity=cfg.wandb.entity, group=group, name=tracking.run_name(config),
-                        tags=tracking.tags(config) + list(cfg.wandb.tags)) as tracker:
+                        entity=cfg.wandb.entity, group=group, name=tracking.run_name(config, record, job_type),
+                        tags=tracking.tags(config, record, job_type) + list(cfg.wandb.tags)) as tracker:
         yield tracker
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from prunekit.checkpoint import atomic_write_json, clean_stale_temps
+from prunekit.checkpoint import atomic_write_json, clean_stale_temps, pruning_record_of
 from prunekit.data import get_path
 from prunekit.errors import PrunekitError
 
@@ -96,6 +96,7 @@ def flatten(config: Mapping, prefix: str = "") -> dict:
 def model_name(cfg: Mapping) -> str:
     """Short model name: the preset's ``model.name``, else the last part of ``model.name_or_path``."""
     name = get_path(cfg, "model.name") or str(get_path(cfg, "model.name_or_path", "model")).rstrip("/").split("/")[-1]
+    name = name.split(":")[-1]  # pip:<name>, tiny:<arch>
     return str(name).lower()
 
 
@@ -103,26 +104,40 @@ def task_name(cfg: Mapping) -> str:
     return str(get_path(cfg, "task.name") or "task")
 
 
-def strategy_label(cfg: Mapping) -> str:
+def _pruned_as(cfg: Mapping, record: Mapping | None, job_type: str) -> tuple[str, str, float | None]:
+    """(strategy name, label, ratio) of what the run's model IS: for prune, the config; for evaluate and train,
+    the checkpoint's pruning.json (`record`), and "unpruned" when it has none (the config's strategy/ratio
+    defaults say nothing about a checkpoint)."""
+    if job_type == "prune":
+        name, seed, ratio = get_path(cfg, "strategy.name") or "none", get_path(cfg, "strategy.seed"), get_path(cfg, "ratio")
+        seed = seed if seed is not None else get_path(cfg, "seed")
+    elif record:
+        name, seed, ratio = record.get("strategy") or "none", record.get("seed"), record.get("ratio")
+    else:
+        return "unpruned", "unpruned", None
+    name = str(name)
+    return name, (f"random-s{seed}" if name == "random" else name), ratio
+
+
+def strategy_label(cfg: Mapping, record: Mapping | None = None, job_type: str = "prune") -> str:
     """Strategy name, with the seed for ``random`` (its seeds are separate runs)."""
-    name = str(get_path(cfg, "strategy.name") or "none")
-    if name == "random":
-        return f"random-s{get_path(cfg, 'strategy.seed', get_path(cfg, 'seed'))}"
-    return name
+    return _pruned_as(cfg, record, job_type)[1]
 
 
-def run_name(cfg: Mapping) -> str:
-    """Human-readable run name, e.g. ``smollm2-135m/selective/r0.10``."""
-    ratio = get_path(cfg, "ratio")
-    ratio = f"r{float(ratio):.2f}" if ratio is not None else "r?"
-    return f"{model_name(cfg)}/{strategy_label(cfg)}/{ratio}"
+def run_name(cfg: Mapping, record: Mapping | None = None, job_type: str = "prune") -> str:
+    """Human-readable run name, e.g. ``smollm2-135m/selective/r0.10``, ``smollm2-135m/unpruned/evaluate``."""
+    _, label, ratio = _pruned_as(cfg, record, job_type)
+    model = model_name({"model": {"name_or_path": record["source_model"]}}) if record and record.get(
+        "source_model") and job_type != "prune" else model_name(cfg)
+    parts = [model, label] + ([f"r{float(ratio):.2f}"] if ratio else [])
+    return "/".join(parts + ([job_type] if job_type != "prune" else []))
 
 
-def tags(cfg: Mapping) -> list[str]:
-    """W&B tags for filtering: model, task, strategy, ratio."""
-    ratio = get_path(cfg, "ratio")
-    return [f"model:{model_name(cfg)}", f"task:{task_name(cfg)}", f"strategy:{get_path(cfg, 'strategy.name') or 'none'}",
-            f"ratio:{float(ratio):.2f}" if ratio is not None else "ratio:none"]
+def tags(cfg: Mapping, record: Mapping | None = None, job_type: str = "prune") -> list[str]:
+    """W&B tags for filtering: model, task, strategy, ratio, job."""
+    name, _, ratio = _pruned_as(cfg, record, job_type)
+    return [f"model:{model_name(cfg)}", f"task:{task_name(cfg)}", f"strategy:{name}",
+            f"ratio:{float(ratio):.2f}" if ratio else "ratio:none", f"job:{job_type}"]
 
 
 def group(cfg: Mapping, sweep_dir: str | os.PathLike | None, run_dir: str | os.PathLike | None = None) -> str:
@@ -307,7 +322,9 @@ def record_run(sweep_dir: str | os.PathLike, run_dir: str | os.PathLike, metrics
     except ValueError:
         rel = str(run_dir.resolve())
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": rel, "job_type": job_type, "status": status,
-             "name": run_name(config), "metrics": dict(metrics), "config": dict(config)}
+             "name": run_name(config, None if job_type == "prune" else
+                              pruning_record_of(get_path(config, "model.name_or_path")), job_type),
+             "metrics": dict(metrics), "config": dict(config)}
     _append_line(sweep_dir / INDEX_FILE, json.dumps(entry, default=str))
     return entry
 
@@ -424,7 +441,7 @@ def begin(run_dir: str | os.PathLike, job_type: str) -> None:
         return
     for name in RESULT_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for tmp in clean_stale_temps(run_dir, recursive=True):
+    for tmp in clean_stale_temps(run_dir, recursive=True, any_owner=True):
         log.info("removed a temp a killed earlier attempt left: %s", tmp)
 
 

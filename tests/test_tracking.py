@@ -56,7 +56,14 @@ def test_names_tags_group(tmp_path):
     assert tracking.run_name(CFG) == "smollm2-135m/selective/r0.10"
     rnd = {**CFG, "strategy": {"name": "random", "seed": 33}, "ratio": 0.35}
     assert tracking.run_name(rnd) == "smollm2-135m/random-s33/r0.35"
-    assert tracking.tags(CFG) == ["model:smollm2-135m", "task:math_offline", "strategy:selective", "ratio:0.10"]
+    assert tracking.tags(CFG) == ["model:smollm2-135m", "task:math_offline", "strategy:selective", "ratio:0.10",
+                                  "job:prune"]
+    # evaluate/train runs are named after what their checkpoint is, never after the config's ratio/strategy defaults
+    assert tracking.run_name(CFG, None, "evaluate") == "smollm2-135m/unpruned/evaluate"
+    assert tracking.tags(CFG, None, "evaluate")[2:] == ["strategy:unpruned", "ratio:none", "job:evaluate"]
+    record = {"source_model": "pip:smollm2-135m-instruct", "strategy": "reverse", "ratio": 0.3, "seed": 42}
+    assert tracking.run_name(CFG, record, "train") == "smollm2-135m-instruct/reverse/r0.30/train"
+    assert "strategy:reverse" in tracking.tags(CFG, record, "train") and "ratio:0.30" in tracking.tags(CFG, record, "train")
     sweep = tmp_path / "multirun" / "prune" / "2026-01-01_00-00-00"
     # every job of one sweep (whatever its overrides) shares the group; another sweep or a single run does not
     assert tracking.group(CFG, sweep, sweep / "ratio=0.1") == tracking.group(rnd, sweep, sweep / "ratio=0.35")

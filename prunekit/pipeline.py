@@ -237,23 +237,21 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     # 1. Check everything cheap before any weight is loaded.
     with timer("checks"):
         tracking.check_mode(cfg.wandb.mode)
-        strategy = plain(cfg.strategy)
-        name = strategy["name"]
-        strategies.check_strategy(name)
-        strategies.check_options(strategy)
-        deactivation = name in strategies.DEACTIVATION
-        if not deactivation:
+        options = plain(cfg.strategy)
+        strategy = strategies.get(options)  # a registered Strategy, its own options checked
+        name = strategy.name
+        if strategy.physical:
             slicing.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template")})
         source = models.resolve(cfg.model.name_or_path)
         task = plain(cfg.task)
-        needs_prompts = name in strategies.NEEDS_SELECTIVITY or name in strategies.NEEDS_ATTRIBUTION
-        sets, specs = capture_sets(task) if needs_prompts else ({}, {})
+        needs = strategy.needs
+        sets, specs = capture_sets(task) if {"capture", "attribution"} & needs else ({}, {})
         config = models.load_config(source, cfg.model.cache_dir, cfg.model.revision)
         check_architecture(config)
         d_ff, n_layers = config.intermediate_size, config.num_hidden_layers
-        attribution.check_options(strategy, n_layers=n_layers, available=len(sets.get("target", [])) or None)
-        n_prune = 0 if deactivation else slicing.check_ratio(d_ff, cfg.ratio)
+        strategy.check(n_layers=n_layers, available=len(sets.get("target", [])) or None)
+        n_prune = slicing.check_ratio(d_ff, cfg.ratio) if strategy.physical else 0
         if cfg.evaluate:
             suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     done = skip_if_complete(cfg, "prune", run_dir)
@@ -266,47 +264,41 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             model, tokenizer = load_model(cfg, source)
             params_before = count_parameters(model)
         try:
-            # 3. Scores: activation statistics -> selectivity (cached), and/or integrated-gradients attribution.
-            selectivity = attrib = key = ig_key = cached = stats = None
+            # 3. The scores the strategy needs: activation statistics -> selectivity (cached), integrated-gradients
+            #    attribution (cached per layer), down_proj weights.
+            scores = strategies.Scores()
+            key = ig_key = cached = None
             with timer("capture"):
-                if name in strategies.NEEDS_SELECTIVITY:
+                if "capture" in needs:
                     dtype = str(next(model.parameters()).dtype)
                     key = capture.cache_key(models.identity(source, cfg.model.revision), sets, specs, settings, dtype)
-                    stats, cached = activation_statistics(model, tokenizer, sets, key, settings, cfg.capture.cache_dir)
-                    selectivity = scoring.selectivity(stats["target"], [s for n, s in stats.items() if n != "target"])
+                    scores.stats, cached = activation_statistics(model, tokenizer, sets, key, settings,
+                                                                 cfg.capture.cache_dir)
+                    scores.selectivity = scoring.selectivity(scores.stats["target"], scores.distractors())
             with timer("attribution"):
-                if name in strategies.NEEDS_ATTRIBUTION:
-                    layers = [strategy["layer"]] if name == "detrimental" else None
-                    attrib, ig_key = attribution_scores(cfg, strategy, model, tokenizer, source, sets["target"], layers)
+                if "attribution" in needs:
+                    scores.attribution, ig_key = attribution_scores(cfg, options, model, tokenizer, source,
+                                                                    sets["target"], strategy.attribution_layers(n_layers))
+            if "weights" in needs:
+                scores.down_weights = [mlp.down.weight for mlp in mlp_layers(model)]
 
             with timer("reference"):
                 reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
             with timer("source_eval"):  # the unpruned model's numbers, cached: only the first run pays
                 original, source_rows = source_evaluation(cfg, model, tokenizer, source) if cfg.evaluate else ({}, None)
 
-            # 4. Remove neurons: uniform physical pruning, or zero one layer's detrimental (or random) neurons.
+            # 4. The strategy's plan: uniform physical pruning, or zeroing some neurons of one layer.
             with timer("prune"):
-                record = {"source_model": cfg.model.name_or_path, "model_identity": models.identity(source, cfg.model.revision),
-                          "strategy": name, "seed": strategy.get("seed", cfg.seed), "d_ff": d_ff,
+                plan = strategy.plan(scores, n_prune=n_prune, d_ff=d_ff, layers=n_layers,
+                                     seed=options.get("seed", cfg.seed))
+                plan.apply(model)
+                record = {"source_model": cfg.model.name_or_path,
+                          "model_identity": models.identity(source, cfg.model.revision),
+                          "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff,
                           "capture_cache_key": key, "attribution_cache_key": ig_key,
-                          "prompt_counts": {n: len(p) for n, p in sets.items()}}
-                if deactivation:
-                    neurons = (attribution.detrimental_neurons(attrib, 0, strategy["percent"]) if name == "detrimental"
-                               else attribution.random_neurons(d_ff, strategy["percent"], strategy["seed"]))
-                    attribution.deactivate(model, strategy["layer"], neurons, strategy["where"])
-                    record.update(ratio=0.0, real_ratio=0.0, kept_width=d_ff, layer=strategy["layer"],
-                                  percent=strategy["percent"], where=strategy["where"], deactivated=neurons.tolist())
-                else:
-                    down = [mlp.down.weight for mlp in mlp_layers(model)] if name in strategies.NEEDS_WEIGHTS else None
-                    scores = None if name == "random" else strategies.ranking(
-                        name, selectivity, attrib, rank_by=strategy.get("rank_by", "signed"),
-                        weight=strategy.get("weight", 0.5), stats=stats, down_weights=down)
-                    kept = strategies.choose(name, scores, n_prune, d_ff=d_ff, layers=n_layers,
-                                             seed=strategy.get("seed", cfg.seed))
-                    slicing.prune_mlp(model, kept)
-                    record.update(ratio=cfg.ratio, real_ratio=n_prune / d_ff, pruned_per_layer=n_prune,
-                                  kept_width=d_ff - n_prune, kept_indices=[k.tolist() for k in kept])
-                record["selectivity_summary"] = scoring.layer_summary(selectivity) if selectivity is not None else None
+                          "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
+                          "selectivity_summary": scoring.layer_summary(scores.selectivity)
+                          if scores.selectivity is not None else None}
                 params_after = count_parameters(model)
 
             # 5. Save a stock checkpoint and the run records (atomic writes, main process; the completion marker last).

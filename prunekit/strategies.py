@@ -1,91 +1,101 @@
-"""Pruning strategies: per-neuron scores -> the neurons each layer loses (same count in every layer), or, for the
-single-layer deactivation strategies of the detrimental-neuron method, the neurons of one layer to zero."""
+"""Pruning strategies as registered objects (as Torch-Pruning's importance objects handed to a pruner).
+
+A strategy declares the scores it needs (`needs`: activation capture, integrated-gradients attribution, down_proj
+weights), validates its options before anything loads, and turns the computed scores into a plan: a
+`PhysicalPlan` (the neurons every layer keeps, same count per layer, 128-aligned) or a `ZeroPlan` (neurons of one
+layer to zero, arXiv 2507.09185). `pipeline.prune` computes what `needs` says and applies the plan; it names no
+strategy. A new strategy is one subclass registered here plus one YAML file in conf/strategy/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
+from prunekit import attribution as ig
+from prunekit import scoring, slicing
 from prunekit.errors import PrunekitError
 
-# Physical, uniform 128-aligned pruning; which scores each one ranks by (lowest removed first).
-PHYSICAL = ("selective", "reverse", "random", "attribution", "selective_attribution", "wanda_sp", "flap", "contrastive")
-# Zero the top-attributed (or random) neurons of ONE layer; the width is unchanged (arXiv 2507.09185).
-DEACTIVATION = ("detrimental", "detrimental_random")
-STRATEGIES = PHYSICAL + DEACTIVATION
-# Strategies ranked from the activation capture (selectivity and/or the token-level importance statistics).
-NEEDS_SELECTIVITY = ("selective", "reverse", "selective_attribution", "wanda_sp", "flap", "contrastive")
-NEEDS_WEIGHTS = ("wanda_sp", "flap", "contrastive")  # importance baselines: activations x down_proj columns
-NEEDS_ATTRIBUTION = ("attribution", "selective_attribution", "detrimental")
+REGISTRY: dict[str, type[Strategy]] = {}
 
 
 class StrategyError(PrunekitError):
     """An unknown strategy name or bad strategy option."""
 
 
-def check_strategy(name: str) -> None:
-    if name not in STRATEGIES:
-        raise StrategyError(f"strategy.name='{name}': unknown strategy; allowed: {', '.join(STRATEGIES)}")
+def register(cls: type[Strategy]) -> type[Strategy]:
+    REGISTRY[cls.name] = cls
+    return cls
 
 
-def check_options(strategy: dict) -> None:
-    """Options only the importance baselines have (the attribution options are checked in attribution.py)."""
-    if strategy.get("name") == "contrastive":
-        w = strategy.get("weight", 0.5)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
-            raise StrategyError(f"strategy.weight={w!r}: must be a number in [0, 1) for contrastive "
-                                "(0 = target importance alone)")
+def get(options: dict) -> Strategy:
+    """The strategy `options["name"]` with its options checked (cheap: before any model loads)."""
+    name = options.get("name")
+    if name not in REGISTRY:
+        raise StrategyError(f"strategy.name='{name}': unknown strategy; allowed: {', '.join(REGISTRY)}")
+    strategy = REGISTRY[name](dict(options))
+    strategy.check_options()
+    return strategy
 
 
+# ---------------------------------------------------------------------------------------------- inputs and plans
+@dataclass
+class Scores:
+    """What the pipeline computed because a strategy needed it."""
+
+    stats: dict | None = None                 # capture statistics by set: target, distractor/<name>
+    selectivity: torch.Tensor | None = None   # [layers, d_ff], paper eq. 2
+    attribution: torch.Tensor | None = None   # [layers or 1, d_ff], integrated gradients
+    down_weights: list | None = None          # per layer down_proj weight [hidden, d_ff]
+
+    def distractors(self) -> list:
+        return [v for k, v in self.stats.items() if k != "target"]
+
+
+@dataclass
+class PhysicalPlan:
+    """Uniform physical pruning: the sorted neuron indices every layer keeps."""
+
+    kept: list[torch.Tensor]
+    d_ff: int
+
+    def apply(self, model) -> None:
+        slicing.prune_mlp(model, self.kept)
+
+    def record(self, ratio: float) -> dict:
+        n_prune = self.d_ff - int(self.kept[0].numel())
+        return {"ratio": ratio, "real_ratio": n_prune / self.d_ff, "pruned_per_layer": n_prune,
+                "kept_width": self.d_ff - n_prune, "kept_indices": [k.tolist() for k in self.kept]}
+
+
+@dataclass
+class ZeroPlan:
+    """Deactivation of some neurons of one layer; the width (and the stock checkpoint format) is unchanged."""
+
+    layer: int
+    neurons: torch.Tensor
+    where: str
+    percent: float
+    d_ff: int = field(default=0)
+
+    def apply(self, model) -> None:
+        ig.deactivate(model, self.layer, self.neurons, self.where)
+
+    def record(self, ratio: float) -> dict:
+        return {"ratio": 0.0, "real_ratio": 0.0, "kept_width": self.d_ff, "layer": self.layer,
+                "percent": self.percent, "where": self.where, "deactivated": self.neurons.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------- index helpers
 def _lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Indices of the n_prune lowest scores per layer; ties go to the lower index (stable sort)."""
-    order = torch.sort(scores, dim=1, stable=True).indices
-    return order[:, :n_prune]
+    return torch.sort(scores, dim=1, stable=True).indices[:, :n_prune]
 
 
-def ranking(name: str, selectivity: torch.Tensor | None = None, attribution: torch.Tensor | None = None, *,
-            rank_by: str = "signed", weight: float = 0.5, stats: dict | None = None,
-            down_weights=None) -> torch.Tensor:
-    """The score whose LOWEST values a physical strategy removes first.
-
-    ``stats`` are the capture statistics by set (``target``, ``distractor/<name>``) and ``down_weights`` the
-    per-layer ``down_proj`` weights [hidden, d_ff], for the importance baselines.
-    """
-    from prunekit import attribution as ig  # torch-only import; kept local so strategies stay light
-    from prunekit import scoring
-
-    if name in NEEDS_WEIGHTS:
-        if stats is None or down_weights is None:
-            raise StrategyError(f"strategy.name='{name}' needs capture statistics and down_proj weights")
-        if name == "wanda_sp":
-            return scoring.wanda_sp(stats["target"], down_weights)
-        if name == "flap":
-            return scoring.flap(stats["target"], down_weights)
-        return scoring.contrastive(stats["target"], [v for k, v in stats.items() if k != "target"], down_weights,
-                                   weight)
-    if name == "selective":
-        return selectivity
-    if name == "reverse":
-        return -selectivity
-    if name == "attribution":
-        return attribution.abs() if rank_by == "abs" else attribution
-    if name == "selective_attribution":
-        return ig.combined_scores(selectivity, attribution, weight)
-    raise StrategyError(f"strategy.name='{name}' does not rank by scores")
-
-
-def pruned_indices(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
-    """Which neurons each layer loses: [layers, n_prune] indices.
-
-    ``random`` draws a seeded uniform set per layer; every other physical strategy removes the lowest
-    ``scores`` (for selective: selectivity; reverse: its negation; see ``ranking``).
-    """
-    check_strategy(name)
-    if name == "random":
-        gen = torch.Generator().manual_seed(int(seed))
-        return torch.stack([torch.randperm(d_ff, generator=gen)[:n_prune] for _ in range(layers)])
-    if name not in PHYSICAL:
-        raise StrategyError(f"strategy.name='{name}' deactivates one layer; it has no uniform pruning set")
-    if scores is None:
-        raise StrategyError(f"strategy.name='{name}' needs scores")
-    return _lowest(scores, n_prune)
+def _random(n_prune: int, d_ff: int, layers: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.stack([torch.randperm(d_ff, generator=gen)[:n_prune] for _ in range(layers)])
 
 
 def kept_indices(pruned: torch.Tensor, d_ff: int) -> list[torch.Tensor]:
@@ -93,6 +103,181 @@ def kept_indices(pruned: torch.Tensor, d_ff: int) -> list[torch.Tensor]:
     keep = torch.ones(pruned.shape[0], d_ff, dtype=torch.bool)
     keep.scatter_(1, pruned, False)
     return [row.nonzero().squeeze(1) for row in keep]
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+class Strategy:
+    """Physical, uniform, 128-aligned pruning of the lowest `scores` (subclasses define them)."""
+
+    name = ""
+    needs: frozenset[str] = frozenset()  # any of: capture, attribution, weights
+    physical = True
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def check_options(self) -> None:
+        """Options only this strategy has (the attribution options are checked by attribution.check_options)."""
+
+    def check(self, *, n_layers: int, available: int | None) -> None:
+        """Options that need the model's depth or the prompt count, before any weights load."""
+        ig.check_options(self.options, n_layers=n_layers, available=available)
+
+    def attribution_layers(self, n_layers: int) -> list[int] | None:
+        """Layers whose attribution is needed (None: all)."""
+        return None
+
+    def scores(self, s: Scores) -> torch.Tensor:
+        """[layers, d_ff]; the LOWEST are removed first."""
+        raise NotImplementedError
+
+    def pruned(self, s: Scores, n_prune: int, d_ff: int, layers: int, seed: int) -> torch.Tensor:
+        return _lowest(self.scores(s), n_prune)
+
+    def plan(self, s: Scores, *, n_prune: int, d_ff: int, layers: int, seed: int) -> PhysicalPlan:
+        return PhysicalPlan(kept_indices(self.pruned(s, n_prune, d_ff, layers, seed), d_ff), d_ff)
+
+
+@register
+class Selective(Strategy):
+    """The paper's method: the lowest selectivity S (least specific to the target) go first."""
+
+    name = "selective"
+    needs = frozenset({"capture"})
+
+    def scores(self, s):
+        return s.selectivity
+
+
+@register
+class Reverse(Strategy):
+    """The paper's control: the highest S (most target-specific) go first."""
+
+    name = "reverse"
+    needs = frozenset({"capture"})
+
+    def scores(self, s):
+        return -s.selectivity
+
+
+@register
+class Random(Strategy):
+    """A seeded uniformly random set per layer (paper seeds: 42 and 33)."""
+
+    name = "random"
+
+    def pruned(self, s, n_prune, d_ff, layers, seed):
+        return _random(n_prune, d_ff, layers, self.options.get("seed", seed))
+
+
+@register
+class Attribution(Strategy):
+    """The least attributed neurons (integrated gradients), signed or by magnitude."""
+
+    name = "attribution"
+    needs = frozenset({"attribution"})
+
+    def scores(self, s):
+        return s.attribution.abs() if self.options.get("rank_by", "signed") == "abs" else s.attribution
+
+
+@register
+class SelectiveAttribution(Strategy):
+    """(1 - weight) z(S) + weight z(attribution), z per layer; the lowest go first."""
+
+    name = "selective_attribution"
+    needs = frozenset({"capture", "attribution"})
+
+    def scores(self, s):
+        return ig.combined_scores(s.selectivity, s.attribution, self.options.get("weight", 0.5))
+
+
+@register
+class WandaSp(Strategy):
+    """Structured Wanda: sum_i |W_down[i, j]| x ||x_j||_2 over target tokens."""
+
+    name = "wanda_sp"
+    needs = frozenset({"capture", "weights"})
+
+    def scores(self, s):
+        return scoring.wanda_sp(s.stats["target"], s.down_weights)
+
+
+@register
+class Flap(Strategy):
+    """FLAP's fluctuation metric: Var(x_j) over target tokens x ||W_down[:, j]||^2."""
+
+    name = "flap"
+    needs = frozenset({"capture", "weights"})
+
+    def scores(self, s):
+        return scoring.flap(s.stats["target"], s.down_weights)
+
+
+@register
+class Contrastive(Strategy):
+    """Target importance minus weight x min(distractor importance, target importance), per layer normalised."""
+
+    name = "contrastive"
+    needs = frozenset({"capture", "weights"})
+
+    def check_options(self):
+        w = self.options.get("weight", 0.5)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+            raise StrategyError(f"strategy.weight={w!r}: must be a number in [0, 1) for contrastive "
+                                "(0 = target importance alone)")
+
+    def check(self, *, n_layers, available):
+        pass  # `weight` here is not the attribution weight (which allows 1)
+
+    def scores(self, s):
+        return scoring.contrastive(s.stats["target"], s.distractors(), s.down_weights, self.options.get("weight", 0.5))
+
+
+@register
+class Detrimental(Strategy):
+    """Method 2: zero the top `percent` most attributed neurons of one `layer`."""
+
+    name = "detrimental"
+    needs = frozenset({"attribution"})
+    physical = False
+
+    def attribution_layers(self, n_layers):
+        return [self.options["layer"]]
+
+    def plan(self, s, *, n_prune, d_ff, layers, seed):
+        o = self.options
+        return ZeroPlan(o["layer"], ig.detrimental_neurons(s.attribution, 0, o["percent"]), o["where"], o["percent"], d_ff)
+
+
+@register
+class DetrimentalRandom(Strategy):
+    """Method 2's control: as many neurons of the same layer, chosen at random (seeded)."""
+
+    name = "detrimental_random"
+    physical = False
+
+    def plan(self, s, *, n_prune, d_ff, layers, seed):
+        o = self.options
+        return ZeroPlan(o["layer"], ig.random_neurons(d_ff, o["percent"], o["seed"]), o["where"], o["percent"], d_ff)
+
+
+# ---------------------------------------------------------------------------------------------- by name
+def ranking(name: str, selectivity=None, attribution=None, *, stats=None, down_weights=None, **options):
+    """The scores whose lowest values strategy `name` removes first (for analyses and tests)."""
+    return get({"name": name, **options}).scores(Scores(stats, selectivity, attribution, down_weights))
+
+
+def pruned_indices(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
+    """[layers, n_prune] indices strategy `name` removes, given its ranking `scores` (random: seeded)."""
+    if name == "random":
+        return _random(n_prune, d_ff, layers, seed)
+    strategy = get({"name": name})
+    if not strategy.physical:
+        raise StrategyError(f"strategy.name='{name}' deactivates one layer; it has no uniform pruning set")
+    if scores is None:
+        raise StrategyError(f"strategy.name='{name}' needs scores")
+    return _lowest(scores, n_prune)
 
 
 def choose(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):

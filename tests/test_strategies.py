@@ -64,3 +64,24 @@ def test_attribution_rankings():
 def test_deactivation_strategies_have_no_uniform_set():
     with pytest.raises(strategies.StrategyError, match="deactivates one layer"):
         strategies.choose("detrimental", _scores(), 128, d_ff=512, layers=3)
+
+
+def test_every_registered_strategy_has_a_config_and_declares_its_needs():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+    for name, cls in strategies.REGISTRY.items():
+        assert (conf / f"{name}.yaml").is_file(), f"conf/strategy/{name}.yaml missing"
+        assert cls.needs <= {"capture", "attribution", "weights"}
+    assert strategies.get({"name": "wanda_sp"}).needs == {"capture", "weights"}
+    assert not strategies.get({"name": "random", "seed": 1}).needs
+
+
+def test_plans_say_what_changes():
+    scores = strategies.Scores(selectivity=_scores(layers=2, d_ff=256))
+    plan = strategies.get({"name": "selective"}).plan(scores, n_prune=128, d_ff=256, layers=2, seed=0)
+    rec = plan.record(0.5)
+    assert rec["kept_width"] == 128 and rec["real_ratio"] == 0.5 and len(rec["kept_indices"]) == 2
+    zero = strategies.get({"name": "detrimental_random", "layer": 1, "percent": 0.25, "seed": 3, "where": "gate"})
+    rec = zero.plan(strategies.Scores(), n_prune=0, d_ff=256, layers=2, seed=0).record(0.0)
+    assert rec["layer"] == 1 and len(rec["deactivated"]) == 64 and rec["kept_width"] == 256

@@ -10,6 +10,8 @@ Distractor sets (all pip-shipped): ShareGPT first turns as the old default took 
 passage+question and chitchat dialogue). Per set it prints the prompts' mean length in tokens and code share (H1,
 H2), the NLL after selective vs random pruning, and how many of the neurons selective removes are among each
 layer's most target-important half by Wanda-style importance (H3: does S remove neurons the target relies on?).
+H4 (position): the same selectivity with each prompt's first token left out of the means (capture.skip_first=1;
+the first position carries the attention-sink "massive activations", and a short prompt's mean is dominated by it).
 
     .venv/bin/python benchmarks/why_sharegpt.py [--ratios 0.05,0.1] [--n 200] [--eval-n 64]
 """
@@ -83,6 +85,12 @@ def main() -> None:
     target = data.load_prompts(dict(pipeline.plain(cfg.task.target), n=args.n), "target")
     sets = {"target": target, **distractor_sets(args.n)}
     stats = capture.statistics(model, tokenizer, sets, settings)
+    h4 = ["sharegpt (old default)", "sharegpt <= 400 chars", "squad + chitchat (new default)"]
+    skipped = capture.statistics(model, tokenizer, {k: sets[k] for k in ["target", *h4]},
+                                 capture.CaptureSettings(max_length=1024, batch_size=8, skip_first=1))
+    for name in h4:
+        sets[f"{name}, first token out"] = sets[name]
+        stats[f"{name}, first token out"] = (skipped["target"], skipped[name])
     layers = mlp_layers(model)
     d_ff = layers[0].d_ff
     importance = scoring.wanda_sp(stats["target"], [m.down.weight for m in layers])
@@ -93,18 +101,19 @@ def main() -> None:
         rand = [own_nll(pruned(model, strategies.choose("random", None, k, d_ff=d_ff, layers=len(layers), seed=s)),
                         tokenizer, pairs) for s in (42, 33)]
         print(f"\nratio {ratio} (real {k / d_ff:.3f}); random seeds 42/33: NLL {rand[0]:.3f} / {rand[1]:.3f}")
-        print(f"{'distractor set':32} {'prompts':>7} {'tokens':>7} {'code %':>7} {'selective NLL':>14} "
+        print(f"{'distractor set':44} {'prompts':>7} {'tokens':>7} {'code %':>7} {'selective NLL':>14} "
               f"{'vs random':>10} {'removed in top-half target imp. %':>34}")
         for name, prompts in sets.items():
             if name == "target":
                 continue
-            s = scoring.selectivity(stats["target"], [stats[name]])
+            pair = stats[name] if isinstance(stats[name], tuple) else (stats["target"], stats[name])
+            s = scoring.selectivity(pair[0], [pair[1]])
             removed = strategies.pruned_indices("selective", s, k, d_ff=d_ff, layers=len(layers))
             in_top = float(torch.gather(top_half, 1, removed).float().mean()) * 100
             value = own_nll(pruned(model, strategies.kept_indices(removed, d_ff)), tokenizer, pairs)
             tokens = sum(min(len(t), 1024) for t in tokenizer(prompts)["input_ids"]) / len(prompts)
             code = 100 * sum(bool(CODE.search(p)) for p in prompts) / len(prompts)
-            print(f"{name:32} {len(prompts):>7} {tokens:>7.0f} {code:>7.0f} {value:>14.3f} "
+            print(f"{name:44} {len(prompts):>7} {tokens:>7.0f} {code:>7.0f} {value:>14.3f} "
                   f"{value - sum(rand) / 2:>+10.3f} {in_top:>34.1f}", flush=True)
 
 

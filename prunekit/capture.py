@@ -41,10 +41,13 @@ class CaptureSettings:
     max_length: int = 1024
     batch_size: int = 8
     chat_template: bool = False
+    skip_first: int = 0  # leave each prompt's first k tokens out of the statistics (0: every token, the paper)
 
     def __post_init__(self):
         if self.max_length < 1:
             raise CaptureError(f"capture.max_length={self.max_length}: must be an integer >= 1")
+        if self.skip_first < 0:
+            raise CaptureError(f"capture.skip_first={self.skip_first}: must be an integer >= 0")
         if self.batch_size < 1:
             raise CaptureError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
 
@@ -135,10 +138,12 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
                     batches = _batches(tokenizer, prompts, settings) if prompts else []
                 for batch in tqdm(batches, total=n_batches, desc=f"capture {name}", disable=not state.is_local_main_process):
                     batch = {k: v.to(device) for k, v in batch.items()}
-                    set_mask(batch["attention_mask"])
+                    counted = batch["attention_mask"].clone()
+                    counted[:, : settings.skip_first] = 0  # right padding: a prompt's first tokens are columns 0..k-1
+                    set_mask(counted)
                     decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                     values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
-                    tokens = TokenStats(int(batch["attention_mask"].sum()),
+                    tokens = TokenStats(int(counted.sum()),
                                         torch.stack([buffer[("tokens", i)][0].cpu() for i in range(len(layers))]),
                                         torch.stack([buffer[("tokens", i)][1].cpu() for i in range(len(layers))]))
                     batch_stats = RunningStats.of(values)
@@ -160,6 +165,7 @@ def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: di
         "texts": texts,
         "max_length": settings.max_length,
         "chat_template": settings.chat_template,
+        "skip_first": settings.skip_first,
         "dtype": dtype,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -79,6 +79,22 @@ def test_statistics_equal_per_prompt_reference(tokenizer, chat_template):
     assert tokenizer.padding_side == side  # restored after capture switched it to right padding
 
 
+def test_skip_first_leaves_the_first_tokens_out_of_the_means(tokenizer):
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[4]]  # each longer than the 2 tokens left out
+    settings = capture.CaptureSettings(max_length=64, batch_size=2, skip_first=2)
+    stats = capture.statistics(model, tokenizer, {"target": prompts}, settings)
+    per_prompt = []
+    for p in prompts:
+        ids = tokenizer(p, return_tensors="pt")["input_ids"]
+        inputs = _mlp_inputs(model, ids, torch.ones_like(ids))  # attention still sees the first tokens
+        per_prompt.append(torch.stack([_reference(model, m, inputs[i]).abs()[0, 2:].mean(0)
+                                       for i, m in enumerate(mlp_layers(model))]))
+    torch.testing.assert_close(stats["target"].mean, RunningStats.of(torch.stack(per_prompt)).mean, rtol=1e-4, atol=1e-7)
+    n_tokens = sum(len(ids) - 2 for ids in tokenizer(prompts)["input_ids"])
+    assert stats["target"].tokens.count == n_tokens
+
+
 def test_batch_size_does_not_change_statistics(tokenizer):
     model = tiny_model("qwen2", vocab_size=len(tokenizer))
     sets = {"target": PROMPTS}

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, clean_stale_temps, pruning_record_of, read_json, save_model
+from prunekit.config import check as check_config
 from prunekit.evaluation import benchmarks, suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture, mlp_layers
@@ -236,6 +237,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     # 1. Check everything cheap before any weight is loaded.
     with timer("checks"):
+        check_config(cfg, "prune")
         tracking.check_mode(cfg.wandb.mode)
         options = plain(cfg.strategy)
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
@@ -347,6 +349,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
     """Evaluate any checkpoint (original, pruned or recovered), or re-score a generations file without a model."""
     run_dir = Path(run_dir)
+    check_config(cfg, "evaluate")
     tracking.check_mode(cfg.wandb.mode)
     task, settings = plain(cfg.task), plain(cfg.eval)
     if cfg.get("generations"):  # `generations=<file>` at the top level is the documented short form
@@ -452,6 +455,7 @@ def relative_gain(before: dict, after: dict) -> dict:
 def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
     """LoRA recovery of a (pruned) checkpoint -> adapter + merged stock checkpoint, training.json, metrics."""
     run_dir = Path(run_dir)
+    check_config(cfg, "train")
     tracking.check_mode(cfg.wandb.mode)
     task, lora = plain(cfg.task), plain(cfg.lora)
     source = models.resolve(cfg.model.name_or_path)

@@ -68,7 +68,8 @@ class _Checked:
         if value is None and allow_none:
             return
         if value < minimum:
-            raise ConfigError(f"{self._prefix}{name}={value!r}: must be >= {minimum}")
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise ConfigError(f"{self._prefix}{name}={value!r}: must be {kind} >= {minimum}")
 
 
 @dataclass

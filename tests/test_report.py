@@ -195,12 +195,13 @@ def _compose_experiment(name, overrides=()):
 def test_paper_experiments_sweep_the_papers_grid(name, model, task, lora_r, monkeypatch):
     from omegaconf import OmegaConf
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    cfg = _compose_experiment(name, ["arm=random_s33"])
+    cfg = _compose_experiment(name, ["strategy=random_s33"])
     assert (cfg.model.name, cfg.task.name, cfg.lora.r, cfg.evaluate) == (model, task, lora_r, True)
+    assert OmegaConf.to_container(cfg.strategy, resolve=True) == {"name": "random", "seed": 33}  # CLI picks the arm
     params = cfg.hydra.sweeper.params
     assert [float(r) for r in params.ratio.split(",")] == list(report.PAPER_RATIOS)
-    arms = params.arm.split(",")
-    strategies = [OmegaConf.to_container(_compose_experiment(name, [f"arm={a}"]).strategy, resolve=True)
+    arms = params.strategy.split(",")
+    strategies = [OmegaConf.to_container(_compose_experiment(name, [f"strategy={a}"]).strategy, resolve=True)
                   for a in arms]
     assert strategies == [{"name": "selective"}, {"name": "reverse"}, {"name": "random", "seed": 42},
                           {"name": "random", "seed": 33}]

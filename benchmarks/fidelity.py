@@ -5,7 +5,7 @@ result against the unpruned model: target NLL of the unpruned model's own answer
 proxy), the older gold-solution NLL (`<task>/nll_gold`), trap rate and distractor similarity. One activation
 capture per mix (the cache is shared by its jobs); every job resumes (finished jobs are skipped on a re-run).
 
-    python benchmarks/fidelity.py                        # both mixes, the default strategies and ratios
+    python benchmarks/fidelity.py                        # both mixes, 7 strategies x ratios 0.05, 0.1 (~45 min)
     python benchmarks/fidelity.py --mixes default --ratios 0.05 --strategies selective,random_s42
 
 Mixes: `default` = the offline default task (math_offline, pip-shipped data); `paper` = the paper's mix from
@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. eval.n=32")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    extra = ["eval.parts=[traps,similarity,nll]", *args.overrides]
+    # 32 evaluation prompts with 256 new tokens on both mixes (the paper mix's GSM8K preset would allow 1024).
+    extra = ["eval.parts=[traps,similarity,nll]", "eval.n=32", "task.eval.max_new_tokens=256", *args.overrides]
     for mix in args.mixes.split(","):
         results = {}
         for ratio in map(float, args.ratios.split(",")):

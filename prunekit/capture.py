@@ -124,9 +124,9 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
     d_ff = layers[0].d_ff
     decoder = model.get_decoder()
     device = next(model.parameters()).device
-    padding_side = tokenizer.padding_side
+    padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "right"  # right padding keeps real tokens' positions identical to unpadded runs
-    if tokenizer.pad_token is None:
+    if pad_token is None:  # restored below: the tokenizer is saved into the pruned checkpoint as it came
         tokenizer.pad_token = tokenizer.eos_token
     results = {}
     try:
@@ -152,6 +152,8 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
                 log.info("captured %d prompts of set '%s'", stats.count, name)
     finally:
         tokenizer.padding_side = padding_side
+        if pad_token is None:
+            tokenizer.pad_token = None
     return results
 
 

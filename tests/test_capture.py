@@ -127,3 +127,13 @@ def test_cache_round_trip(tmp_path):
     assert back["target"].count == 4 and torch.equal(back["target"].mean, stats["target"].mean)
     assert torch.equal(back["target"].tokens.sumsq, stats["target"].tokens.sumsq)
     assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # no temp files left behind
+
+
+def test_capture_leaves_the_tokenizer_as_it_came(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = None
+    model = tiny_model("llama", vocab_size=len(tok))
+    capture.statistics(model, tok, {"target": PROMPTS[:2]}, capture.CaptureSettings(max_length=16, batch_size=2))
+    assert tok.pad_token is None and tok.padding_side == tokenizer.padding_side

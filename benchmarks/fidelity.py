@@ -25,7 +25,9 @@ from hydra import compose, initialize_config_dir
 from prunekit import pipeline, report
 
 REPO = Path(__file__).resolve().parents[1]
-MIXES = {"default": ["task=math_offline"], "paper": ["task=math_local"]}
+# The paper mix's presets evaluate similarity on 200 + 200 distractor prompts; 8 + 8 here, as the default mix.
+MIXES = {"default": ["task=math_offline"],
+         "paper": ["task=math_local", "task.eval.distractors.squad.n=8", "task.eval.distractors.conversations.n=8"]}
 STRATEGIES = "selective,random_s42,random_s33,reverse,wanda_sp,flap,contrastive"
 
 

@@ -159,7 +159,8 @@ NOT_GENERATION = ("parts", "generations", "reference_cache_dir", "similarity", "
 def _source_dir(cfg, model, source, settings: dict) -> Path:
     """Cache directory of a source model's evaluation: model + dtype + task eval data + generation settings."""
     key_of = {"version": SOURCE_EVAL_VERSION, "model": models.identity(source, cfg.model.revision),
-              "dtype": str(next(model.parameters()).dtype), "task": plain(cfg.task).get("eval"),
+              "dtype": str(next(model.parameters()).dtype),
+              "task": {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"},
               "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION},
               "code_timeout_s": settings["code"]["timeout_s"]}
     key = hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]

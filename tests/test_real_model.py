@@ -47,5 +47,6 @@ def test_readme_main_job_runs_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     model = AutoModelForCausalLM.from_pretrained(run / "model")
-    assert model.config.intermediate_size == 1280
+    assert model.config.intermediate_size == 1408  # the default: contrastive, ratio 0.05 -> 128 of 1536 removed
+    assert "before -> after" in out.stdout and "target NLL (own answers)" in out.stdout
     assert (run / "metrics.json").exists() and (run / "generations.jsonl").exists()

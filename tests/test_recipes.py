@@ -22,9 +22,10 @@ SMALL = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", 
 
 
 def _cfg(tmp_path, model_cache, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*SMALL, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
-                                            *overrides])
+    fixed = [] if any(o.startswith("strategy=") for o in overrides) else ["strategy=selective"]  # as before the
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):       # default changed
+        return compose("config", overrides=[*SMALL, *fixed, f"cache_dir={tmp_path}/cache",
+                                            f"model.cache_dir={model_cache}", *overrides])
 
 
 def _lines(path: Path) -> list[dict]:
@@ -104,7 +105,7 @@ def test_wandb_offline_sweep_runs_are_distinct(tmp_path, model_cache, monkeypatc
            "WANDB_CONFIG_DIR": str(tmp_path / "wb"), "WANDB_CACHE_DIR": str(tmp_path / "wb"),
            "WANDB_DATA_DIR": str(tmp_path / "wb")}
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, str(REPO / "prune.py"), "-m", "ratio=0.1,0.5", *SMALL, "evaluate=false",
+    cmd = [sys.executable, str(REPO / "prune.py"), "-m", "ratio=0.1,0.5", "strategy=selective", *SMALL, "evaluate=false",
            "wandb.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", f"cache_dir={tmp_path}/cache",
            f"model.cache_dir={model_cache}"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)

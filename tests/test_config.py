@@ -36,8 +36,8 @@ def test_every_config_composes_and_resolves(group, option, monkeypatch):
 def test_defaults_are_the_offline_default():
     cfg = _compose([])
     assert cfg.model.name_or_path == "pip:smollm2-135m-instruct"
-    assert cfg.strategy.name == "selective"
-    assert cfg.ratio == 0.1 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
+    assert cfg.strategy.name == "contrastive" and cfg.strategy.weight == 0.5
+    assert cfg.ratio == 0.05 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
 
 
 def test_cli_fields_reach_every_spec():

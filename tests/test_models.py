@@ -1,5 +1,7 @@
 """Model sources: every form of model.name_or_path is classified, bad ones fail with the allowed values."""
 
+from pathlib import Path
+
 import pytest
 
 from prunekit import models
@@ -33,13 +35,22 @@ def test_directory_without_config_is_not_a_checkpoint(tmp_path):
         models.resolve(str(tmp_path))
 
 
-def test_dtype_choice():
+def test_dtype_choice(monkeypatch):
     import torch
 
-    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    cpu = torch.bfloat16 if models.cpu_has_bf16() else torch.float32  # native bf16 (AVX512-BF16/AMX) is faster
+    assert models.resolve_dtype("auto", torch.device("cpu")) == cpu
     assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(models.ModelError, match="model.dtype='fp8': unknown dtype; allowed: auto, float32"):
         models.resolve_dtype("fp8")
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags : fpu sse avx2"
+                        if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+    models.cpu_has_bf16.cache_clear()
+    try:
+        assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32  # no bf16 flags: float32
+    finally:
+        models.cpu_has_bf16.cache_clear()
 
 
 def test_split_gguf_parts_concatenate_in_order(tmp_path):

@@ -234,32 +234,41 @@ class Contrastive(Strategy):
         return scoring.contrastive(s.stats["target"], s.distractors(), s.down_weights, self.options.get("weight", 0.5))
 
 
+class _OneLayer(Strategy):
+    """Method 2's deactivation: some neurons of one `layer` are zeroed; subclasses say which."""
+
+    physical = False
+
+    def neurons(self, s: Scores, d_ff: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def plan(self, s, *, n_prune, d_ff, layers, seed):
+        o = self.options
+        return ZeroPlan(o["layer"], self.neurons(s, d_ff), o["where"], o["percent"], d_ff)
+
+
 @register
-class Detrimental(Strategy):
+class Detrimental(_OneLayer):
     """Method 2: zero the top `percent` most attributed neurons of one `layer`."""
 
     name = "detrimental"
     needs = frozenset({"attribution"})
-    physical = False
 
     def attribution_layers(self, n_layers):
         return [self.options["layer"]]
 
-    def plan(self, s, *, n_prune, d_ff, layers, seed):
-        o = self.options
-        return ZeroPlan(o["layer"], ig.detrimental_neurons(s.attribution, 0, o["percent"]), o["where"], o["percent"], d_ff)
+    def neurons(self, s, d_ff):
+        return ig.detrimental_neurons(s.attribution, 0, self.options["percent"])
 
 
 @register
-class DetrimentalRandom(Strategy):
+class DetrimentalRandom(_OneLayer):
     """Method 2's control: as many neurons of the same layer, chosen at random (seeded)."""
 
     name = "detrimental_random"
-    physical = False
 
-    def plan(self, s, *, n_prune, d_ff, layers, seed):
-        o = self.options
-        return ZeroPlan(o["layer"], ig.random_neurons(d_ff, o["percent"], o["seed"]), o["where"], o["percent"], d_ff)
+    def neurons(self, s, d_ff):
+        return ig.random_neurons(d_ff, self.options["percent"], self.options["seed"])
 
 
 # ---------------------------------------------------------------------------------------------- by name

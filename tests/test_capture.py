@@ -33,9 +33,10 @@ def _reference(model, mlp, x):
     return act(F.linear(x, gate_w)) * F.linear(x, up_w)
 
 
-def test_hook_equals_hand_reference(arch):
+def hooked_batch(arch: str, seed: int = 0):
+    """A right-padded batch through a tiny model under the capture hooks: (model, mask, MLP inputs, hook buffer)."""
     model = tiny_model(arch, vocab_size=256)
-    input_ids = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(0))
+    input_ids = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(seed))
     mask = torch.ones(3, 8, dtype=torch.long)
     mask[1, 5:] = 0  # right padding
     mask[2, 2:] = 0
@@ -43,6 +44,11 @@ def test_hook_equals_hand_reference(arch):
     with capture.down_proj_inputs(model) as (buffer, set_mask), torch.no_grad():
         set_mask(mask)
         model.get_decoder()(input_ids=input_ids, attention_mask=mask)
+    return model, mask, inputs, buffer
+
+
+def test_hook_equals_hand_reference(arch):
+    model, mask, inputs, buffer = hooked_batch(arch)
     for i, mlp in enumerate(mlp_layers(model)):
         act = _reference(model, mlp, inputs[i]).abs()  # [B, T, F]
         for b in range(3):

@@ -11,7 +11,7 @@ from prunekit import capture, models, pipeline, strategies
 from prunekit.mlp import mlp_layers
 from prunekit.models import tiny_model
 from prunekit.scoring import RunningStats, TokenStats, contrastive, flap, merge_all, wanda_sp
-from tests.test_capture import _mlp_inputs, _reference
+from tests.test_capture import _reference, hooked_batch
 from tests.test_prune_pipeline import _cfg
 
 
@@ -59,15 +59,7 @@ def test_token_statistics_merge_exactly():
 
 
 def test_capture_token_sums_equal_hand_reference(arch):
-    model = tiny_model(arch, vocab_size=256)
-    input_ids = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 5:] = 0
-    mask[2, 2:] = 0
-    inputs = _mlp_inputs(model, input_ids, mask)
-    with capture.down_proj_inputs(model) as (buffer, set_mask), torch.no_grad():
-        set_mask(mask)
-        model.get_decoder()(input_ids=input_ids, attention_mask=mask)
+    model, mask, inputs, buffer = hooked_batch(arch, seed=1)
     for i, mlp in enumerate(mlp_layers(model)):
         x = _reference(model, mlp, inputs[i])[mask.bool()].double()  # [real tokens, F]
         s, sq = buffer[("tokens", i)]

@@ -4,11 +4,10 @@ Hooks read the tensor ``down_proj`` already receives, so nothing is recomputed. 
 decoder only (``model.get_decoder()``): the LM head's logits are never needed for capture.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from prunekit.checkpoint import atomic_torch_save
+from prunekit.checkpoint import atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
 from prunekit.models import process_state
@@ -146,8 +145,7 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
                     tokens = TokenStats(int(counted.sum()),
                                         torch.stack([buffer[("tokens", i)][0].cpu() for i in range(len(layers))]),
                                         torch.stack([buffer[("tokens", i)][1].cpu() for i in range(len(layers))]))
-                    batch_stats = RunningStats.of(values)
-                    stats = stats.merge(RunningStats(batch_stats.count, batch_stats.mean, batch_stats.m2, tokens))
+                    stats = stats.merge(dataclasses.replace(RunningStats.of(values), tokens=tokens))
                 results[name] = stats = gather_stats(stats)
                 log.info("captured %d prompts of set '%s'", stats.count, name)
     finally:
@@ -192,9 +190,9 @@ def _problem(data, expected: dict) -> str | None:
             return f"set {name!r} is malformed ({e})"
         if stats.count != expected["sets"][name]:
             return f"set {name!r} holds {stats.count} prompts, expected {expected['sets'][name]}"
-        tensors = [stats.mean, stats.m2] + ([stats.tokens.sum, stats.tokens.sumsq] if stats.tokens else [])
         if stats.tokens is None or stats.tokens.count < 1:
             return f"set {name!r} has no token statistics"
+        tensors = [stats.mean, stats.m2, stats.tokens.sum, stats.tokens.sumsq]
         if any(not isinstance(t, torch.Tensor) or tuple(t.shape) != shape for t in tensors):
             return f"set {name!r} has shapes {[tuple(getattr(t, 'shape', ())) for t in tensors]}, expected {shape}"
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
@@ -216,13 +214,8 @@ def load_cached(path: Path, expected: dict) -> dict[str, RunningStats] | None:
     if problem is None:
         log.info("loaded activation statistics from cache %s", path)
         return {name: RunningStats.from_dict(d) for name, d in data.items() if name != "_manifest"}
-    aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
     log.warning("activation cache %s is damaged or does not match this run (%s): moved to %s, capturing again",
-                path, problem, aside)
-    try:
-        os.replace(path, aside)
-    except OSError:
-        path.unlink(missing_ok=True)
+                path, problem, move_aside(path))
     return None
 
 

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,6 +104,17 @@ def clean_stale_temps(folder, recursive: bool = False, any_owner: bool = False) 
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def move_aside(path: Path) -> Path:
+    """Keep a damaged cache entry (file or dir) for inspection as ``<name>.bad-<time>``, so it is rebuilt; when it
+    cannot be moved it is removed. Returns the name it was given."""
+    aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return aside
 
 
 def save_model(model, tokenizer, path: Path) -> None:

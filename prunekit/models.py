@@ -24,7 +24,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from prunekit.checkpoint import atomic_dir
+from prunekit.checkpoint import atomic_dir, move_aside
 from prunekit.errors import PrunekitError
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,16 @@ def _gguf_to_dir(gguf: Path, out: Path) -> None:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"files": sizes}))
+        _write_manifest(tmp)
 
 
 MANIFEST = "prunekit-manifest.json"
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record every file's size, so a later truncation is noticed before the files are loaded."""
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"files": sizes}))
 
 
 def _converted_ok(out: Path) -> bool:
@@ -189,8 +194,7 @@ def _converted_ok(out: Path) -> bool:
         for w in weights:
             with safe_open(str(w), framework="pt") as f:
                 f.keys()
-        sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-        (out / MANIFEST).write_text(json.dumps({"files": sizes}))
+        _write_manifest(out)
         return True
     except Exception:  # noqa: BLE001 - any unreadable header means a damaged conversion
         return False
@@ -221,10 +225,8 @@ def materialize(source: Source, cache_dir: str | Path) -> Path | str:
     if _converted_ok(out):
         return out
     if out.exists():  # damaged or from a killed conversion: keep it aside for inspection, convert again
-        aside = out.with_name(f"{out.name}.bad-{os.getpid()}")
         log.warning("converted model cache %s is damaged (files differ from its manifest): moved to %s, "
-                    "converting again", out, aside)
-        os.replace(out, aside)
+                    "converting again", out, move_aside(out))
     files = spec.files()
     missing = [str(f) for f in files if not f.exists()]
     if missing:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, scoring, slicing, strategies, tracking, training
@@ -55,28 +56,28 @@ def load_model(cfg, source):
 
 
 @contextmanager
-def tracked(cfg, job_type: str, run_dir: Path, sweep_dir):
-    """A W&B run around one job on the main process (never fails the job); the caller writes the local record."""
+def tracked(cfg, job_type: str, run_dir: Path, sweep_dir, record: dict | None = None):
+    """A W&B run around one job on the main process (never fails the job); the caller writes the local record.
+    ``record``: the evaluated/trained checkpoint's pruning.json, which names the run (None: an unpruned model)."""
     if not models.process_state().is_main_process:
         yield tracking.Tracker(None, "disabled")
         return
     config = plain(cfg)
     group = cfg.wandb.group or tracking.group(config, sweep_dir, run_dir)
-    record = None if job_type == "prune" else pruning_record_of(cfg.model.name_or_path)  # what the model is
     with tracking.start(config, job_type=job_type, run_dir=run_dir, mode=cfg.wandb.mode, project=cfg.wandb.project,
                         entity=cfg.wandb.entity, group=group, name=tracking.run_name(config, record, job_type),
                         tags=tracking.tags(config, record, job_type) + list(cfg.wandb.tags)) as tracker:
         yield tracker
 
 
-def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict) -> None:
+def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, record: dict | None = None) -> None:
     """metrics.json + config.yaml, then the completion marker LAST, then the sweep's runs.jsonl line (main process)."""
     if not models.process_state().is_main_process:
         return
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
     tracking.mark_complete(run_dir, job_type)
-    tracking.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type)
+    tracking.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type, record)
 
 
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
@@ -84,7 +85,7 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     (another config there is a one-line error); else None, after clearing the earlier attempt's results."""
     config = plain(cfg)
     if tracking.check_resume(run_dir, job_type, config, cfg.resume):
-        log.info("%s job already complete in %s (resume=true): skipping", job_type, run_dir)
+        log.info("%s job already complete in %s with the same settings (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
     if models.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
@@ -109,8 +110,6 @@ def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
 def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> tuple[dict, bool]:
     """Statistics for ``key`` from the on-disk cache (verified), or captured now and cached. Returns
     (stats, was_cached). Parallel jobs of a sweep wait on one file lock per key, so the set is captured once."""
-    from filelock import FileLock
-
     path = Path(cache_dir).expanduser() / f"{key}.pt"
     layers = mlp_layers(model)
     expected = {"sets": {n: len(p) for n, p in sets.items()}, "layers": len(layers), "d_ff": layers[0].d_ff}
@@ -367,12 +366,12 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
         return done
 
     timer = Timer()
-    with tracked(cfg, "evaluate", run_dir, sweep_dir) as tracker:
+    record = None if rescoring else pruning_record_of(name_or_path)  # what the evaluated model is
+    with tracked(cfg, "evaluate", run_dir, sweep_dir, record) as tracker:
         if rescoring:
             with timer("rescore"):
                 metrics = suite.rescore(task, settings, settings["generations"], run_dir)
         else:
-            record = pruning_record_of(name_or_path)
             reference = source_rows = None
             original: dict = {}
             if record is not None and {"similarity", "nll"} & set(settings["parts"]):
@@ -384,8 +383,8 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
                 if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
                     if "similarity" in settings["parts"]:
                         log.info("similarity skipped: an unpruned model against its own outputs is 1 by definition")
-                    metrics, _ = source_evaluation(cfg, model, tokenizer, source)
-                    _copy_source_files(cfg, model, source, run_dir)
+                    metrics, rows = source_evaluation(cfg, model, tokenizer, source)
+                    suite.write_target_files(run_dir, rows)
                 else:
                     checkpoint = name_or_path if source.kind == "dir" else None
                     metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint, source_rows)
@@ -401,7 +400,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
         metrics.update(timer)
         tracker.log(metrics)
         tracker.summary(metrics)
-    finish_record(cfg, "evaluate", run_dir, sweep_dir, metrics)
+    finish_record(cfg, "evaluate", run_dir, sweep_dir, metrics, record)
     return metrics
 
 
@@ -420,7 +419,8 @@ def best_of_grid(sweep_dir) -> dict:
 
 def _source_results(cfg, record: dict, parts) -> tuple[dict | None, dict, list[dict] | None]:
     """From the unpruned model a checkpoint came from: similarity reference outputs (when `similarity` is on),
-    and its cached evaluation metrics and target generations (when `nll` is on). Loads it only on a cache miss."""
+    and its cached evaluation metrics and target generations (when `nll` is on). The model is loaded for these
+    (its tokenizer decides the cache keys); a cache hit then costs no generation."""
     source = models.resolve(record["source_model"])
     model, tokenizer = load_model(cfg, source)
     try:
@@ -430,17 +430,6 @@ def _source_results(cfg, record: dict, parts) -> tuple[dict | None, dict, list[d
     finally:
         del model, tokenizer
         release_memory()
-
-
-def _copy_source_files(cfg, model, source, run_dir: Path) -> None:
-    """generations.jsonl and samples.jsonl of the cached source evaluation, into an evaluate run's directory."""
-    import shutil
-
-    settings = suite.check_settings(plain(cfg.eval), plain(cfg.task))
-    cached = _source_dir(cfg, model, source, settings)
-    for name in (suite.GENERATIONS_FILE, suite.SAMPLES_FILE):
-        if (cached / name).is_file():
-            shutil.copyfile(cached / name, run_dir / name)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -472,7 +461,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
-    with tracked(cfg, "train", run_dir, sweep_dir) as tracker:
+    with tracked(cfg, "train", run_dir, sweep_dir, record) as tracker:
         reference = source_rows = None
         if cfg.evaluate and {"similarity", "nll"} & set(cfg.eval.parts):
             with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
@@ -507,5 +496,5 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         if record is not None:
             metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
         tracker.summary(metrics)
-    finish_record(cfg, "train", run_dir, sweep_dir, metrics)
+    finish_record(cfg, "train", run_dir, sweep_dir, metrics, record)
     return metrics

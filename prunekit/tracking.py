@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from prunekit.checkpoint import atomic_write_json, clean_stale_temps, pruning_record_of
+from prunekit.checkpoint import atomic_write_json, clean_stale_temps
 from prunekit.data import get_path
 from prunekit.errors import PrunekitError
 
@@ -314,16 +314,16 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def record_run(sweep_dir: str | os.PathLike, run_dir: str | os.PathLike, metrics: Mapping, config: Mapping,
-               status: str, job_type: str | None = None) -> dict:
-    """Append one line for this run to ``<sweep_dir>/runs.jsonl`` (append-only index); returns the entry."""
+               status: str, job_type: str | None = None, record: Mapping | None = None) -> dict:
+    """Append one line for this run to ``<sweep_dir>/runs.jsonl`` (append-only index); returns the entry.
+    ``record``: an evaluated/trained checkpoint's pruning.json, which names the run (see ``run_name``)."""
     sweep_dir, run_dir = Path(sweep_dir), Path(run_dir)
     try:
         rel = str(run_dir.resolve().relative_to(sweep_dir.resolve()))
     except ValueError:
         rel = str(run_dir.resolve())
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": rel, "job_type": job_type, "status": status,
-             "name": run_name(config, None if job_type == "prune" else
-                              pruning_record_of(get_path(config, "model.name_or_path")), job_type),
+             "name": run_name(config, record, job_type or "prune"),
              "metrics": dict(metrics), "config": dict(config)}
     _append_line(sweep_dir / INDEX_FILE, json.dumps(entry, default=str))
     return entry
@@ -375,14 +375,6 @@ def is_complete(run_dir: str | os.PathLike, job_type: str) -> bool:
     return all(_parses(run_dir / name) for name in FINAL_FILES[job_type])
 
 
-def should_skip(run_dir: str | os.PathLike, job_type: str, resume: bool = True) -> bool:
-    """True when ``resume`` is on and the job already finished in ``run_dir`` (logged)."""
-    if resume and is_complete(run_dir, job_type):
-        log.info("resume: %s job in %s is complete; skipped (resume=false re-runs it)", job_type, run_dir)
-        return True
-    return False
-
-
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
 NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
               "eval.code.workers", "hydra.")
@@ -420,11 +412,7 @@ def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, res
                                 f"{' ...' if len(diff) > 3 else ''}); use another hydra.run.dir, or resume=false "
                                 "to redo it there")
         (run_dir / JOURNAL_FILE).unlink(missing_ok=True)  # generations of the other config: never reused
-    if resume and old is not None and old.get("hash") == digest and is_complete(run_dir, job_type):
-        log.info("resume: %s job in %s is complete with the same settings; skipped (resume=false re-runs it)",
-                 job_type, run_dir)
-        return True
-    return False
+    return resume and old is not None and old.get("hash") == digest and is_complete(run_dir, job_type)
 
 
 def record_config(run_dir: str | os.PathLike, config: Mapping) -> None:

@@ -258,10 +258,12 @@ def _write_prune_outputs(run_dir: Path, em: float) -> None:
 
 
 def run_job(run_dir: Path, em: float, resume: bool = True) -> bool:
-    """The resume protocol the pipeline follows: skip, or begin -> write outputs -> mark_complete. True if run."""
-    if tracking.should_skip(run_dir, "prune", resume):
+    """The resume protocol the pipeline follows: skip, or begin -> record config -> write outputs -> mark_complete.
+    True if run."""
+    if tracking.check_resume(run_dir, "prune", CFG, resume):
         return False
     tracking.begin(run_dir, "prune")
+    tracking.record_config(run_dir, CFG)
     _write_prune_outputs(run_dir, em)
     tracking.mark_complete(run_dir, "prune")
     return True

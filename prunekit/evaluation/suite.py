@@ -26,6 +26,7 @@ from statistics import fmean
 from tqdm.auto import tqdm
 
 from prunekit import data, tracking
+from prunekit.checkpoint import atomic_write_json, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
 from prunekit.models import process_state
@@ -388,8 +389,15 @@ def _answer_test(metric: str):
     return lambda text: bench.has_answer(text, {})
 
 
-def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> dict:
-    """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl, return metrics."""
+def write_target_files(run_dir: Path, rows: list[dict]) -> None:
+    """generations.jsonl (every field) and samples.jsonl (the verdicts, without prompt and output) of a run."""
+    generation.write_generations(run_dir / GENERATIONS_FILE, rows)
+    generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
+
+
+def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> tuple[dict, list[dict]]:
+    """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl; return the
+    metrics and the rows."""
     metric, budget = ev["metric"], max_new_tokens(settings, ev)
     journal = run_dir / JOURNAL_FILE
     gens = _generate(model, tokenizer, [s["prompt"] for s in samples], settings, budget,
@@ -403,8 +411,7 @@ def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> dict:
         rows.append(row)
     if "task" in settings["parts"] or "nll" in settings["parts"]:
         benchmarks.get(metric).score(samples, rows, settings)  # the sandbox, for code; nll scores correct answers
-    generation.write_generations(run_dir / GENERATIONS_FILE, rows)
-    generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
+    write_target_files(run_dir, rows)
     journal.unlink(missing_ok=True)
     metrics = task_metrics(metric, rows, settings["parts"])
     metrics[f"{metric}/max_new_tokens"] = budget
@@ -481,15 +488,11 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
                 log.info("reference outputs: cache hit %s", path)
                 return cached
             except (ValueError, UnicodeDecodeError, OSError) as e:  # SuiteError is a ValueError too
-                aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
                 log.warning("reference outputs cache %s is damaged (%s): moved to %s, generating again",
-                            path, str(e).splitlines()[0][:120], aside)
-                path.replace(aside)
+                            path, str(e).splitlines()[0][:120], move_aside(path))
     refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
             for name, v in _distractor_outputs(model, tokenizer, prompts, s).items()}
     if path is not None:
-        from prunekit.checkpoint import atomic_write_json
-
         atomic_write_json(path, refs)
         log.info("reference outputs cached in %s", path)
     return refs

@@ -95,9 +95,11 @@ class CaptureConfig(_Checked):
     skip_first: int = field(default=0, metadata={"allowed": "an integer >= 0"})
 
     def check(self):
-        for name in ("n", "max_length", "batch_size"):
-            self._at_least(name, 1)
-        self._at_least("skip_first", 0)
+        from prunekit.capture import CaptureSettings  # its own range checks, with the same messages
+
+        self._at_least("n", 1)
+        CaptureSettings(max_length=self.max_length, batch_size=self.batch_size, chat_template=self.chat_template,
+                        skip_first=self.skip_first)
 
 
 @dataclass

@@ -149,13 +149,17 @@ def _tokens(stats: RunningStats, what: str) -> TokenStats:
     return stats.tokens
 
 
+def _column_l1(down_weights) -> torch.Tensor:
+    """sum_i |W_down[i, j]| per layer and neuron ([layers, d_ff], float64)."""
+    return torch.stack([w.detach().abs().double().sum(0) for w in down_weights])
+
+
 def wanda_sp(target: RunningStats, down_weights: torch.Tensor) -> torch.Tensor:
     """Structured Wanda per neuron j: sum_i |W_down[i, j]| * ||x_j||_2 over all target tokens ([layers, d_ff]).
 
     ``down_weights`` is [layers, hidden, d_ff] (or a list of [hidden, d_ff]); lowest = least important.
     """
-    col_l1 = torch.stack([w.detach().abs().double().sum(0) for w in down_weights])
-    return (col_l1 * _tokens(target, "wanda_sp").l2).float()
+    return (_column_l1(down_weights) * _tokens(target, "wanda_sp").l2).float()
 
 
 def flap(target: RunningStats, down_weights: torch.Tensor) -> torch.Tensor:
@@ -172,7 +176,7 @@ def contrastive(target: RunningStats, distractors: list[RunningStats], down_weig
     the target relies on is never removed for being even more active on distractors, while among neurons the
     target uses equally little, those the distractors use most go first. weight=0 is target importance alone.
     """
-    col_l1 = torch.stack([w.detach().abs().double().sum(0) for w in down_weights])
+    col_l1 = _column_l1(down_weights)
     pooled = merge_all(distractors)
     i_t = col_l1 * _tokens(target, "contrastive").rms
     i_d = col_l1 * _tokens(pooled, "contrastive (distractor sets)").rms

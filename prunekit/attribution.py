@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +30,7 @@ from prunekit.capture import format_prompt  # the same prompt formatting as acti
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.errors import PrunekitError
 from prunekit.mlp import GatedMLP, mlp_layers
+from prunekit.slicing import WHERE
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # weights the steps 1/n, so its sum is biased by (n - 1) / n and breaks completeness.
 METHODS = ("riemann_middle", "riemann_left", "riemann_right", "gausslegendre")
 DEFAULT_METHOD = "riemann_middle"  # a Riemann sum with second-order error (left/right are first-order)
-WHERE = ("gate", "down")
 RANK_BY = ("signed", "abs")
 
 
@@ -95,18 +95,6 @@ def check_weight(weight) -> float:
         raise AttributionError(f"strategy.weight={weight!r}: must be in [0, 1] (0 = selectivity only, "
                                f"1 = attribution only)")
     return float(weight)
-
-
-def check_answer_options(records: Sequence[Mapping], field: str = "choices", task: str = "task") -> None:
-    """A multiple-choice metric needs every record to carry a list of at least two answer options in ``field``."""
-    if not records:
-        raise AttributionError(f"{task}: no records; a multiple-choice task needs records with answer options")
-    for i, r in enumerate(records):
-        options = r.get(field) if isinstance(r, Mapping) else None
-        if not isinstance(options, (list, tuple)) or len(options) < 2:
-            keys = ", ".join(sorted(r)) if isinstance(r, Mapping) else type(r).__name__
-            raise AttributionError(f"{task}: record {i} has no answer options in field '{field}' (a list of >= 2 "
-                                   f"options is required by a multiple-choice metric); record fields: {keys}")
 
 
 def check_options(strategy: Mapping, *, n_layers: int, available: int | None = None) -> None:
@@ -330,61 +318,6 @@ def random_neurons(d_ff: int, percent: float, seed: int) -> torch.Tensor:
     return torch.sort(torch.randperm(d_ff, generator=gen)[: n_detrimental(d_ff, percent)]).values
 
 
-def _targets(mlp: GatedMLP, neurons: torch.Tensor, where: str) -> list[tuple[torch.nn.Parameter, int, torch.Tensor]]:
-    """(weight, dim, index) triples whose zeroing deactivates ``neurons``: gate rows or down_proj columns."""
-    if where not in WHERE:
-        raise AttributionError(f"strategy.where='{where}': allowed: {', '.join(WHERE)}")
-    idx = neurons.to(mlp.down.weight.device, torch.long)
-    if where == "down":
-        return [(mlp.down.weight, 1, idx)]
-    gate = mlp.input_linears()[0]  # gate_proj, or gate_up_proj whose first d_ff rows are the gate
-    triples = [(gate.weight, 0, idx)]
-    if gate.bias is not None:
-        triples.append((gate.bias, 0, idx))
-    return triples
-
-
-@torch.no_grad()
-def deactivate(model, layer: int, neurons: torch.Tensor, where: str = "gate") -> None:
-    """Zero ``neurons`` of one layer in place: their gate_proj rows (act(0) = 0 for SiLU/GELU) or down_proj columns.
-
-    Shapes are unchanged, so the checkpoint stays stock-loadable.
-    """
-    mlps = mlp_layers(model)
-    check_layer(layer, len(mlps))
-    for weight, dim, idx in _targets(mlps[layer], neurons, where):
-        weight.index_fill_(dim, idx, 0)
-
-
-@contextmanager
-def deactivated(model, layer: int, neurons: torch.Tensor, where: str = "gate"):
-    """``deactivate`` for the duration of the block, then restore the original weights (in-process grid search)."""
-    mlps = mlp_layers(model)
-    check_layer(layer, len(mlps))
-    saved = [(w, d, i, w.detach().index_select(d, i).clone()) for w, d, i in _targets(mlps[layer], neurons, where)]
-    deactivate(model, layer, neurons, where)
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for w, d, i, old in saved:
-                w.index_copy_(d, i, old)
-
-
-def least_attributed(scores: torch.Tensor, n_prune: int, rank_by: str = "signed") -> torch.Tensor:
-    """[layers, n_prune] indices of the least attributed neurons per layer (ties: lower index), for physical pruning.
-
-    ``signed`` ranks the raw attribution (most negative first, the mirror of ``detrimental``); ``abs`` ranks
-    |attribution| (least influential on the top prediction first).
-    """
-    if rank_by not in RANK_BY:
-        raise AttributionError(f"strategy.rank_by='{rank_by}': allowed: {', '.join(RANK_BY)}")
-    if not 0 < n_prune < scores.shape[1]:
-        raise AttributionError(f"n_prune={n_prune}: must be in 1..{scores.shape[1] - 1} for d_ff={scores.shape[1]}")
-    values = scores.abs() if rank_by == "abs" else scores
-    return torch.sort(values, dim=1, stable=True).indices[:, :n_prune]
-
-
 def zscore(scores: torch.Tensor) -> torch.Tensor:
     """Per-layer z-normalization (population std; a constant layer maps to zeros)."""
     scores = scores.double()
@@ -403,32 +336,6 @@ def combined_scores(selectivity: torch.Tensor, attribution: torch.Tensor, weight
                                f"{tuple(attribution.shape)} scores must have the same [layers, d_ff] shape "
                                f"(attribution must cover every layer)")
     return (1 - weight) * zscore(selectivity) + weight * zscore(attribution)
-
-
-# ---------------------------------------------------------------------------------------------- grid search
-def grid_search(model, scores: torch.Tensor, layers: Sequence[int], percents: Sequence[float],
-                evaluate: Callable[[object], Mapping], *, where: str = "gate",
-                control_seed: int | None = None) -> list[dict]:
-    """Evaluate every (layer, percent) with the neurons deactivated in place and restored after: one dict each.
-
-    ``evaluate(model)`` returns adaptation-split metrics; each result is {"layer", "percent", "neurons", **metrics}.
-    With ``control_seed`` the neurons are the seeded random control instead of the top attributed ones.
-    """
-    n_layers = scores.shape[0]
-    for layer in layers:
-        check_layer(layer, n_layers)
-    for p in percents:
-        check_percent(p)
-    results = []
-    for layer in tqdm(layers, desc="detrimental grid"):
-        for percent in percents:
-            neurons = (random_neurons(scores.shape[1], percent, control_seed) if control_seed is not None
-                       else detrimental_neurons(scores, layer, percent))
-            with deactivated(model, layer, neurons, where):
-                metrics = dict(evaluate(model))
-            results.append({"layer": layer, "percent": percent, "neurons": int(neurons.numel()), **metrics})
-            log.info("grid layer=%d percent=%s: %s", layer, percent, metrics)
-    return results
 
 
 def select_best(results: Sequence[Mapping], metric: str, *, higher_is_better: bool = True) -> dict:

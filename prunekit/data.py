@@ -718,21 +718,3 @@ def prompt_sets(task: Any) -> dict:
         "distractors": {str(name): load_prompts(spec, f"task.distractors.{name}")
                         for name, spec in _as_dict(distractors, "task.distractors").items()},
     }
-
-
-def check_task(task: Any) -> None:
-    """Cheap validation of every prompt-set spec of a task (no data read): call before loading a model."""
-    t = _as_dict(task, "task")
-    specs = [("task.target", t.get("target"))]
-    specs += [(f"task.distractors.{k}", v) for k, v in _as_dict(t.get("distractors") or {}, "task.distractors").items()]
-    for option, spec in specs:
-        s = normalise(spec, option)
-        if s["field"] is None and s["template"] is None:
-            raise DataError(f"{option}: give exactly one of field (dotted path, e.g. question) or template "
-                            "(e.g. '{context}\\n{question}')")
-        if s["kind"] == "local":
-            p = Path(s["path"])
-            if not p.exists():
-                raise DataError(f"{option}.path='{s['path']}': no such file")
-            if p.is_file():
-                _local_builder(p, option)

@@ -8,6 +8,7 @@ A gated MLP computes ``down(act(gate(x)) * up(x))``; the neurons prunekit scores
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
@@ -61,6 +62,44 @@ class GatedMLP:
         if self.layout == "fused":
             return [self.module.gate_up_proj]
         return [self.module.gate_proj, self.module.up_proj]
+
+    # Neuron surgery: the only place that knows how each layout stores a neuron.
+    def keep(self, kept: torch.Tensor) -> None:
+        """Shrink to the neurons ``kept`` (sorted indices), keeping their order: gate/up rows, down columns."""
+        kept = kept.to(self.down.weight.device)
+        rows = torch.cat([kept, kept + self.d_ff]) if self.layout == "fused" else kept
+        for linear in self.input_linears():
+            _keep_rows(linear, rows)
+        _keep_columns(self.down, kept)
+        if hasattr(self.module, "intermediate_size"):
+            self.module.intermediate_size = kept.numel()
+
+    @torch.no_grad()
+    def zero(self, neurons: torch.Tensor, where: str = "gate") -> None:
+        """Deactivate ``neurons`` in place, shapes unchanged: their gate rows (act(0) = 0 for SiLU/GELU; a fused
+        layer's gate is its first d_ff rows) or their down_proj columns."""
+        idx = neurons.to(self.down.weight.device, torch.long)
+        if where == "down":
+            self.down.weight.index_fill_(1, idx, 0)
+            return
+        gate = self.input_linears()[0]
+        gate.weight.index_fill_(0, idx, 0)
+        if gate.bias is not None:
+            gate.bias.index_fill_(0, idx, 0)
+
+
+def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
+    """Keep only ``rows`` of a linear's output features, in place (frees the old weight)."""
+    linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows), requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows), requires_grad=linear.bias.requires_grad)
+    linear.out_features = rows.numel()
+
+
+def _keep_columns(linear: nn.Linear, cols: torch.Tensor) -> None:
+    """Keep only ``cols`` of a linear's input features, in place (its bias is untouched)."""
+    linear.weight = nn.Parameter(linear.weight.data.index_select(1, cols), requires_grad=linear.weight.requires_grad)
+    linear.in_features = cols.numel()
 
 
 def decoder_layers(model) -> nn.ModuleList:

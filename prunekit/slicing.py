@@ -1,18 +1,22 @@
-"""Physical removal and zeroing of MLP neurons, and the 128-aligned width arithmetic."""
+"""Model-level neuron surgery on top of the gated-MLP adapter (`GatedMLP.keep` / `.zero` hold the layout
+branch): uniform physical removal, one-layer zeroing, and the 128-aligned width arithmetic."""
 
 import math
 from fractions import Fraction
 
 import torch
-from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.mlp import GatedMLP, mlp_layers
+from prunekit.mlp import mlp_layers
 
 ALIGN = 128
 
 
-class RatioError(PrunekitError):
+class SurgeryError(PrunekitError):
+    """Bad input to neuron surgery: a layer or zeroing mode that does not exist."""
+
+
+class RatioError(SurgeryError):
     """A pruning ratio that is out of range or leaves too few neurons."""
 
 
@@ -43,34 +47,6 @@ def real_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> float:
     return pruned_count(d_ff, ratio, align) / d_ff
 
 
-def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    """Keep only ``rows`` of a linear's output features, in place (frees the old weight)."""
-    linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows), requires_grad=linear.weight.requires_grad)
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows), requires_grad=linear.bias.requires_grad)
-    linear.out_features = rows.numel()
-
-
-def _keep_columns(linear: nn.Linear, cols: torch.Tensor) -> None:
-    """Keep only ``cols`` of a linear's input features, in place (its bias is untouched)."""
-    linear.weight = nn.Parameter(linear.weight.data.index_select(1, cols), requires_grad=linear.weight.requires_grad)
-    linear.in_features = cols.numel()
-
-
-def slice_layer(mlp: GatedMLP, kept: torch.Tensor) -> None:
-    """Shrink one MLP to the neurons ``kept`` (sorted indices), keeping their original order."""
-    d_ff = mlp.d_ff
-    kept = kept.to(mlp.down.weight.device)
-    if mlp.layout == "fused":
-        _keep_rows(mlp.module.gate_up_proj, torch.cat([kept, kept + d_ff]))
-    else:
-        _keep_rows(mlp.module.gate_proj, kept)
-        _keep_rows(mlp.module.up_proj, kept)
-    _keep_columns(mlp.down, kept)
-    if hasattr(mlp.module, "intermediate_size"):
-        mlp.module.intermediate_size = kept.numel()
-
-
 def prune_mlp(model, kept: list[torch.Tensor]) -> None:
     """Physically remove every neuron not in ``kept[layer]`` and update ``config.intermediate_size``.
 
@@ -83,12 +59,19 @@ def prune_mlp(model, kept: list[torch.Tensor]) -> None:
     if len(widths) != 1:
         raise ValueError(f"kept widths differ across layers: {sorted(widths)}; config.intermediate_size needs one")
     for mlp, idx in zip(layers, kept):
-        slice_layer(mlp, idx)
+        mlp.keep(idx)
     model.config.intermediate_size = widths.pop()
 
 
-@torch.no_grad()
-def zero_neurons(model, layer: int, neurons: torch.Tensor) -> None:
-    """Deactivate ``neurons`` of one layer by zeroing their ``down_proj`` columns (the checkpoint stays stock)."""
-    mlp = mlp_layers(model)[layer]
-    mlp.down.weight[:, neurons.to(mlp.down.weight.device)] = 0
+WHERE = ("gate", "down")  # how one-layer deactivation zeroes a neuron: its gate row or its down_proj column
+
+
+def deactivate(model, layer: int, neurons: torch.Tensor, where: str = "gate") -> None:
+    """Zero ``neurons`` of one layer in place (arXiv 2507.09185); shapes are unchanged, so the checkpoint stays
+    stock-loadable."""
+    mlps = mlp_layers(model)
+    if not 0 <= layer < len(mlps):
+        raise SurgeryError(f"strategy.layer={layer}: out of range; allowed: integers 0..{len(mlps) - 1}")
+    if where not in WHERE:
+        raise SurgeryError(f"strategy.where='{where}': allowed: {', '.join(WHERE)}")
+    mlps[layer].zero(neurons, where)

@@ -80,7 +80,7 @@ class ZeroPlan:
     d_ff: int = field(default=0)
 
     def apply(self, model) -> None:
-        ig.deactivate(model, self.layer, self.neurons, self.where)
+        slicing.deactivate(model, self.layer, self.neurons, self.where)
 
     def record(self, ratio: float) -> dict:
         return {"ratio": 0.0, "real_ratio": 0.0, "kept_width": self.d_ff, "layer": self.layer,

@@ -328,24 +328,6 @@ def record_run(sweep_dir: str | os.PathLike, run_dir: str | os.PathLike, metrics
     _append_line(sweep_dir / INDEX_FILE, json.dumps(entry, default=str))
     return entry
 
-
-def read_index(sweep_dir: str | os.PathLike) -> list[dict]:
-    """All entries of ``runs.jsonl`` (a torn last line from a killed writer is skipped with a warning)."""
-    path = Path(sweep_dir) / INDEX_FILE
-    if not path.exists():
-        return []
-    entries = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not valid JSON; skipped", path, i)
-    return entries
-
-
-# ----------------------------------------------------------------------------------------------- resume
 def marker_path(run_dir: str | os.PathLike, job_type: str) -> Path:
     return Path(run_dir) / f"complete-{check_job_type(job_type)}.json"
 

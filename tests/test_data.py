@@ -240,14 +240,6 @@ def test_hub_id_fails_fast_offline_with_override_hint(monkeypatch):
     assert "task.target.path=/path/to/train.jsonl" in msg
 
 
-def test_check_task_validates_without_reading(jsonl):
-    data.check_task({"target": {"path": str(jsonl), "field": "q", "n": 1},
-                     "distractors": {"a": {"path": "rajpurkar/squad", "template": "{q}", "n": 1}}})
-    with pytest.raises(DataError, match=r"^task\.distractors\.a\.path='nope\.csv': no such file"):
-        data.check_task({"target": {"path": str(jsonl), "field": "q", "n": 1},
-                         "distractors": {"a": {"path": "nope.csv", "field": "q", "n": 1}}})
-
-
 # ----------------------------------------------------------------------------------------------- pip sources
 
 
@@ -330,11 +322,12 @@ def preset(name: str, capture_n: int = 800):
 def test_presets_are_valid_specs(name):
     task = preset(name)
     assert task.name == name
-    data.check_task(task)
-    data.check_task({"target": task.eval.target, "distractors": task.eval.distractors})
-    for option, spec in [("task.train", task.train)]:
-        data.normalise(spec, option)
-        assert spec.prompt_template and spec.response_field
+    specs = {"task.target": task.target, "task.eval.target": task.eval.target, "task.train": task.train}
+    specs.update({f"task.distractors.{k}": v for k, v in task.distractors.items()})
+    specs.update({f"task.eval.distractors.{k}": v for k, v in (task.eval.get("distractors") or {}).items()})
+    for option, one in specs.items():
+        data.normalise(one, option)
+    assert task.train.prompt_template and task.train.response_field
     assert "code" not in " ".join(task.distractors) and "humaneval" not in str(task.distractors)
 
 

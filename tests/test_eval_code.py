@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from prunekit.data import load_records
+from prunekit.evaluation.benchmarks import BenchmarkError
 from prunekit.evaluation.code import (
     HUMANEVAL_INSTRUCTION,
     CodeEvalError,
-    build_messages,
+    HumanEval,
     build_prompt,
     check,
     has_complete_function,
-    load_humaneval,
     pass_at_1,
     sanitize,
 )
@@ -21,9 +22,12 @@ from prunekit.evaluation.code import (
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+HUMANEVAL = {"path": "pip:humaneval", "field": "prompt", "n": None}
+
+
 @pytest.fixture(scope="module")
 def problems():
-    return load_humaneval()
+    return load_records(HUMANEVAL)
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +47,19 @@ def test_local_file_overrides_default(problems, tmp_path):
     local = SHARED / "humaneval" / "HumanEval.jsonl"
     if not local.is_file():
         pytest.skip(f"shared HumanEval data missing: {local}")
-    assert load_humaneval(local) == problems
+    assert load_records({**HUMANEVAL, "path": str(local)}) == problems
     small = tmp_path / "two.jsonl.gz"
     with gzip.open(small, "wt") as f:
         for p in problems[:2]:
             f.write(json.dumps(p) + "\n")
-    assert [p["task_id"] for p in load_humaneval(str(small))] == ["HumanEval/0", "HumanEval/1"]
+    assert [p["task_id"] for p in load_records({**HUMANEVAL, "path": str(small)})] == ["HumanEval/0", "HumanEval/1"]
 
 
-def test_bad_data_is_a_clear_error(tmp_path, problems):
-    with pytest.raises(CodeEvalError, match="does not exist"):
-        load_humaneval(tmp_path / "nope.jsonl")
-    txt = tmp_path / "p.txt"
-    txt.write_text("{}")
-    with pytest.raises(CodeEvalError, match=r"\.jsonl, \.jsonl\.gz"):
-        load_humaneval(txt)
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text(json.dumps({k: v for k, v in problems[0].items() if k != "test"}) + "\n")
-    with pytest.raises(CodeEvalError, match="'test'"):
-        load_humaneval(broken)
+def test_a_record_without_the_required_fields_is_a_clear_error(problems):
+    broken = {k: v for k, v in problems[0].items() if k != "entry_point"}
+    with pytest.raises(BenchmarkError, match=r"HumanEval record 3 lacks \['entry_point'\]"):
+        HumanEval().sample(3, broken, broken["prompt"], broken["test"])
+    assert HumanEval().sample(0, problems[0], problems[0]["prompt"], problems[0]["test"])["id"] == "HumanEval/0"
 
 
 def test_prompt_is_instruction_then_official_prompt(by_id):
@@ -70,8 +68,6 @@ def test_prompt_is_instruction_then_official_prompt(by_id):
     assert text.startswith(HUMANEVAL_INSTRUCTION) and text.endswith(p["prompt"])
     for demand in ("markdown", "print", "__main__", "top-level function definitions", "tests"):
         assert demand in HUMANEVAL_INSTRUCTION
-    assert build_messages(p)[0] == {"role": "system", "content": HUMANEVAL_INSTRUCTION}
-    assert build_messages(p)[1]["content"] == p["prompt"]
 
 
 # ---------------------------------------------------------------- sanitiser

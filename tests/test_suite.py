@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunekit import models
+from prunekit import data, models
 from prunekit.evaluation import generation, math, suite
 from prunekit.evaluation.generation import Generation
 
@@ -150,9 +150,7 @@ def test_rescore_rejects_unknown_ids_and_missing_fields(math_task, tmp_path):
 
 
 def test_rescore_humaneval_canonical_and_empty(code_task, tmp_path):
-    from prunekit.evaluation.code import load_humaneval
-
-    problems = load_humaneval()[:5]
+    problems = data.load_records({"path": "pip:humaneval", "field": "prompt", "n": 5})
     good = _jsonl(tmp_path / "good.jsonl", [{"id": p["task_id"], "output": p["canonical_solution"]} for p in problems])
     m = suite.rescore(code_task, {"parts": ["task", "traps"]}, good, tmp_path / "good")
     assert m["humaneval/pass@1"] == 1.0 and m["humaneval/n"] == 5

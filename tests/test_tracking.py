@@ -175,7 +175,7 @@ def test_wandb_failures_never_fail_the_run(tmp_path, monkeypatch, caplog):
                                                                "distractor_dominant": 2}]})
     assert any("W&B init failed" in r.getMessage() for r in caplog.records)
     tracking.record_run(sweep, run_dir, {"gsm8k/em": 0.5}, CFG, "complete", job_type="prune")
-    (entry,) = tracking.read_index(sweep)
+    (entry,) = [json.loads(line) for line in (sweep / tracking.INDEX_FILE).read_text().splitlines()]
     assert entry["metrics"] == {"gsm8k/em": 0.5} and entry["run_dir"] == "job0" and entry["status"] == "complete"
 
 

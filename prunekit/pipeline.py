@@ -91,10 +91,28 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
         tracking.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking.record_config(run_dir, config)
-        for folder in (cfg.capture.cache_dir, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
-                       Path(cfg.cache_dir).expanduser() / "sources"):
+        capture_cache = cfg.capture.cache_dir if "capture" in cfg else None  # prune.py's only
+        for folder in filter(None, (capture_cache, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
+                                    Path(cfg.cache_dir).expanduser() / "sources")):
             clean_stale_temps(folder, recursive=True)  # what killed jobs left (their processes are gone)
     return None
+
+
+def run_job(cfg, job_type: str, run_dir: Path, sweep_dir, body, timer: Timer, record: dict | None = None) -> dict:
+    """The one job lifecycle of prune, evaluate and train, after their checks: skip if complete with the same
+    settings -> a tracked W&B run around ``body(tracker)`` -> its metrics logged -> the local records written
+    (main process only). ``body`` loads what it needs; its model is freed when it returns."""
+    done = skip_if_complete(cfg, job_type, run_dir)
+    if done is not None:
+        return done
+    with tracked(cfg, job_type, run_dir, sweep_dir, record) as tracker:
+        metrics = body(tracker)
+        release_memory()  # the body's model went with its frame
+        metrics.update(timer)
+        tracker.log(metrics)
+        tracker.summary(metrics)
+    finish_record(cfg, job_type, run_dir, sweep_dir, metrics, record)
+    return metrics
 
 
 def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
@@ -257,90 +275,75 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         n_prune = slicing.check_ratio(d_ff, cfg.ratio) if strategy.physical else 0
         if cfg.evaluate:
             suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
-    done = skip_if_complete(cfg, "prune", run_dir)
-    if done is not None:
-        return done
 
-    with tracked(cfg, "prune", run_dir, sweep_dir) as tracker:
+    def body(tracker) -> dict:
         # 2. Load the model.
         with timer("load"):
             model, tokenizer = load_model(cfg, source)
             params_before = count_parameters(model)
-        try:
-            # 3. The scores the strategy needs: activation statistics -> selectivity (cached), integrated-gradients
-            #    attribution (cached per layer), down_proj weights.
-            scores = strategies.Scores()
-            key = ig_key = cached = None
-            with timer("capture"):
-                if "capture" in needs:
-                    dtype = str(next(model.parameters()).dtype)
-                    key = capture.cache_key(models.identity(source, cfg.model.revision), sets, specs, settings, dtype)
-                    scores.stats, cached = activation_statistics(model, tokenizer, sets, key, settings,
-                                                                 cfg.capture.cache_dir)
-                    scores.selectivity = scoring.selectivity(scores.stats["target"], scores.distractors())
-            with timer("attribution"):
-                if "attribution" in needs:
-                    scores.attribution, ig_key = attribution_scores(cfg, options, model, tokenizer, source,
-                                                                    sets["target"], strategy.attribution_layers(n_layers))
-            if "weights" in needs:
-                scores.down_weights = [mlp.down.weight for mlp in mlp_layers(model)]
 
-            with timer("reference"):
-                reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
-            with timer("source_eval"):  # the unpruned model's numbers, cached: only the first run pays
-                original, source_rows = source_evaluation(cfg, model, tokenizer, source) if cfg.evaluate else ({}, None)
+        # 3. The scores the strategy needs: activation statistics -> selectivity (cached), integrated-gradients
+        #    attribution (cached per layer), down_proj weights.
+        scores = strategies.Scores()
+        key = ig_key = cached = None
+        with timer("capture"):
+            if "capture" in needs:
+                dtype = str(next(model.parameters()).dtype)
+                key = capture.cache_key(models.identity(source, cfg.model.revision), sets, specs, settings, dtype)
+                scores.stats, cached = activation_statistics(model, tokenizer, sets, key, settings,
+                                                             cfg.capture.cache_dir)
+                scores.selectivity = scoring.selectivity(scores.stats["target"], scores.distractors())
+        with timer("attribution"):
+            if "attribution" in needs:
+                scores.attribution, ig_key = attribution_scores(cfg, options, model, tokenizer, source,
+                                                                sets["target"], strategy.attribution_layers(n_layers))
+        if "weights" in needs:
+            scores.down_weights = [mlp.down.weight for mlp in mlp_layers(model)]
 
-            # 4. The strategy's plan: uniform physical pruning, or zeroing some neurons of one layer.
-            with timer("prune"):
-                plan = strategy.plan(scores, n_prune=n_prune, d_ff=d_ff, layers=n_layers,
-                                     seed=options.get("seed", cfg.seed))
-                plan.apply(model)
-                record = {"source_model": cfg.model.name_or_path,
-                          "model_identity": models.identity(source, cfg.model.revision),
-                          "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff,
-                          "capture_cache_key": key, "attribution_cache_key": ig_key,
-                          "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
-                          "selectivity_summary": scoring.layer_summary(scores.selectivity)
-                          if scores.selectivity is not None else None}
-                params_after = count_parameters(model)
+        with timer("reference"):
+            reference = reference_outputs(cfg, model, tokenizer, source) if cfg.evaluate else None
+        with timer("source_eval"):  # the unpruned model's numbers, cached: only the first run pays
+            original, source_rows = source_evaluation(cfg, model, tokenizer, source) if cfg.evaluate else ({}, None)
 
-            # 5. Save a stock checkpoint and the run records (atomic writes, main process; the completion marker last).
-            with timer("save"):
-                state = models.process_state()
-                if state.is_main_process:
-                    save_model(model, tokenizer, run_dir / "model")
-                    atomic_write_json(run_dir / "pruning.json", record)
-                state.wait_for_everyone()
+        # 4. The strategy's plan: uniform physical pruning, or zeroing some neurons of one layer.
+        with timer("prune"):
+            plan = strategy.plan(scores, n_prune=n_prune, d_ff=d_ff, layers=n_layers,
+                                 seed=options.get("seed", cfg.seed))
+            plan.apply(model)
+            record = {"source_model": cfg.model.name_or_path,
+                      "model_identity": models.identity(source, cfg.model.revision),
+                      "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff,
+                      "capture_cache_key": key, "attribution_cache_key": ig_key,
+                      "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
+                      "selectivity_summary": scoring.layer_summary(scores.selectivity)
+                      if scores.selectivity is not None else None}
+            params_after = count_parameters(model)
 
-            # 6. Evaluate the pruned model (evaluate=true): task metric, traps, similarity, resources, NLL.
-            evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
-                                   source_rows) if cfg.evaluate else {}
-        finally:
-            del model, tokenizer
-            release_memory()
+        # 5. Save a stock checkpoint and the pruning record (atomic writes, main process).
+        with timer("save"):
+            state = models.process_state()
+            if state.is_main_process:
+                save_model(model, tokenizer, run_dir / "model")
+                atomic_write_json(run_dir / "pruning.json", record)
+            state.wait_for_everyone()
+        tracking.log_selectivity(tracker, record)
+        log.info("%s: real ratio %.4f, params %d -> %d; saved %s", name, record["real_ratio"], params_before,
+                 params_after, run_dir / "model")
 
-        metrics = {
-            "prune/ratio": record["ratio"],
-            "prune/real_ratio": record["real_ratio"],
-            "prune/kept_width": record["kept_width"],
-            "prune/params_before": params_before,
-            "prune/params_after": params_after,
-            "resources/params": params_after,
-            "capture/cached": cached,
-            **evaluated,
-            **{f"original/{k}": v for k, v in original.items()},
-            **timer,
-        }
+        # 6. Evaluate the pruned model (evaluate=true): task metric, traps, similarity, resources, NLL.
+        evaluated = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
+                               source_rows) if cfg.evaluate else {}
+        metrics = {"prune/ratio": record["ratio"], "prune/real_ratio": record["real_ratio"],
+                   "prune/kept_width": record["kept_width"], "prune/params_before": params_before,
+                   "prune/params_after": params_after, "resources/params": params_after, "capture/cached": cached,
+                   **evaluated, **{f"original/{k}": v for k, v in original.items()}}
         if cfg.evaluate:
             metrics["original/resources/params"] = params_before
-        tracker.log(metrics)
-        tracker.summary(metrics)
-        tracking.log_selectivity(tracker, record)
-    finish_record(cfg, "prune", run_dir, sweep_dir, metrics)
-    log.info("%s: real ratio %.4f, params %d -> %d; saved %s", name, record["real_ratio"], params_before,
-             params_after, run_dir / "model")
+        return metrics
+
+    metrics = run_job(cfg, "prune", run_dir, sweep_dir, body, timer)
     if cfg.evaluate and models.process_state().is_main_process:
-        print(f"\n{name} pruning, ratio {cfg.ratio} (real {record['real_ratio']:.4f}): before -> after\n"
+        print(f"\n{name} pruning, ratio {cfg.ratio} (real {metrics['prune/real_ratio']:.4f}): before -> after\n"
               + before_after(metrics), flush=True)
     return metrics
 
@@ -361,47 +364,36 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     source = None if rescoring else models.resolve(name_or_path)
     if source is not None:
         check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
-    done = skip_if_complete(cfg, "evaluate", run_dir)
-    if done is not None:
-        return done
-
     timer = Timer()
     record = None if rescoring else pruning_record_of(name_or_path)  # what the evaluated model is
-    with tracked(cfg, "evaluate", run_dir, sweep_dir, record) as tracker:
+
+    def body(tracker) -> dict:
         if rescoring:
             with timer("rescore"):
-                metrics = suite.rescore(task, settings, settings["generations"], run_dir)
+                return suite.rescore(task, settings, settings["generations"], run_dir)
+        reference = source_rows = None
+        original: dict = {}
+        if record is not None and {"similarity", "nll"} & set(settings["parts"]):
+            with timer("source"):  # the unpruned model the checkpoint came from (cached results)
+                reference, original, source_rows = _source_results(cfg, record, settings["parts"])
+        with timer("load"):
+            model, tokenizer = load_model(cfg, source)
+        if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
+            if "similarity" in settings["parts"]:
+                log.info("similarity skipped: an unpruned model against its own outputs is 1 by definition")
+            metrics, rows = source_evaluation(cfg, model, tokenizer, source)
+            suite.write_target_files(run_dir, rows)
         else:
-            reference = source_rows = None
-            original: dict = {}
-            if record is not None and {"similarity", "nll"} & set(settings["parts"]):
-                with timer("source"):  # the unpruned model the checkpoint came from (cached results)
-                    reference, original, source_rows = _source_results(cfg, record, settings["parts"])
-            with timer("load"):
-                model, tokenizer = load_model(cfg, source)
-            try:
-                if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
-                    if "similarity" in settings["parts"]:
-                        log.info("similarity skipped: an unpruned model against its own outputs is 1 by definition")
-                    metrics, rows = source_evaluation(cfg, model, tokenizer, source)
-                    suite.write_target_files(run_dir, rows)
-                else:
-                    checkpoint = name_or_path if source.kind == "dir" else None
-                    metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint, source_rows)
-                    metrics.update({f"original/{k}": v for k, v in original.items()})
-            finally:
-                del model, tokenizer
-                release_memory()
-            if record is not None:
-                metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
-            if chosen:
-                metrics.update({"select/layer": chosen["layer"], "select/percent": chosen["percent"],
-                                f"select/adaptation/{chosen['metric']}": chosen[chosen["metric"]]})
-        metrics.update(timer)
-        tracker.log(metrics)
-        tracker.summary(metrics)
-    finish_record(cfg, "evaluate", run_dir, sweep_dir, metrics, record)
-    return metrics
+            checkpoint = name_or_path if source.kind == "dir" else None
+            metrics = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, checkpoint, source_rows)
+            metrics.update({f"original/{k}": v for k, v in original.items()})
+            metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
+        if chosen:
+            metrics.update({"select/layer": chosen["layer"], "select/percent": chosen["percent"],
+                            f"select/adaptation/{chosen['metric']}": chosen[chosen["metric"]]})
+        return metrics
+
+    return run_job(cfg, "evaluate", run_dir, sweep_dir, body, timer, record)
 
 
 def best_of_grid(sweep_dir) -> dict:
@@ -455,13 +447,10 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     if cfg.evaluate:
         suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
-    done = skip_if_complete(cfg, "train", run_dir)
-    if done is not None:
-        return done
-
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
-    with tracked(cfg, "train", run_dir, sweep_dir, record) as tracker:
+
+    def body(tracker) -> dict:
         reference = source_rows = None
         if cfg.evaluate and {"similarity", "nll"} & set(cfg.eval.parts):
             with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
@@ -469,32 +458,30 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                     cfg, record or {"source_model": cfg.model.name_or_path}, cfg.eval.parts)
         with timer("load"):
             model, tokenizer = load_model(cfg, source)
-        try:
-            examples = training.build_examples(records, tokenizer=tokenizer,
-                                               prompt_template=task["train"]["prompt_template"],
-                                               response_field=task["train"]["response_field"],
-                                               max_length=int(lora.get("max_length", 1024)))
-            resume_from = cfg.train.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
-            with timer("train"):
-                summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
-                                              resume_from=resume_from, log=tracker.log)
-            with timer("merge"):
-                model = training.merge_and_save(summary.pop("peft_model"), tokenizer, run_dir)
+        examples = training.build_examples(records, tokenizer=tokenizer,
+                                           prompt_template=task["train"]["prompt_template"],
+                                           response_field=task["train"]["response_field"],
+                                           max_length=int(lora.get("max_length", 1024)))
+        resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
+        with timer("train"):
+            summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
+                                          resume_from=resume_from, log=tracker.log)
+        main = models.process_state().is_main_process
+        with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
+            model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)
+        if main:
             if record is not None:
                 atomic_write_json(run_dir / "pruning.json", record)
             atomic_write_json(run_dir / "training.json", {"source_model": cfg.model.name_or_path, "lora": lora,
                                                           "examples": len(examples), **summary})
-            scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
-                                source_rows) if cfg.evaluate else {}
-        finally:
-            del model, tokenizer
-            release_memory()
+        scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
+                            source_rows) if cfg.evaluate else {}
         before_path = Path(cfg.model.name_or_path).expanduser().parent / "metrics.json"
         before = read_json(before_path) if before_path.is_file() else {}
         metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
-                   **scores, **relative_gain(before, scores), **timer}
+                   **scores, **relative_gain(before, scores)}
         if record is not None:
             metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
-        tracker.summary(metrics)
-    finish_record(cfg, "train", run_dir, sweep_dir, metrics, record)
-    return metrics
+        return metrics
+
+    return run_job(cfg, "train", run_dir, sweep_dir, body, timer, record)

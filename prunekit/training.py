@@ -1,7 +1,7 @@
 """LoRA recovery fine-tuning of a pruned model (paper eq. 4, Table 7) on Accelerate + peft, and the merge.
 
 Plain functions: `build_examples` turns task records into masked token sequences, `validate` rejects bad
-settings before any compute, `train_lora` runs the (resumable, checkpointed) loop, `merge_and_save` writes the
+settings before any compute, `train_lora` runs the (resumable, checkpointed) loop, `merge` writes the
 adapter and a stock merged checkpoint. The LoRA settings come as a plain Mapping (see `conf/lora/*.yaml`).
 """
 
@@ -402,19 +402,21 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
 
 
 # -------------------------------------------------------------------------------------------------- merge
-def merge_and_save(peft_model, tokenizer, out_dir: str | os.PathLike) -> nn.Module:
-    """Save the adapter to `out_dir/adapter/` and the merged model + tokenizer to `out_dir/model/`; return merged.
-
-    Merging is in place (`merge_and_unload`); `model/` is a stock checkpoint for plain `from_pretrained`.
-    Each directory is written to a temp dir first and renamed into place.
+def merge(peft_model, tokenizer, out_dir: str | os.PathLike, save: bool = True) -> nn.Module:
+    """Merge the adapter into the model (in place, `merge_and_unload`) and return it; with ``save`` (the main
+    process of a multi-process run), first the adapter to `out_dir/adapter/`, then the merged model + tokenizer to
+    `out_dir/model/`, a stock checkpoint for plain `from_pretrained`. Each directory is written to a temp dir first
+    and renamed into place.
     """
     from prunekit.checkpoint import atomic_dir, save_model
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir / "adapter") as tmp:
-        peft_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if save:
+        with atomic_dir(out_dir / "adapter") as tmp:
+            peft_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     merged = peft_model.merge_and_unload()
-    save_model(merged, tokenizer, out_dir / "model")
-    log_.info("saved adapter and merged model under %s", out_dir)
+    if save:
+        save_model(merged, tokenizer, out_dir / "model")
+        log_.info("saved adapter and merged model under %s", out_dir)
     return merged

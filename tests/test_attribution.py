@@ -271,7 +271,7 @@ def test_strategy_configs_compose_and_pass_validation(option, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"strategy={option}", "strategy.seed=7"])
+        cfg = compose(config_name="prune", overrides=[f"strategy={option}", "strategy.seed=7"])
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
     assert strategy["name"] == option and strategy["seed"] == 7
     A.check_options(strategy, n_layers=30, available=10)

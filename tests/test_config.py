@@ -19,18 +19,36 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def _compose(overrides):
+# The groups each job's primary config composes (conf/prune.yaml, evaluate.yaml, train.yaml).
+JOB_GROUPS = {"prune": {"model", "task", "strategy", "eval", "wandb"}, "evaluate": {"model", "task", "eval", "wandb"},
+              "train": {"model", "task", "lora", "eval", "wandb"}}
+
+
+def _compose(overrides, job="prune"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+        return compose(config_name=job, overrides=overrides, return_hydra_config=False)
 
 
-@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_config_composes_and_resolves(group, option, monkeypatch):
+@pytest.mark.parametrize("job, group, option",
+                         [(j, g, o) for j, groups in JOB_GROUPS.items() for g in GROUPS if g in groups
+                          for o in _options(g)])
+def test_every_config_composes_and_resolves(job, group, option, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    cfg = _compose([f"{group}={option}"])
+    cfg = _compose([f"{group}={option}"], job)
     plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert isinstance(plain["ratio"], float) and 0 < plain["ratio"] < 1
     assert plain[group] is not None
+    assert {g for g in GROUPS if g in plain} == JOB_GROUPS[job]  # a job carries only its own groups
+    assert ("ratio" in plain) == ("capture" in plain) == (job == "prune")
+    if job == "prune":
+        assert isinstance(plain["ratio"], float) and 0 < plain["ratio"] < 1
+
+
+@pytest.mark.parametrize("job", ["prune", "evaluate"])
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("paper_*.yaml")))
+def test_paper_experiments_compose_for_prune_and_the_baseline_evaluation(job, experiment, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
+    plain = OmegaConf.to_container(_compose([f"experiment={experiment}"], job), resolve=True)
+    assert plain["model"]["name_or_path"].startswith("Qwen/") and plain["task"]["name"] in ("math", "code")
 
 
 def test_defaults_are_the_offline_default():
@@ -47,8 +65,8 @@ def test_cli_fields_reach_every_spec():
     assert cfg.model.name_or_path == "/some/dir" and cfg.ratio == 0.25
 
 
-def _prune(*overrides, cwd):
-    return subprocess.run([sys.executable, str(REPO / "prune.py"), *overrides], cwd=cwd, capture_output=True,
+def _prune(*overrides, cwd, script="prune.py"):
+    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True,
                           text=True, timeout=300, env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"})
 
 
@@ -77,6 +95,25 @@ def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.parametrize("script, overrides, message", [
+    ("evaluate.py", ["seed=abc"], "seed='abc': must be an integer"),
+    ("evaluate.py", ["resume=sometimes"], "resume='sometimes': must be true or false"),
+    ("train.py", ["evaluate=maybe"], "evaluate='maybe': must be true or false"),
+    ("train.py", ["model.dtype=3"], "model.dtype=3: must be auto, float32, bfloat16 or float16"),
+])
+def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, message, tmp_path):
+    out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "train.py"])
+def test_prune_only_keys_are_not_part_of_evaluate_and_train(script, tmp_path):
+    out = _prune("ratio=0.2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+    assert out.returncode != 0 and "Could not override 'ratio'" in out.stderr
 
 
 @pytest.mark.parametrize("group, bad, listed", [

@@ -279,7 +279,7 @@ def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
     gens.write_text("".join(json.dumps({"id": r["task_id"], "output": r["code"] if i % 2 == 0 else "def f(): pass"})
                             + "\n" for i, r in enumerate(recs)))
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
+        cfg = compose("evaluate", overrides=["task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
                                            "wandb.mode=disabled", "eval.parts=[task,traps]"])
     metrics = pipeline.evaluate(cfg, tmp_path / "run")
     assert metrics["mbpp/n"] == 4 and metrics["mbpp/correct"] == 2 and metrics["mbpp/pass@1"] == 0.5

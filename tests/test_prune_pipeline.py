@@ -67,7 +67,7 @@ def _cfg(tmp_path, model_cache, *overrides):
     # The paper's selective at 0.1 unless a test says otherwise (the CLI default is contrastive at 0.05).
     fixed = [o for o in ("strategy=selective", "ratio=0.1") if not any(x.startswith(o.split("=")[0] + "=") for x in overrides)]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *fixed, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
+        return compose("prune", overrides=[*TINY, *fixed, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
                                             *overrides])
 
 

@@ -21,11 +21,13 @@ SMALL = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", 
          "eval.similarity.max_new_tokens=12", "eval.throughput.prompts=2", "eval.throughput.max_new_tokens=8"]
 
 
-def _cfg(tmp_path, model_cache, *overrides):
-    fixed = [] if any(o.startswith("strategy=") for o in overrides) else ["strategy=selective"]  # as before the
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):       # default changed
-        return compose("config", overrides=[*SMALL, *fixed, f"cache_dir={tmp_path}/cache",
-                                            f"model.cache_dir={model_cache}", *overrides])
+def _cfg(tmp_path, model_cache, *overrides, job="prune"):
+    """The composed primary config of `job` (prune | evaluate | train) with the small settings it has."""
+    small = SMALL if job == "prune" else [o for o in SMALL if not o.startswith("capture.")]
+    fixed = [] if job != "prune" or any(o.startswith("strategy=") for o in overrides) else ["strategy=selective"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):  # (selective: the default
+        return compose(job, overrides=[*small, *fixed, f"cache_dir={tmp_path}/cache",  # before contrastive)
+                                       f"model.cache_dir={model_cache}", *overrides])
 
 
 def _lines(path: Path) -> list[dict]:
@@ -56,7 +58,7 @@ def test_evaluate_a_pruned_checkpoint_reuses_reference_outputs(pruned, tmp_path,
     run, _ = pruned
     refs = sorted((tmp_path / "cache" / "references").glob("*.json"))
     stamp = refs[0].stat().st_mtime_ns
-    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model"), tmp_path / "eval")
+    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", job="evaluate"), tmp_path / "eval")
     assert metrics["prune/real_ratio"] == json.loads((run / "pruning.json").read_text())["real_ratio"]
     assert sorted((tmp_path / "cache" / "references").glob("*.json")) == refs and refs[0].stat().st_mtime_ns == stamp
     assert (tmp_path / "eval" / "complete-evaluate.json").exists()
@@ -64,7 +66,7 @@ def test_evaluate_a_pruned_checkpoint_reuses_reference_outputs(pruned, tmp_path,
 
 def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
     run, _ = pruned
-    cfg = _cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed")
+    cfg = _cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed", job="evaluate")
     gold = {s["id"]: s["gold"] for s in suite.target_samples(pipeline.plain(cfg.task), pipeline.plain(cfg.eval))}
     ids = [g["id"] for g in _lines(run / "generations.jsonl")]
     assert sorted(ids) == sorted(gold)
@@ -74,7 +76,7 @@ def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
     path = tmp_path / "outside.jsonl"
     path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
     metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
-                                     f"generations={path}"), tmp_path / "rescore")
+                                     f"generations={path}", job="evaluate"), tmp_path / "rescore")
     assert metrics["gsm8k/em"] == 0.75 and metrics["gsm8k/trap_rate"] == 0.0
 
 
@@ -83,7 +85,7 @@ def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, mo
     out = tmp_path / "train"
     metrics = pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "task.train.n=8",
                                   "lora.max_length=96", "lora.epochs=1", "lora.effective_batch_size=4",
-                                  "lora.per_device_batch_size=2", "evaluate=false"), out)
+                                  "lora.per_device_batch_size=2", "evaluate=false", job="train"), out)
     assert metrics["train/steps"] == 2 and metrics["train/final_loss"] > 0
     assert json.loads((out / "pruning.json").read_text()) == json.loads((run / "pruning.json").read_text())
     assert json.loads((out / "training.json").read_text())["source_model"] == f"{run}/model"
@@ -96,7 +98,7 @@ def test_train_rejects_bad_lora_before_training(pruned, tmp_path, model_cache):
     run, _ = pruned
     with pytest.raises(ValueError, match="lora.r must be a positive integer"):
         pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "lora.r=0", "evaluate=false",
-                            "task.train.n=4"), tmp_path / "bad")
+                            "task.train.n=4", job="train"), tmp_path / "bad")
     assert not (tmp_path / "bad" / "model").exists()
 
 
@@ -135,9 +137,9 @@ def test_detrimental_grid_then_best_setting_on_the_test_split(tmp_path, model_ca
         pipeline.prune(_cfg(tmp_path, model_cache, "strategy=detrimental", f"strategy.layer={layer}",
                             f"strategy.percent={percent}", *adaptation), grid / f"layer={layer},percent={percent}")
     metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={grid}", "eval.parts=[task,traps]",
-                                     "eval.n=3"), tmp_path / "test")
+                                     "eval.n=3", job="evaluate"), tmp_path / "test")
     # Every grid run scores the same EM on this random model: the tie goes to the smaller percent, then the lower layer.
     assert (metrics["select/layer"], metrics["select/percent"]) == (0, 0.25)
     assert metrics["gsm8k/n"] == 3 and "select/adaptation/gsm8k/em" in metrics
     with pytest.raises(ValueError, match="no strategy=detrimental runs"):
-        pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}"), tmp_path / "test2")
+        pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}", job="evaluate"), tmp_path / "test2")

@@ -182,21 +182,22 @@ def test_cli_writes_report_and_logs_figures_offline(tmp_path, monkeypatch, capsy
 def _compose_experiment(name, overrides=()):
     from hydra import compose, initialize_config_dir
     conf = Path(__file__).resolve().parents[1] / "conf"
-    main = yaml.safe_load((conf / "config.yaml").read_text())
+    main = yaml.safe_load((conf / "prune.yaml").read_text())
     listed = any(isinstance(d, dict) and "experiment" in d for d in main.get("defaults", []))
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"{'' if listed else '+'}experiment={name}", *overrides],
+        return compose(config_name="prune", overrides=[f"{'' if listed else '+'}experiment={name}", *overrides],
                        return_hydra_config=True)
 
 
-@pytest.mark.parametrize("name, model, task, lora_r", [
-    ("paper_math_1.5b", "qwen2.5-math-1.5b", "math", 8), ("paper_math_7b", "qwen2.5-math-7b", "math", 8),
-    ("paper_code_1.5b", "qwen2.5-coder-1.5b", "code", 16), ("paper_code_7b", "qwen2.5-coder-7b", "code", 16)])
-def test_paper_experiments_sweep_the_papers_grid(name, model, task, lora_r, monkeypatch):
+@pytest.mark.parametrize("name, model, task", [
+    ("paper_math_1.5b", "qwen2.5-math-1.5b", "math"), ("paper_math_7b", "qwen2.5-math-7b", "math"),
+    ("paper_code_1.5b", "qwen2.5-coder-1.5b", "code"), ("paper_code_7b", "qwen2.5-coder-7b", "code")])
+def test_paper_experiments_sweep_the_papers_grid(name, model, task, monkeypatch):
     from omegaconf import OmegaConf
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
     cfg = _compose_experiment(name, ["strategy=random_s33"])
-    assert (cfg.model.name, cfg.task.name, cfg.lora.r, cfg.evaluate) == (model, task, lora_r, True)
+    assert (cfg.model.name, cfg.task.name, cfg.evaluate, cfg.capture.n, cfg.capture.max_length) == (
+        model, task, True, 800, 1024)  # the paper's capture settings are prune.yaml's defaults
     assert OmegaConf.to_container(cfg.strategy, resolve=True) == {"name": "random", "seed": 33}  # CLI picks the arm
     params = cfg.hydra.sweeper.params
     assert [float(r) for r in params.ratio.split(",")] == list(report.PAPER_RATIOS)

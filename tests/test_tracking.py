@@ -331,6 +331,6 @@ def test_launcher_configs_compose(launcher, target, monkeypatch):
     from hydra import compose, initialize_config_dir
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        cfg = compose(config_name="prune", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.get("n_jobs", 2) == 2 and cfg.hydra.launcher.get("timeout_min", 240) == 240

@@ -259,7 +259,7 @@ def test_merge_matches_adapter_and_reloads_with_stock_from_pretrained(tok, tmp_p
         adapter_logits = peft_model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
         base_logits = tiny_model()(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
     assert not torch.allclose(adapter_logits, base_logits, atol=1e-3)  # the adapter does something
-    merged = training.merge_and_save(peft_model, tok, tmp_path / "run")
+    merged = training.merge(peft_model, tok, tmp_path / "run")
     with torch.no_grad():
         merged_logits = merged(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-4)
@@ -273,6 +273,19 @@ def test_merge_matches_adapter_and_reloads_with_stock_from_pretrained(tok, tmp_p
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "run" / "model" / "tokenizer.json").is_file()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "model"]  # no temp dirs left
+
+
+def test_merge_off_the_main_process_writes_nothing(tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["gate_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a non-zero adapter, so the merge changes the weights
+    merged = training.merge(peft_model, tok, tmp_path / "run", save=False)
+    assert not (tmp_path / "run").exists()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert not torch.equal(merged.model.layers[0].mlp.gate_proj.weight, tiny_model().model.layers[0].mlp.gate_proj.weight)
 
 
 # ------------------------------------------------------------------------------------------------ presets

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from prunekit import attribution, data, models
+from prunekit import attribution, data, models, text
 from prunekit.mlp import mlp_layers
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     n_layers = len(mlp_layers(model))
     layers = list(range(n_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     prompts = data.load_prompts({"path": "pip:gsm_symbolic", "field": "question", "n": args.n}, "benchmark")
-    ids = [torch.tensor(x) for x in attribution.tokenize_prompts(tokenizer, prompts, max_length=args.max_length)]
+    ids = [torch.tensor(x) for x in text.encode(tokenizer, prompts, False, args.max_length)]
 
     forward_backward(model, ids[0])  # warm-up
     t_fb = sum(best_of(lambda x=x: forward_backward(model, x), args.repeats) for x in ids) / len(ids)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from prunekit import models
-from prunekit.evaluation.generation import batch_order, encode, generate
+from prunekit import models, text
+from prunekit.evaluation.generation import generate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 FALLBACK = [
@@ -65,7 +65,8 @@ def run(model, tok, ps, **kw):
 
 def pad_tokens(lengths, batch_size, sort_by_length=True) -> int:
     """Prompt padding tokens the batches carry (deterministic, unlike the timings)."""
-    return sum(max(lengths[i] for i in b) - lengths[i] for b in batch_order(lengths, batch_size, sort_by_length)
+    batches = text.length_batches(lengths, batch_size, order="longest" if sort_by_length else "given")
+    return sum(max(lengths[i] for i in b) - lengths[i] for b in batches
                for i in b)
 
 
@@ -100,7 +101,7 @@ def main() -> None:
             runs[name].append(run(model, tok, ps, **s, **kw))
     rows = {name: best(r) for name, r in runs.items()}
     base = rows["batch 1"][0]
-    lengths = [len(t) for t in encode(tok, ps, args.chat_template)]
+    lengths = [len(t) for t in text.encode(tok, ps, args.chat_template)]
     print(f"model={args.model} prompts={len(ps)} prompt tokens min/max/sum={min(lengths)}/{max(lengths)}/"
           f"{sum(lengths)} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} "
           f"best of {args.repeats}")

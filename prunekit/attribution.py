@@ -26,7 +26,7 @@ import torch
 from captum.attr import IntegratedGradients
 from tqdm.auto import tqdm
 
-from prunekit.capture import format_prompt  # the same prompt formatting as activation capture
+from prunekit import text
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.errors import PrunekitError
 from prunekit.mlp import GatedMLP, mlp_layers
@@ -236,18 +236,11 @@ def ig_scores_from_ids(model, input_ids_list: Sequence, *, steps: int = 20, laye
     return (total / len(prompts)).float()
 
 
-def tokenize_prompts(tokenizer, prompts: Sequence[str], *, max_length: int = 1024,
-                     chat_template: bool = False) -> list[list[int]]:
-    """Token ids per prompt, unpadded (raw prompts by default, as capture does; truncated to ``max_length``)."""
-    texts = [format_prompt(tokenizer, p, chat_template) for p in prompts]
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
 def ig_scores(model, tokenizer, prompts: Sequence[str], *, steps: int = 20, layers: Sequence[int] | None = None,
               batch_size: int | None = None, method: str = DEFAULT_METHOD, max_length: int = 1024,
               chat_template: bool = False) -> torch.Tensor:
     """Mean IG attribution over text prompts, [len(layers), d_ff] float32 on CPU (see ``ig_scores_from_ids``)."""
-    ids = tokenize_prompts(tokenizer, prompts, max_length=max_length, chat_template=chat_template)
+    ids = text.encode(tokenizer, prompts, chat_template, max_length)  # as capture encodes them
     return ig_scores_from_ids(model, ids, steps=steps, layers=layers, batch_size=batch_size, method=method)
 
 
@@ -264,6 +257,7 @@ def cache_key(model_identity: dict, prompts: Sequence[str], *, steps: int, metho
         "max_length": max_length,
         "chat_template": chat_template,
         "dtype": dtype,
+        **text.key_note(chat_template),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -16,6 +16,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from prunekit import text
 from prunekit.checkpoint import atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
@@ -49,13 +50,6 @@ class CaptureSettings:
             raise CaptureError(f"capture.skip_first={self.skip_first}: must be an integer >= 0")
         if self.batch_size < 1:
             raise CaptureError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
-
-
-def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
-    """The raw prompt (paper default) or the prompt wrapped in the tokenizer's chat template."""
-    if not chat_template:
-        return prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
 
 @contextmanager
@@ -94,13 +88,12 @@ def down_proj_inputs(model):
 
 
 def _batches(tokenizer, prompts: list[str], settings: CaptureSettings):
-    """Tokenized, right-padded batches in length order (padding waste stays low; order does not change stats)."""
-    texts = [format_prompt(tokenizer, p, settings.chat_template) for p in prompts]
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=settings.max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    for start in range(0, len(order), settings.batch_size):
-        chunk = [texts[i] for i in order[start : start + settings.batch_size]]
-        yield tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length)
+    """Right-padded batches (real tokens keep their unpadded positions), shortest first: padding waste stays low,
+    and the order does not change the statistics."""
+    ids = text.encode(tokenizer, prompts, settings.chat_template, settings.max_length)
+    pad = text.pad_id(tokenizer)
+    for group in text.length_batches([len(x) for x in ids], settings.batch_size, order="shortest"):
+        yield text.collate([ids[i] for i in group], pad)
 
 
 def gather_stats(local: RunningStats) -> RunningStats:
@@ -123,35 +116,26 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
     d_ff = layers[0].d_ff
     decoder = model.get_decoder()
     device = next(model.parameters()).device
-    padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "right"  # right padding keeps real tokens' positions identical to unpadded runs
-    if pad_token is None:  # restored below: the tokenizer is saved into the pruned checkpoint as it came
-        tokenizer.pad_token = tokenizer.eos_token
     results = {}
-    try:
-        with down_proj_inputs(model) as (buffer, set_mask):
-            for name, all_prompts in prompt_sets.items():
-                stats = RunningStats.empty(len(layers), d_ff)
-                with state.split_between_processes(list(all_prompts)) as prompts:
-                    n_batches = -(-len(prompts) // settings.batch_size)
-                    batches = _batches(tokenizer, prompts, settings) if prompts else []
-                for batch in tqdm(batches, total=n_batches, desc=f"capture {name}", disable=not state.is_local_main_process):
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    counted = batch["attention_mask"].clone()
-                    counted[:, : settings.skip_first] = 0  # right padding: a prompt's first tokens are columns 0..k-1
-                    set_mask(counted)
-                    decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                    values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
-                    tokens = TokenStats(int(counted.sum()),
-                                        torch.stack([buffer[("tokens", i)][0].cpu() for i in range(len(layers))]),
-                                        torch.stack([buffer[("tokens", i)][1].cpu() for i in range(len(layers))]))
-                    stats = stats.merge(dataclasses.replace(RunningStats.of(values), tokens=tokens))
-                results[name] = stats = gather_stats(stats)
-                log.info("captured %d prompts of set '%s'", stats.count, name)
-    finally:
-        tokenizer.padding_side = padding_side
-        if pad_token is None:
-            tokenizer.pad_token = None
+    with down_proj_inputs(model) as (buffer, set_mask):
+        for name, all_prompts in prompt_sets.items():
+            stats = RunningStats.empty(len(layers), d_ff)
+            with state.split_between_processes(list(all_prompts)) as prompts:
+                n_batches = -(-len(prompts) // settings.batch_size)
+                batches = _batches(tokenizer, prompts, settings) if prompts else []
+            for batch in tqdm(batches, total=n_batches, desc=f"capture {name}", disable=not state.is_local_main_process):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                counted = batch["attention_mask"].clone()
+                counted[:, : settings.skip_first] = 0  # right padding: a prompt's first tokens are columns 0..k-1
+                set_mask(counted)
+                decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                values = torch.stack([buffer[i].cpu() for i in range(len(layers))], dim=1)  # [B, L, F]
+                tokens = TokenStats(int(counted.sum()),
+                                    torch.stack([buffer[("tokens", i)][0].cpu() for i in range(len(layers))]),
+                                    torch.stack([buffer[("tokens", i)][1].cpu() for i in range(len(layers))]))
+                stats = stats.merge(dataclasses.replace(RunningStats.of(values), tokens=tokens))
+            results[name] = stats = gather_stats(stats)
+            log.info("captured %d prompts of set '%s'", stats.count, name)
     return results
 
 
@@ -166,6 +150,7 @@ def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: di
         "max_length": settings.max_length,
         "chat_template": settings.chat_template,
         "skip_first": settings.skip_first,
+        **text.key_note(settings.chat_template),
         "dtype": dtype,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]

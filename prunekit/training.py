@@ -7,6 +7,7 @@ adapter and a stock merged checkpoint. The LoRA settings come as a plain Mapping
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,13 +23,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit import text
 from prunekit.errors import PrunekitError
+from prunekit.text import IGNORE
 
 log_ = logging.getLogger(__name__)
 
 SCHEDULERS = ("cosine", "linear")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-IGNORE_INDEX = -100
 STATE_FILE = "trainer_state.json"
 # Fields a checkpoint must agree on with the resumed run, or skipping batches would land on the wrong data.
 _RESUME_KEYS = ("n_examples", "effective_batch_size", "per_device_batch_size", "num_processes", "epochs",
@@ -163,7 +165,7 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
         except (KeyError, IndexError) as e:
             raise TrainingConfigError(
                 f"prompt_template {prompt_template!r} names {e} which record {i} lacks (keys: {list(rec)})") from None
-        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        p_ids = text.encode(tokenizer, [prompt], chat_template=False)[0]  # a raw prompt, special tokens added
         r_ids = tokenizer(str(field(rec, response_field)), add_special_tokens=False)["input_ids"]
         ids = list(p_ids) + list(r_ids) + [tokenizer.eos_token_id]
         if len(p_ids) >= max_length:  # truncation would leave no answer token: nothing to learn from
@@ -172,7 +174,7 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
         if len(ids) > max_length:
             out.truncated += 1
             ids = ids[:max_length]
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * len(p_ids) + ids[len(p_ids):]})
+        out.append({"input_ids": ids, "labels": [IGNORE] * len(p_ids) + ids[len(p_ids):]})
     if out.dropped or out.truncated:
         log_.warning("build_examples: %d kept, %d dropped (prompt >= max_length=%d), %d answers truncated",
                      len(out), out.dropped, max_length, out.truncated)
@@ -205,28 +207,17 @@ class LengthBucketBatchSampler:
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def collate(pad_token_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """Collator: right-pads input_ids with `pad_token_id`, labels with -100, and builds the attention mask."""
-    from torch.nn.utils.rnn import pad_sequence
-
-    def fn(batch: list[dict]) -> dict[str, torch.Tensor]:
-        ids = [torch.tensor(b["input_ids"], dtype=torch.long) for b in batch]
-        labels = [torch.tensor(b["labels"], dtype=torch.long) for b in batch]
-        return {
-            "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id),
-            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
-            "attention_mask": pad_sequence([torch.ones_like(t) for t in ids], batch_first=True, padding_value=0),
-        }
-
-    return fn
+def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask, and labels padded with IGNORE (the one collator, prunekit.text)."""
+    return text.collate([b["input_ids"] for b in batch], pad_token_id, labels=[b["labels"] for b in batch])
 
 
 def make_dataloader(examples: list[dict], tokenizer, batch_size: int, seed: int):
     """DataLoader over examples with length-bucketed batches and the padding collator (no workers)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = text.pad_id(tokenizer)
     sampler = LengthBucketBatchSampler([len(e["input_ids"]) for e in examples], batch_size, seed)
     # Own generator: keeps the DataLoader from drawing on the global RNG, so resumed dropout masks match.
-    return torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate(pad),
+    return torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_token_id=pad),
                                        generator=torch.Generator().manual_seed(seed)), sampler
 
 

@@ -73,8 +73,11 @@ def test_statistics_equal_per_prompt_reference(tokenizer, chat_template):
     # Reference: one prompt at a time (no padding at all), hooks on the hand reference.
     per_prompt = []
     for p in PROMPTS[:3]:
-        text = capture.format_prompt(tokenizer, p, chat_template)
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=64)["input_ids"]
+        if chat_template:  # the template's own tokens, nothing added on top
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)["input_ids"][:, :64]
+        else:
+            ids = tokenizer(p, return_tensors="pt", truncation=True, max_length=64)["input_ids"]
         inputs = _mlp_inputs(model, ids, torch.ones_like(ids))
         per_prompt.append(torch.stack([_reference(model, m, inputs[i]).abs()[0].mean(0)
                                        for i, m in enumerate(mlp_layers(model))]))
@@ -82,7 +85,7 @@ def test_statistics_equal_per_prompt_reference(tokenizer, chat_template):
     assert stats["target"].count == 3 and stats["distractor/x"].count == 2
     torch.testing.assert_close(stats["target"].mean, ref.mean, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(stats["target"].m2, ref.m2, rtol=1e-3, atol=1e-9)
-    assert tokenizer.padding_side == side  # restored after capture switched it to right padding
+    assert tokenizer.padding_side == side  # the tokenizer is left as it came
 
 
 def test_skip_first_leaves_the_first_tokens_out_of_the_means(tokenizer):

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StoppingCriteria
 
 from prunekit.evaluation import generation as G
+from prunekit.text import TextError
 
 # Very different lengths on purpose: the short ones get many pad tokens when batched with the long ones.
 PROMPTS = [
@@ -135,19 +136,6 @@ def test_chat_template_applied(smol_tok, tiny):
     assert chat.token_ids != plain.token_ids
 
 
-def test_length_sorting_order_and_padding():
-    lengths = [3, 50, 4, 49, 5, 48]
-    sorted_b = G.batch_order(lengths, 2)
-    plain_b = G.batch_order(lengths, 2, sort_by_length=False)
-    assert sorted(i for b in sorted_b for i in b) == list(range(6))
-    assert plain_b == [[0, 1], [2, 3], [4, 5]]
-
-    def waste(batches):
-        return sum(max(lengths[i] for i in b) - lengths[i] for b in batches for i in b)
-
-    assert waste(sorted_b) < waste(plain_b)
-
-
 def test_sorted_and_unsorted_batching_agree_and_are_deterministic(smol_tok, tiny):
     a = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=2, progress=False)
     b = G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW, batch_size=2, sort_by_length=False, progress=False)
@@ -175,7 +163,7 @@ def test_bad_settings_raise_clear_error(smol_tok, tiny, kw):
 def test_chat_template_missing_is_a_clear_error(smol_tok, tiny):
     tok = copy.deepcopy(smol_tok)
     tok.chat_template = None
-    with pytest.raises(G.GenerationError, match="chat_template"):
+    with pytest.raises(TextError, match="chat_template"):
         G.generate(tiny, tok, ["a"], max_new_tokens=2, chat_template=True, progress=False)
 
 

@@ -258,15 +258,6 @@ def test_max_new_tokens_precedence(math_task):
     assert suite.max_new_tokens(suite.resolve_settings({}), ev) == 1024
 
 
-def test_batches_by_tokens_caps_padded_tokens():
-    lengths = [10, 3000, 20, 900, 15, 30]
-    batches = suite.batches_by_tokens(lengths, 4, 2048)
-    assert batches[0] == [1] and batches[1] == [3, 5]  # 2048 // 900 = 2 rows
-    assert sorted(i for b in batches for i in b) == list(range(6))
-    assert all(len(b) * max(lengths[i] for i in b) <= 2048 or len(b) == 1 for b in batches)
-    assert suite.batches_by_tokens(lengths, 4, None) == [[1, 3, 5, 2], [4, 0]]
-
-
 def test_default_yaml_matches_defaults():
     conf = yaml.safe_load((REPO / "conf" / "eval" / "default.yaml").read_text())
     assert set(conf) == set(suite.DEFAULTS)

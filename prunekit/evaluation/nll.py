@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prunekit import text
 from prunekit.errors import PrunekitError
-from prunekit.evaluation.generation import format_prompt
+from prunekit.text import IGNORE
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding), as in transformers
-
 
 class NLLError(PrunekitError):
     """Bad input to target_nll (empty pair list, empty answer, bad batch_size / max_length)."""
@@ -32,8 +30,7 @@ def build_example(tokenizer, prompt: str, answer: str, *, max_length: int = 1024
     Prompt and answer are tokenized separately so the boundary is exact. Too long: the answer keeps its first
     max_length - 1 tokens and the prompt is cut from the left (its end is the context that matters).
     """
-    text = format_prompt(tokenizer, prompt, chat_template)
-    p = tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+    p = text.encode(tokenizer, [prompt], chat_template)[0]
     a = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not a:
         raise NLLError(f"answer {answer[:40]!r} has no tokens; every pair needs a non-empty answer")
@@ -43,16 +40,9 @@ def build_example(tokenizer, prompt: str, answer: str, *, max_length: int = 1024
 
 
 def collate(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, and labels with prompt and padding set to IGNORE."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, IGNORE)
-    for row, (ids, n_prompt) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = input_ids[row, n_prompt : len(ids)]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    """Right-padded batch of (ids, prompt length) examples; the labels are the answer tokens only."""
+    rows = [ids for ids, _ in examples]
+    return text.collate(rows, pad_id, labels=[[IGNORE] * n + ids[n:] for ids, n in examples])
 
 
 @torch.inference_mode()
@@ -90,14 +80,11 @@ def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
     if not isinstance(max_length, int) or max_length < 2:
         raise NLLError(f"max_length must be an integer >= 2, got {max_length!r}")
     examples = [build_example(tokenizer, p, a, max_length=max_length, chat_template=chat_template) for p, a in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        pad_id = 0  # padded positions are masked out and carry no label, so any valid id works
-    # Longest first: similar lengths share a batch (less padding) and an out-of-memory shows up at once.
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    pad = text.pad_id(tokenizer)
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(order), batch_size), desc="target nll", disable=not progress, unit="batch"):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+    for group in tqdm(text.length_batches([len(ids) for ids, _ in examples], batch_size), desc="target nll",
+                      disable=not progress, unit="batch"):
+        batch = collate([examples[i] for i in group], pad)
         s, n = nll_sum(model, **batch)
         total += s
         count += n

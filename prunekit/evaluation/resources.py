@@ -18,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
+from prunekit import text
 from prunekit.errors import PrunekitError
-from prunekit.evaluation.generation import encode, eos_ids, greedy_config
+from prunekit.evaluation.generation import eos_ids, greedy_config
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int 
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     cfg = greedy_config(model, max_new_tokens, pad, eos)
-    encoded = [torch.tensor([ids], device=dev) for ids in encode(tokenizer, list(prompts), chat_template)]
+    encoded = [torch.tensor([ids], device=dev) for ids in text.encode(tokenizer, list(prompts), chat_template)]
     for _ in range(warmup):
         model.generate(input_ids=encoded[0], attention_mask=torch.ones_like(encoded[0]), generation_config=cfg)
     prompt_tokens = new_tokens = decode_tokens = 0

@@ -25,7 +25,7 @@ from statistics import fmean
 
 from tqdm.auto import tqdm
 
-from prunekit import data, tracking
+from prunekit import data, text, tracking
 from prunekit.checkpoint import atomic_write_json, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
@@ -302,20 +302,6 @@ def _sample_record(row: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def batches_by_tokens(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
-    """Index batches, longest prompts first, each holding at most batch_size rows and (when set) at most
-    max_batch_tokens padded prompt tokens, so one very long prompt does not pad a whole batch to its length."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, i = [], 0
-    while i < len(order):
-        rows = batch_size
-        if max_batch_tokens is not None:
-            rows = max(1, min(batch_size, max_batch_tokens // max(1, lengths[order[i]])))
-        out.append(order[i : i + rows])
-        i += rows
-    return out
-
-
 def _journal_key(prompt: str, budget: int, chat: bool, loop: bool, answer: bool) -> str:
     """What decides one greedy generation (the model aside: a journal lives in one run directory)."""
     blob = json.dumps([prompt, budget, chat, loop, answer])
@@ -363,8 +349,8 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
 
     results: list = [done.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
-    lengths = [len(ids) for ids in generation.encode(tokenizer, [prompts[i] for i in todo], chat)]
-    groups = batches_by_tokens(lengths, settings["batch_size"], settings["max_batch_tokens"])
+    lengths = [len(ids) for ids in text.encode(tokenizer, [prompts[i] for i in todo], chat)]
+    groups = text.length_batches(lengths, settings["batch_size"], max_tokens=settings["max_batch_tokens"])
     n_new = 0
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt") as bar:
         for group in groups:  # one engine call per batch: the engine itself batches by count only
@@ -616,10 +602,10 @@ def read_outputs(path, metric: str) -> list[dict]:
         raise SuiteError(f"eval.generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
     rows, seen = [], set()
     try:
-        text = p.read_text(encoding="utf-8")
+        content = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SuiteError(f"eval.generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -681,7 +667,7 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
 
 
 __all__ = [
-    "DEFAULTS", "PARTS", "SuiteError", "batches_by_tokens", "check_settings", "distractor_kind",
+    "DEFAULTS", "PARTS", "SuiteError", "check_settings", "distractor_kind",
     "distractor_prompts", "evaluate", "max_new_tokens", "nll_pairs", "read_outputs",
     "own_answer_pairs", "reference_generations", "reference_key", "rescore", "resolve_settings", "target_samples", "task_metrics",
     "verdict",

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from prunekit import capture, data, models, scoring, slicing, strategies
+from prunekit import capture, data, models, runtime, scoring, slicing, strategies
 from prunekit.evaluation import generation, math, nll
 from prunekit.mlp import mlp_layers
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=0.1)
     args = ap.parse_args()
-    print(f"cpu bf16 native: {models.cpu_has_bf16()} | threads {torch.get_num_threads()}")
+    print(f"cpu bf16 native: {runtime.cpu_has_bf16()} | threads {torch.get_num_threads()}")
     source = models.resolve(args.model)
     target = data.load_prompts({"path": "pip:gsm_symbolic", "field": "question", "n": args.n}, "target")
     distractors = data.load_prompts({"path": "pip:squad", "template": "{context}\n{question}", "n": args.n}, "squad")

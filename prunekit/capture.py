@@ -20,7 +20,7 @@ from prunekit import text
 from prunekit.checkpoint import atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
-from prunekit.models import process_state
+from prunekit.runtime import process_state
 from prunekit.scoring import RunningStats, TokenStats, merge_all
 
 log = logging.getLogger(__name__)

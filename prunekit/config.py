@@ -126,6 +126,108 @@ class StrategyConfig(_Checked):
     steps: int | None = None
 
 
+# ---------------------------------------------------------------------------------------------- group schemas
+# The single source of every field and default of the `eval` and `lora` groups. Registered in Hydra's ConfigStore
+# (`register`) as `eval/schema` and `lora/schema`, which the YAML presets extend, stating only what differs. They
+# are registered as plain mappings: the values are checked by prunekit's own one-line checks, not OmegaConf's.
+@dataclass
+class SimilaritySettings:
+    sbert_model: str = "pip:all-minilm-l6-v2"      # dialogue, SBERT cosine; paper: sentence-transformers/all-mpnet-base-v2
+    bertscore_model: str = "pip:all-minilm-l6-v2"  # QnA, BERTScore F1; paper: roberta-large (bert-score's English default)
+    bertscore_rescale: bool | None = None           # null: rescale when bert-score ships a baseline for the model (paper)
+    bertscore_num_layers: int | None = None         # null: bert-score's tuned layer (5 for the pip MiniLM)
+    max_new_tokens: int = 128                       # generation budget per distractor prompt (evaluated and source model)
+    batch_size: int = 32                            # encoder batch size
+
+
+@dataclass
+class ThroughputSettings:  # tokens/s at batch 1 on the first `prompts` eval prompts (fixed across a sweep)
+    prompts: int = 4
+    max_new_tokens: int = 32
+
+
+@dataclass
+class CodeSettings:  # HumanEval / MBPP execution in the sandbox
+    workers: int = 2               # parallel sandboxes
+    timeout_s: float = 3.0         # per problem (paper Table 8)
+
+
+@dataclass
+class NLLSettings:
+    max_length: int = 1024         # tokens per prompt + answer
+
+
+@dataclass
+class LMEvalSettings:  # e.g. eval.lm_eval.tasks=[boolq,copa]; offline: include_path=<dir of task YAMLs>
+    tasks: list = field(default_factory=list)
+    include_path: str | None = None
+    limit: float | None = None     # null: all documents; an int per task or a fraction in (0, 1]
+    num_fewshot: int | None = None  # null: each task's default
+
+
+@dataclass
+class EvalConfig:
+    """`eval.*` (prunekit/evaluation/suite.py checks the values). Which data and metric come from the task preset's
+    `eval:` section; these settings say what to run and how."""
+
+    # any of: task (EM / pass@1 on greedy generations), traps (Type 1 / Type 2), similarity (distractor outputs vs
+    # the unpruned model's, paper eq. 6), resources (params, memory, batch-1 tokens/s), nll (the target proxy),
+    # lm_eval (lm-evaluation-harness tasks on the in-memory model; runs only when lm_eval.tasks is set)
+    parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
+    batch_size: int = 8                    # prompts per generation batch (greedy; length-sorted, left padded)
+    max_batch_tokens: int | None = 4096    # and at most this many padded prompt tokens per batch; null: no cap
+    chat_template: Any = True              # true: prompts in the model's chat template (paper); false; auto
+    max_new_tokens: int | None = None      # null: the task's (GSM8K 1024, the paper's "unconstrained"; HumanEval 512)
+    loop_detection: bool = True            # a looping sample stops early and is recorded as a trap
+    stop_on_answer: bool = False           # math only: stop at the first complete \boxed{} (the paper's mitigation)
+    n: int | None = None                   # null: the task's whole evaluation set; an int evaluates the first n
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    throughput: ThroughputSettings = field(default_factory=ThroughputSettings)
+    code: CodeSettings = field(default_factory=CodeSettings)
+    nll: NLLSettings = field(default_factory=NLLSettings)
+    lm_eval: LMEvalSettings = field(default_factory=LMEvalSettings)
+    generations: str | None = None         # a JSONL of {id, output} lines: re-score it instead of generating
+    reference_cache_dir: str | None = None  # source-model distractor outputs (the preset: ${cache_dir}/references)
+
+
+@dataclass
+class LoraConfig:
+    """`lora.*` (prunekit/training.py checks the values against the model and the data). r, alpha, lr and
+    effective_batch_size have no default: each preset (paper Table 7) sets them."""
+
+    r: int | None = None                   # LoRA rank
+    alpha: float | None = None             # the update is scaled by alpha / r
+    lr: float | None = None                # peak learning rate (AdamW)
+    effective_batch_size: int | None = None  # = per_device_batch_size x processes x gradient-accumulation steps
+    dropout: float = 0.1                   # dropout on the LoRA input
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"])  # Linear module names to adapt
+    epochs: int = 2
+    per_device_batch_size: int = 1         # must divide effective_batch_size / processes
+    scheduler: str = "cosine"              # cosine | linear (warm-up, then decay to 0)
+    warmup_ratio: float = 0.03             # fraction of the optimizer steps spent warming up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0             # gradient clipping; 0 = no clipping
+    max_length: int = 1024                 # tokens per example (prompt + answer + EOS)
+    save_every_steps: int = 0              # checkpoint (checkpoints/step-N) every N optimizer steps; 0 = none
+    mixed_precision: str = "auto"          # auto (bf16 on CUDA, no on CPU) | no | bf16 | fp16
+    seed: int = 42
+
+
+def defaults(schema) -> dict:
+    """A schema's fields and defaults as plain containers (what suite and training overlay settings on)."""
+    return dataclasses.asdict(schema())
+
+
+def register() -> None:
+    """Put the group schemas in Hydra's ConfigStore (called on `import prunekit`, before any composition)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="eval", name="schema", node=defaults(EvalConfig))
+    store.store(group="lora", name="schema", node=defaults(LoraConfig))
+
+
 def check(cfg, job: str) -> None:
     """Validate the parts of `cfg` a `job` (prune | evaluate | train) reads, before anything loads."""
     get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit import text
+from prunekit import config, text
 from prunekit.errors import PrunekitError
 from prunekit.text import IGNORE
 
@@ -36,20 +36,7 @@ STATE_FILE = "trainer_state.json"
 _RESUME_KEYS = ("n_examples", "effective_batch_size", "per_device_batch_size", "num_processes", "epochs",
                 "steps_per_epoch", "seed")
 
-DEFAULTS: dict[str, Any] = {
-    "dropout": 0.1,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "epochs": 2,
-    "per_device_batch_size": 1,
-    "scheduler": "cosine",
-    "warmup_ratio": 0.03,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "max_length": 1024,
-    "save_every_steps": 0,
-    "mixed_precision": "auto",
-    "seed": 42,
-}
+DEFAULTS: dict[str, Any] = {k: v for k, v in config.defaults(config.LoraConfig).items() if v is not None}
 REQUIRED = ("r", "alpha", "lr", "effective_batch_size")
 
 

@@ -258,13 +258,16 @@ def test_max_new_tokens_precedence(math_task):
     assert suite.max_new_tokens(suite.resolve_settings({}), ev) == 1024
 
 
-def test_default_yaml_matches_defaults():
-    conf = yaml.safe_load((REPO / "conf" / "eval" / "default.yaml").read_text())
-    assert set(conf) == set(suite.DEFAULTS)
-    for key, value in suite.DEFAULTS.items():
-        if key != "reference_cache_dir":  # an interpolation of the top-level cache_dir in the yaml
-            assert conf[key] == value, key
-    assert set(conf["parts"]) == set(suite.PARTS)
+def test_the_eval_preset_is_the_schema_plus_its_reference_cache(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        composed = OmegaConf.to_container(compose("evaluate").eval, resolve=True)
+    assert composed == {**suite.DEFAULTS, "reference_cache_dir": "/tmp/prunekit-compose/references"}
+    assert set(composed["parts"]) == set(suite.PARTS)
+    assert suite.check_settings(composed, {"eval": {"metric": "gsm8k", "target": {"path": "x", "field": "q"}}})
 
 
 @pytest.mark.parametrize("name, metric", [("math", "gsm8k"), ("math_offline", "gsm8k"), ("code", "humaneval")])

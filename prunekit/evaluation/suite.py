@@ -25,7 +25,7 @@ from statistics import fmean
 
 from tqdm.auto import tqdm
 
-from prunekit import data, text, tracking
+from prunekit import config, data, text, tracking
 from prunekit.checkpoint import atomic_write_json, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
@@ -46,25 +46,7 @@ JOURNAL_FILE = tracking.JOURNAL_FILE  # finished batches of an evaluation still 
 REFERENCE_VERSION = 1
 
 # Mirror of conf/eval/default.yaml (a test keeps the two equal), so plain callers can pass partial settings.
-DEFAULTS: dict = {
-    "parts": ["task", "traps", "similarity", "resources", "nll", "lm_eval"],
-    "batch_size": 8,
-    "max_batch_tokens": 4096,
-    "chat_template": True,
-    "max_new_tokens": None,
-    "loop_detection": True,
-    "stop_on_answer": False,
-    "n": None,
-    "similarity": {"sbert_model": similarity.DEFAULT_MODEL, "bertscore_model": similarity.DEFAULT_MODEL,
-                   "bertscore_rescale": None, "bertscore_num_layers": None, "max_new_tokens": 128,
-                   "batch_size": 32},
-    "throughput": {"prompts": 4, "max_new_tokens": 32},
-    "code": {"workers": 2, "timeout_s": 3.0},
-    "nll": {"max_length": 1024},
-    "lm_eval": {"tasks": [], "include_path": None, "limit": None, "num_fewshot": None},
-    "generations": None,
-    "reference_cache_dir": None,
-}
+DEFAULTS: dict = config.defaults(config.EvalConfig)  # every eval.* field and default (conf/eval/ extends it)
 
 
 class SuiteError(PrunekitError):

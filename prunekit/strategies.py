@@ -16,25 +16,20 @@ import torch
 from prunekit import attribution as ig
 from prunekit import scoring, slicing
 from prunekit.errors import PrunekitError
-
-REGISTRY: dict[str, type[Strategy]] = {}
+from prunekit.registry import Registry
 
 
 class StrategyError(PrunekitError):
     """An unknown strategy name or bad strategy option."""
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    REGISTRY[cls.name] = cls
-    return cls
+REGISTRY = Registry("strategy", "strategy.name", StrategyError)
+register = REGISTRY.register
 
 
 def get(options: dict) -> Strategy:
     """The strategy `options["name"]` with its options checked (cheap: before any model loads)."""
-    name = options.get("name")
-    if name not in REGISTRY:
-        raise StrategyError(f"strategy.name='{name}': unknown strategy; allowed: {', '.join(REGISTRY)}")
-    strategy = REGISTRY[name](dict(options))
+    strategy = REGISTRY.lookup(options.get("name"))(dict(options))
     strategy.check_options()
     return strategy
 

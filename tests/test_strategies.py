@@ -85,3 +85,20 @@ def test_plans_say_what_changes():
     zero = strategies.get({"name": "detrimental_random", "layer": 1, "percent": 0.25, "seed": 3, "where": "gate"})
     rec = zero.plan(strategies.Scores(), n_prune=0, d_ff=256, layers=2, seed=0).record(0.0)
     assert rec["layer"] == 1 and len(rec["deactivated"]) == 64 and rec["kept_width"] == 256
+
+
+def test_one_registry_for_strategies_and_benchmarks():
+    from prunekit.evaluation import benchmarks
+    from prunekit.registry import Registry
+
+    assert isinstance(strategies.REGISTRY, Registry) and isinstance(benchmarks.REGISTRY, Registry)
+    with pytest.raises(benchmarks.BenchmarkError, match=r"^task.eval.metric='bleu': unknown benchmark; allowed: .*mbpp"):
+        benchmarks.get("bleu")
+    with pytest.raises(strategies.StrategyError, match=r"^strategy.name='best': unknown strategy; allowed: selective"):
+        strategies.get({"name": "best"})
+
+    class Twin(strategies.Strategy):
+        name = "selective"
+
+    with pytest.raises(ValueError, match="two entries named 'selective'"):
+        strategies.register(Twin)

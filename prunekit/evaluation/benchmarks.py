@@ -12,39 +12,33 @@ from collections import Counter
 from collections.abc import Mapping
 
 from prunekit.errors import PrunekitError
-
-REGISTRY: dict[str, type[Benchmark]] = {}
+from prunekit.registry import Registry
 
 
 class BenchmarkError(PrunekitError):
     """Unknown benchmark name or an eval record it cannot use."""
 
 
-def register(cls: type[Benchmark]) -> type[Benchmark]:
-    REGISTRY[cls.name] = cls
-    return cls
+def _load_builtin() -> None:
+    from prunekit.evaluation import code, math  # noqa: F401 - importing registers GSM8K, HumanEval, MBPP
+
+
+REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, load=_load_builtin)
+register = REGISTRY.register
 
 
 def get(name: str) -> Benchmark:
     """The registered benchmark `name` (the task preset's `eval.metric`)."""
-    _load_builtin()
-    if name not in REGISTRY:
-        raise BenchmarkError(f"task.eval.metric={name!r}: unknown benchmark; allowed: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]()
+    return REGISTRY.lookup(name)()
 
 
 def names() -> list[str]:
-    _load_builtin()
-    return sorted(REGISTRY)
+    return sorted(REGISTRY.names())
 
 
 def primary_metrics() -> list[str]:
     """`<name>/<primary>` of every benchmark (the report's task metric), e.g. gsm8k/em, humaneval/pass@1."""
     return [f"{n}/{REGISTRY[n].primary}" for n in names()]
-
-
-def _load_builtin() -> None:
-    from prunekit.evaluation import code, math  # noqa: F401 - importing registers GSM8K, HumanEval, MBPP
 
 
 class Benchmark:

@@ -1,15 +1,21 @@
-"""Fault injection: damaged or mismatched activation caches are noticed, moved aside and rebuilt, and never change
-the pruning (issue 11). More fault cases (kill -9, full disk, bad model directories) are still to come."""
+"""Fault injection (issue 11): damaged or mismatched caches are noticed, moved aside and rebuilt, and never change
+the pruning; a job killed with SIGKILL at capture, save or evaluation is finished by the next run of the same
+command with the same results; bad model directories and files are one-line errors; stale temps are cleaned."""
 
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from prunekit import pipeline
-from tests.test_prune_pipeline import _cfg
+from tests.test_prune_pipeline import REPO, TINY, _cfg, _env
 
 
 def _cache_file(tmp_path):
@@ -223,3 +229,153 @@ def test_stale_temps_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
     removed = clean_stale_temps(tmp_path)
     assert sorted(removed) == sorted(litter)
     assert all(p.exists() for p in kept)
+
+
+# ------------------------------------------------------------------------------------------ kill -9
+# Each script runs prune.py in a subprocess with one function wrapped so that the process SIGKILLs itself at that
+# point (no cleanup code, no finally blocks run): inside capture after the first batch, inside the checkpoint
+# write after the weights are in the temp dir, and inside the evaluation after its first generation batch.
+KILL_AT = {
+    "capture": """
+import prunekit.capture as m
+real = m._batches
+def dying(*a, **k):
+    for i, batch in enumerate(real(*a, **k)):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
+m._batches = dying
+""",
+    "save": """
+import transformers
+real = transformers.PreTrainedModel.save_pretrained
+def dying(self, *a, **k):
+    real(self, *a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+transformers.PreTrainedModel.save_pretrained = dying
+""",
+    "evaluation": """
+import pathlib
+import prunekit.evaluation.generation as m
+run = pathlib.Path(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.run.dir=")))
+real = m.generate
+def dying(*a, **k):  # the pruned model's first target batch is in the run's journal: die before the next
+    if (run / "generations.partial.jsonl").is_file():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*a, **k)
+m.generate = dying
+""",
+}
+KILLED = ("import os, runpy, signal, sys\n{patch}\n"
+          "sys.argv = ['prune.py', *sys.argv[1:]]\nrunpy.run_path({prune!r}, run_name='__main__')\n")
+EVAL = ["evaluate=true", "eval.parts=[task,traps,nll]", "eval.n=4", "eval.batch_size=2", "eval.max_new_tokens=8",
+        "task.eval.distractors.conversations.n=2", "task.eval.distractors.squad.n=2"]
+
+
+def _prune_cmd(tmp_path, model_cache, run, patch=None):
+    args = [*TINY, *EVAL, "strategy=selective", "ratio=0.1", f"hydra.run.dir={run}", f"cache_dir={tmp_path}/cache",
+            f"model.cache_dir={model_cache}"]
+    if patch is None:
+        return [sys.executable, str(REPO / "prune.py"), *args]
+    return [sys.executable, "-c", KILLED.format(patch=patch, prune=str(REPO / "prune.py")), *args]
+
+
+def _litter(*folders):
+    return [p for f in folders if f.exists() for p in f.rglob(".*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+
+@pytest.fixture(scope="module")
+def unkilled(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("unkilled")
+    out = subprocess.run(_prune_cmd(tmp, model_cache, tmp / "run"), cwd=tmp, capture_output=True, text=True,
+                         timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((tmp / "run" / "metrics.json").read_text()), _kept(tmp / "run")
+
+
+@pytest.mark.parametrize("stage", list(KILL_AT))
+def test_sigkill_at_each_stage_then_the_same_command_finishes_with_the_same_results(stage, unkilled, tmp_path,
+                                                                                    model_cache):
+    run = tmp_path / "run"
+    killed = subprocess.run(_prune_cmd(tmp_path, model_cache, run, KILL_AT[stage]), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=_env())
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (run / "complete-prune.json").exists() and not (run / "metrics.json").exists()
+    if stage == "save":
+        assert _litter(run) and not (run / "model").exists()  # the weights were in the temp dir, never renamed
+    if stage == "evaluation":
+        assert (run / "generations.partial.jsonl").read_text().count("\n") == 2  # the first target batch
+
+    again = subprocess.run(_prune_cmd(tmp_path, model_cache, run), cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600, env=_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert _kept(run) == unkilled[1]
+    for key in ("gsm8k/em", "gsm8k/trap_rate", "gsm8k/nll", "gsm8k/nll_gold", "prune/kept_width"):
+        assert metrics[key] == unkilled[0][key], key
+    if stage == "evaluation":
+        assert "resuming, 2 of 4 prompts already generated" in (run / "prune.log").read_text()
+    assert not _litter(run, tmp_path / "cache") and not (run / "generations.partial.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ two processes at once
+SLOW_CAPTURE = """
+import time
+import prunekit.capture as m
+real = m._batches
+def slow(*a, **k):  # holds the capture lock for a while, so the second process surely arrives meanwhile
+    time.sleep(4)
+    yield from real(*a, **k)
+m._batches = slow
+"""
+
+
+def test_two_prunes_sharing_a_cache_capture_once(tmp_path, model_cache):
+    first = subprocess.Popen(_prune_cmd(tmp_path, model_cache, tmp_path / "a", SLOW_CAPTURE) + ["evaluate=false"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    deadline = time.time() + 120
+    while not list((tmp_path / "cache" / "activations").glob("*.lock")):  # the first one holds the lock
+        assert time.time() < deadline and first.poll() is None, first.stdout.read()[-3000:]
+        time.sleep(0.2)
+    second = subprocess.run(_prune_cmd(tmp_path, model_cache, tmp_path / "b") + ["evaluate=false"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=_env())
+    assert first.wait(timeout=600) == 0 and second.returncode == 0, second.stderr[-3000:]
+    cached = [json.loads((tmp_path / r / "metrics.json").read_text())["capture/cached"] for r in ("a", "b")]
+    assert cached == [False, True]  # the second waited on the lock and read the first one's statistics
+    assert _kept(tmp_path / "a") == _kept(tmp_path / "b")
+    assert len(list((tmp_path / "cache" / "activations").glob("*.pt"))) == 1
+
+
+MATERIALIZE = """
+import logging, sys, time
+from prunekit import models
+logging.basicConfig(level=logging.INFO)
+if sys.argv[2] == "slow":
+    real = models._gguf_to_dir
+    def slow(gguf, out):
+        time.sleep(4)
+        real(gguf, out)
+    models._gguf_to_dir = slow
+print(models.materialize(models.resolve("pip:smollm2-135m-instruct"), sys.argv[1]), flush=True)
+"""
+
+
+def test_two_processes_materialising_one_pip_model_convert_it_once(tmp_path, caplog):
+    cache = tmp_path / "models"
+    env = {**_env(), "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", MATERIALIZE, str(cache), "slow"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not list(cache.glob("*.lock")):
+        assert time.time() < deadline and first.poll() is None, first.stderr.read()[-3000:]
+        time.sleep(0.2)
+    second = subprocess.run([sys.executable, "-c", MATERIALIZE, str(cache), "fast"], capture_output=True, text=True,
+                            timeout=600, env=env)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err + second.stderr)[-3000:]
+    assert out.strip() == second.stdout.strip() and Path(out.strip()).is_dir()
+    logs = err + second.stderr
+    assert logs.count("(one time)") == 1 and "damaged" not in logs  # converted once, never taken for damaged
+    assert not list(cache.glob("*.bad-*")) and not _litter(cache)
+    from prunekit.models import _converted_ok
+    assert _converted_ok(Path(out.strip()))

@@ -27,7 +27,7 @@ from captum.attr import IntegratedGradients
 from tqdm.auto import tqdm
 
 from prunekit import text
-from prunekit.checkpoint import atomic_torch_save
+from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import GatedMLP, mlp_layers
 from prunekit.slicing import WHERE
@@ -269,22 +269,55 @@ def cached_ig_scores(model, tokenizer, prompts: Sequence[str], *, key: str, cach
     A ``detrimental`` grid over percents reuses its layer; a full ``attribution`` run fills every layer once.
     Returns (scores [len(layers), d_ff], the layers read from the cache).
     """
-    n_layers = len(mlp_layers(model))
-    layers = list(range(n_layers)) if layers is None else [check_layer(layer, n_layers) for layer in layers]
+    mlps = mlp_layers(model)
+    layers = list(range(len(mlps))) if layers is None else [check_layer(layer, len(mlps)) for layer in layers]
     folder = Path(cache_dir).expanduser() / key
-    rows = {layer: torch.load(folder / f"layer{layer:03d}.pt", weights_only=True)
-            for layer in layers if (folder / f"layer{layer:03d}.pt").exists()}
+    rows = {}
+    for layer in layers:
+        row = _load_layer(folder / f"layer{layer:03d}.pt", key, layer, mlps[layer].d_ff)
+        if row is not None:
+            rows[layer] = row
     hit = sorted(rows)
     missing = [layer for layer in layers if layer not in rows]
     if missing:
         log.info("attribution cache %s: computing layers %s", key, missing)
         fresh = ig_scores(model, tokenizer, prompts, layers=missing, **ig_kwargs)
         for layer, row in zip(missing, fresh):
-            atomic_torch_save(row.clone(), folder / f"layer{layer:03d}.pt")
             rows[layer] = row
+            manifest = {"format": CACHE_FORMAT, "key": key, "layer": layer, "d_ff": row.numel()}
+            try:
+                atomic_torch_save({"_manifest": manifest, "scores": row.clone()}, folder / f"layer{layer:03d}.pt")
+            except (OSError, DiskFullError) as e:  # the cache only saves time: the run goes on without it
+                log.warning("could not write the attribution cache %s (%s); continuing without it", folder, e)
     else:
         log.info("attribution cache %s: all %d layers cached", key, len(layers))
     return torch.stack([rows[layer] for layer in layers]), hit
+
+
+# Bumped when a cached layer file changes layout (1: a manifest beside the scores).
+CACHE_FORMAT = 1
+
+
+def _load_layer(path: Path, key: str, layer: int, d_ff: int) -> torch.Tensor | None:
+    """One layer's cached scores, verified against its manifest (format, key, layer, width) and finite; a damaged
+    or mismatched file is logged with its path, moved aside and recomputed, so it can never change the pruning."""
+    if not path.exists():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+        if not isinstance(data, dict):
+            raise TypeError(f"a {type(data).__name__}, not a dict with a manifest")
+        manifest, row = data["_manifest"], data["scores"]
+        expected = {"format": CACHE_FORMAT, "key": key, "layer": layer, "d_ff": d_ff}
+        problem = (f"manifest {manifest} != {expected}" if manifest != expected else
+                   f"scores of shape {tuple(row.shape)}" if tuple(row.shape) != (d_ff,) else
+                   "non-finite scores" if not torch.isfinite(row).all() else None)
+    except Exception as e:  # noqa: BLE001 - truncated, garbage, or not our layout: all mean "rebuild"
+        problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
+    if problem is None:
+        return row.float()
+    log.warning("attribution cache %s is damaged (%s): moved to %s, computing again", path, problem, move_aside(path))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- strategies

@@ -17,7 +17,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from prunekit import text
-from prunekit.checkpoint import atomic_torch_save, move_aside
+from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
 from prunekit.runtime import process_state
@@ -211,7 +211,7 @@ def save_cached(path: Path, stats: dict[str, RunningStats]) -> None:
     manifest = {"format": FORMAT, "sets": {n: s.count for n, s in stats.items()}, "shape": list(first.mean.shape)}
     try:
         atomic_torch_save({"_manifest": manifest, **{name: s.to_dict() for name, s in stats.items()}}, path)
-    except OSError as e:
+    except (OSError, DiskFullError) as e:
         log.warning("could not write the activation cache %s (%s); continuing without it", path, e)
         return
     log.info("saved activation statistics to cache %s", path)

@@ -1,5 +1,6 @@
 """Atomic writes of run outputs: a failure mid-write never leaves a half-written file or checkpoint behind."""
 
+import errno
 import json
 import os
 import re
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from prunekit.errors import PrunekitError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -18,6 +21,35 @@ os.umask(_UMASK)
 def _public(path: Path, is_dir: bool = False) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; give results the permissions of a normal write."""
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_UMASK)
+
+
+class DiskFullError(PrunekitError):
+    """A write failed because its filesystem is full (the temp is removed; what was there before is intact)."""
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT, or a library's own error (torch's "unexpected pos",
+    safetensors' IoError) on a filesystem that is now (nearly) full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if os.strerror(errno.ENOSPC) in str(exc) or "os error 28" in str(exc):  # safetensors' Rust IoError text
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+@contextmanager
+def _full_disk_is_one_line(path: Path):
+    """Turn a write that ran out of space into one DiskFullError naming the path (other failures propagate)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the disk is full
+        if isinstance(exc, PrunekitError) or not _disk_full(exc, Path(path).parent):
+            raise
+        raise DiskFullError(f"no space left on the device writing {path} (free space there, or point "
+                            "hydra.run.dir / cache_dir elsewhere); earlier files are intact") from None
 
 
 @contextmanager
@@ -28,7 +60,8 @@ def _temp_path(path: Path, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        with _full_disk_is_one_line(path):
+            yield Path(tmp)
         _public(Path(tmp))
         os.replace(tmp, path)
     finally:
@@ -57,7 +90,8 @@ def atomic_dir(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _full_disk_is_one_line(path):
+            yield tmp
         _public(tmp, is_dir=True)
         old = None
         if path.exists():

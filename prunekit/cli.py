@@ -1,6 +1,7 @@
 """Glue shared by the entry scripts (the only prunekit module that touches Hydra): run directories, and bad input
 turned into a one-line error with exit status 2 instead of a traceback."""
 
+import errno
 import hashlib
 import logging
 import re
@@ -69,9 +70,14 @@ def guarded(fn, *args, **kwargs):
     """Call a recipe; a usage error prints ``error: <message>`` and exits with status 2."""
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a usage error
-        if not is_usage_error(exc):
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a usage error or a full disk
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            message = (f"no space left on the device writing {exc.filename or 'a file'} (free space there, or point "
+                       "hydra.run.dir / cache_dir elsewhere)")
+        elif is_usage_error(exc):
+            message = str(exc)
+        else:
             raise
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

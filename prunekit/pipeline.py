@@ -18,7 +18,15 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, models, runtime, scoring, slicing, strategies, tracking, training
-from prunekit.checkpoint import atomic_write_json, atomic_write_text, clean_stale_temps, pruning_record_of, read_json, save_model
+from prunekit.checkpoint import (
+    DiskFullError,
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    pruning_record_of,
+    read_json,
+    save_model,
+)
 from prunekit.config import check as check_config
 from prunekit.evaluation import benchmarks, suite
 from prunekit.evaluation.resources import count_parameters
@@ -77,7 +85,11 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, r
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
     tracking.mark_complete(run_dir, job_type)
-    tracking.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type, record)
+    try:  # the job is complete; a failing sweep index (full disk) is a warning, not a failed job
+        tracking.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type, record)
+    except (OSError, DiskFullError) as e:
+        log.warning("could not append this run to %s (%s); the run itself is complete",
+                    Path(sweep_dir or run_dir.parent) / tracking.INDEX_FILE, e)
 
 
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:

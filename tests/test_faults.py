@@ -379,3 +379,89 @@ def test_two_processes_materialising_one_pip_model_convert_it_once(tmp_path, cap
     assert not list(cache.glob("*.bad-*")) and not _litter(cache)
     from prunekit.models import _converted_ok
     assert _converted_ok(Path(out.strip()))
+
+
+# ------------------------------------------------------------------------------------------ attribution cache
+def _layer_file(tmp_path):
+    (path,) = (tmp_path / "cache" / "attribution").glob("*/layer001.pt")
+    return path
+
+
+ATTRIBUTION_DAMAGE = {
+    "truncated": _truncate, "garbage": _garbage, "empty": _empty,
+    "bare tensor (no manifest)": lambda p: torch.save(torch.zeros(384), p),
+    "wrong width": _edit(lambda d: d.update(scores=d["scores"][:256])),
+    "NaN": _edit(lambda d: d["scores"].__setitem__(0, float("nan"))),
+    "other key": _edit(lambda d: d["_manifest"].update(key="0" * 20)),
+}
+ATTRIBUTION = ["strategy=attribution", "strategy.samples=2", "strategy.steps=4", "evaluate=false"]
+
+
+@pytest.fixture(scope="module")
+def attributed(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("attributed")
+    pipeline.prune(_cfg(tmp, model_cache, *ATTRIBUTION), tmp / "run")
+    return tmp, _kept(tmp / "run")
+
+
+@pytest.mark.parametrize("kind", list(ATTRIBUTION_DAMAGE))
+def test_damaged_attribution_cache_is_moved_aside_and_recomputed(kind, attributed, tmp_path, model_cache, caplog):
+    import shutil
+
+    shutil.copytree(attributed[0] / "cache", tmp_path / "cache")
+    path = _layer_file(tmp_path)
+    ATTRIBUTION_DAMAGE[kind](path)
+    with caplog.at_level(logging.WARNING, logger="prunekit.attribution"):
+        pipeline.prune(_cfg(tmp_path, model_cache, *ATTRIBUTION), tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(path) in w and "computing again" in w for w in warnings), warnings
+    assert _kept(tmp_path / "run") == attributed[1]  # the damage never changes which neurons are pruned
+    assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1
+    assert torch.load(path, weights_only=True)["_manifest"]["layer"] == 1  # rebuilt, valid
+
+
+# ------------------------------------------------------------------------------------------ full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (the tiny model's checkpoint needs ~13 MB); skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_for_the_checkpoint_is_one_line_and_leaves_nothing_half_written(small_disk, tmp_path,
+                                                                                     model_cache):
+    earlier = small_disk / "earlier.json"
+    earlier.write_text('{"kept": true}')
+    run = small_disk / "run"
+    out = subprocess.run(_prune_cmd(tmp_path, model_cache, run) + ["evaluate=false"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no space left on the device writing" in errors[0] and str(run) in errors[0]
+    assert "Traceback" not in out.stderr
+    assert earlier.read_text() == '{"kept": true}' and not (run / "model").exists() and not _litter(run)
+    assert not (run / "complete-prune.json").exists()
+
+
+def test_a_full_cache_disk_is_a_warning_and_the_job_finishes(small_disk, tmp_path, model_cache):
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # fill the tmpfs to the last byte
+        try:
+            while True:
+                f.write(b"\\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    cmd = _prune_cmd(tmp_path, model_cache, tmp_path / "run") + ["evaluate=false", f"capture.cache_dir={small_disk}/acts"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (tmp_path / "run" / "prune.log").read_text()
+    assert "could not write the activation cache" in log and "continuing without it" in log
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["capture/cached"] is False

@@ -26,7 +26,7 @@ from statistics import fmean
 from tqdm.auto import tqdm
 
 from prunekit import config, data, text, tracking
-from prunekit.checkpoint import atomic_write_json, move_aside
+from prunekit.checkpoint import DiskFullError, atomic_write_json, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
 from prunekit.runtime import process_state
@@ -461,8 +461,11 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
             for name, v in _distractor_outputs(model, tokenizer, prompts, s).items()}
     if path is not None:
-        atomic_write_json(path, refs)
-        log.info("reference outputs cached in %s", path)
+        try:
+            atomic_write_json(path, refs)
+            log.info("reference outputs cached in %s", path)
+        except (OSError, DiskFullError) as e:  # the cache only saves time: the run goes on without it
+            log.warning("could not write the reference outputs cache %s (%s); continuing without it", path, e)
     return refs
 
 

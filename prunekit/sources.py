@@ -104,8 +104,37 @@ def _local_source(spec: dict, option: str) -> Any:
         return _load_local(str(p), spec["name"], spec["split"], (st.st_size, st.st_mtime_ns))
     except DataError:
         raise
-    except Exception as e:  # datasets/pyarrow raise many types; report the first line
-        raise DataError(f"{option}.path='{shown}': cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # datasets/pyarrow raise many types; report the bad line, else the innermost reason
+        reason = _bad_json_line(p) if p.is_file() else None
+        if reason is None:
+            inner = e
+            while inner.__cause__ is not None or inner.__context__ is not None:
+                inner = inner.__cause__ or inner.__context__
+            reason = f"{type(inner).__name__}: {_first_line(inner)}"
+        raise DataError(f"{option}.path='{shown}': cannot be read ({reason})") from None
+
+
+def _bad_json_line(path: Path) -> str | None:
+    """For a JSON Lines file that datasets could not read: the first line that is not a JSON object, with its
+    number (1-based) and json's reason, e.g. "line 2: Expecting ',' delimiter (column 12)"; None otherwise."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if ".jsonl" not in suffixes:
+        return None
+    opener = gzip.open if suffixes[-1] == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.strip())
+                except json.JSONDecodeError as e:
+                    return f"line {n}: {e.msg} (column {e.colno})"
+                if not isinstance(record, dict):
+                    return f"line {n}: a JSON {type(record).__name__}, not an object"
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte {e.start}: {e.reason})"
+    return None
 
 
 def _first_line(e: BaseException) -> str:

@@ -412,3 +412,19 @@ def test_pip_squad_is_one_question_per_passage():
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",
                                                   "n": 1}, "x")[0]
+
+
+@pytest.mark.parametrize("lines, reason", [
+    (['{"q": "a"}', '{"q": "b"', '{"q": "c"}'], r"line 2: Expecting ',' delimiter \(column 10\)"),
+    (['{"q": "a"}', '', '[1, 2]'], r"line 3: a JSON list, not an object"),
+    (['{"q": "a"}', '{"q": "b"} trailing'], r"line 2: Extra data \(column 12\)"),
+])
+def test_a_malformed_jsonl_line_is_named_with_its_number_and_reason(lines, reason, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"^task\.target\.path='{path}': cannot be read \({reason}\)$"):
+        data.load_prompts({"path": str(path), "field": "q", "n": 2}, "task.target")
+    gz = tmp_path / "bad.jsonl.gz"
+    gz.write_bytes(__import__("gzip").compress(path.read_bytes()))
+    with pytest.raises(DataError, match=reason):
+        data.load_prompts({"path": str(gz), "field": "q", "n": 2}, "task.target")

@@ -127,9 +127,10 @@ class StrategyConfig(_Checked):
 
 
 # ---------------------------------------------------------------------------------------------- group schemas
-# The single source of every field and default of the `eval` and `lora` groups. Registered in Hydra's ConfigStore
-# (`register`) as `eval/schema` and `lora/schema`, which the YAML presets extend, stating only what differs. They
-# are registered as plain mappings: the values are checked by prunekit's own one-line checks, not OmegaConf's.
+# The single source of every field and default of the `eval` and `lora` groups and of each prompt set. Registered
+# in Hydra's ConfigStore (`register`) as `eval/schema`, `lora/schema` and `prompt_set`, which the YAML presets
+# extend, stating only what differs. They are registered as plain mappings: the values are checked by prunekit's
+# own one-line checks (suite, training, data), not OmegaConf's.
 @dataclass
 class SimilaritySettings:
     sbert_model: str = "pip:all-minilm-l6-v2"      # dialogue, SBERT cosine; paper: sentence-transformers/all-mpnet-base-v2
@@ -214,6 +215,25 @@ class LoraConfig:
     seed: int = 42
 
 
+@dataclass
+class PromptSetSpec:
+    """One prompt set of a task preset (prunekit/data.py normalises and checks it; the `prompt_set` schema every
+    set in conf/task/ extends, so each states only what differs). Consumers' keys (gold_field, prompt_template,
+    response_field) and pip:gsm_symbolic's `seed` are stated where they are used."""
+
+    path: str | None = None            # hub id | local .jsonl/.json/.csv (optionally .gz) or dataset dir | pip:<source>
+    name: str | None = None            # hub config name
+    split: str | None = "train"        # hub split (ignored for local files and pip sources)
+    field: str | None = None           # exactly one of field (a dotted path, e.g. messages.0.content) ...
+    template: str | None = None        # ... or a str.format template over the record ("{context}\n{question}")
+    n: int | None = None               # how many records; null = all
+    offset: int = 0                    # skip the first matching records (the paper takes the first rows)
+    shuffle_seed: int | None = None    # null keeps file order; an int shuffles before the offset
+    filter_contains: str | None = None  # a substring (case-insensitive) the rendered text must contain
+    where: dict | None = None          # {dotted field: value} equalities a record must satisfy, e.g. {lang: python}
+    exclude: Any = None                # (evaluation sets) specs whose texts must not appear, e.g. the capture set
+
+
 def defaults(schema) -> dict:
     """A schema's fields and defaults as plain containers (what suite and training overlay settings on)."""
     return dataclasses.asdict(schema())
@@ -226,6 +246,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="eval", name="schema", node=defaults(EvalConfig))
     store.store(group="lora", name="schema", node=defaults(LoraConfig))
+    store.store(name="prompt_set", node=defaults(PromptSetSpec))
 
 
 def check(cfg, job: str) -> None:

@@ -313,9 +313,11 @@ def test_real_shared_files_load_through_specs(parts, spec, start):
 
 
 def preset(name: str, capture_n: int = 800):
-    """A task preset as Hydra would place it (under `task`, beside `capture`)."""
-    cfg = OmegaConf.create({"capture": {"n": capture_n}, "task": OmegaConf.load(TASKS / f"{name}.yaml")})
-    return cfg.task
+    """A task preset as prune.py composes it (each prompt set over the prompt_set schema, beside `capture`)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(TASKS.parent), version_base="1.3"):
+        return compose("prune", overrides=[f"task={name}", f"capture.n={capture_n}"]).task
 
 
 @pytest.mark.parametrize("name", ["math", "code", "math_offline"])
@@ -335,7 +337,7 @@ SPEC_KEYS = {"path", "name", "split", "field", "template", "n", "offset", "shuff
 
 
 @pytest.mark.parametrize("name", ["math", "code", "math_offline"])
-def test_preset_specs_list_every_key_so_the_cli_can_set_it(name):
+def test_preset_specs_have_every_key_so_the_cli_can_set_it(name):
     task = preset(name)
     specs = {"target": task.target, "train": task.train, "eval.target": task.eval.target}
     specs.update({f"distractors.{k}": v for k, v in task.distractors.items()})

@@ -86,12 +86,18 @@ class JobConfig(_Checked):
 
 @dataclass
 class CaptureConfig(_Checked):
-    """`capture.*`: how activations are recorded."""
+    """`capture.*`: how activations are recorded (the defaults are the paper's). Registered as `capture_schema`,
+    which prune.yaml's `capture` extends."""
 
+    # prompts per set (task presets use it as the default `n` of each prompt set)
     n: int = field(default=800, metadata={"allowed": "an integer >= 1"})
+    # tokens per prompt (longer prompts are truncated)
     max_length: int = field(default=1024, metadata={"allowed": "an integer >= 1"})
+    # prompts per forward pass (does not change the statistics)
     batch_size: int = field(default=8, metadata={"allowed": "an integer >= 1"})
+    # false: raw prompts, as the paper; true: wrap each prompt in the model's chat template
     chat_template: bool = False
+    # leave each prompt's first k tokens out of the statistics (0: all tokens, as the paper)
     skip_first: int = field(default=0, metadata={"allowed": "an integer >= 0"})
 
     def check(self):
@@ -247,6 +253,7 @@ def register() -> None:
     store.store(group="eval", name="schema", node=defaults(EvalConfig))
     store.store(group="lora", name="schema", node=defaults(LoraConfig))
     store.store(name="prompt_set", node=defaults(PromptSetSpec))
+    store.store(name="capture_schema", node={k: v for k, v in defaults(CaptureConfig).items() if k != "_prefix"})
 
 
 def check(cfg, job: str) -> None:

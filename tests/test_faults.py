@@ -77,16 +77,22 @@ def clean(tmp_path_factory, model_cache):
     return tmp, _kept(tmp / "run")
 
 
-@pytest.mark.parametrize("kind", list(CORRUPTIONS))
-def test_damaged_activation_cache_is_moved_aside_and_rebuilt(kind, clean, tmp_path, model_cache, caplog):
+def _prune_over_damage(clean_dir, damage, entry_of, overrides, logger, tmp_path, model_cache, caplog):
+    """Copy a clean run's cache, damage one entry, prune again: (the entry's path, metrics, warnings logged)."""
     import shutil
 
-    shutil.copytree(clean[0] / "cache", tmp_path / "cache")
-    path = _cache_file(tmp_path)
-    CORRUPTIONS[kind](path)
-    with caplog.at_level(logging.WARNING, logger="prunekit.capture"):
-        metrics = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), tmp_path / "run")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    shutil.copytree(clean_dir / "cache", tmp_path / "cache")
+    path = entry_of(tmp_path)
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger=logger):
+        metrics = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "run")
+    return path, metrics, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_damaged_activation_cache_is_moved_aside_and_rebuilt(kind, clean, tmp_path, model_cache, caplog):
+    path, metrics, warnings = _prune_over_damage(clean[0], CORRUPTIONS[kind], _cache_file, ["evaluate=false"],
+                                                 "prunekit.capture", tmp_path, model_cache, caplog)
     assert any(str(path) in w and "capturing again" in w for w in warnings), warnings
     assert metrics["capture/cached"] is False
     assert _kept(tmp_path / "run") == clean[1]  # the damage never changes which neurons are pruned
@@ -406,14 +412,8 @@ def attributed(tmp_path_factory, model_cache):
 
 @pytest.mark.parametrize("kind", list(ATTRIBUTION_DAMAGE))
 def test_damaged_attribution_cache_is_moved_aside_and_recomputed(kind, attributed, tmp_path, model_cache, caplog):
-    import shutil
-
-    shutil.copytree(attributed[0] / "cache", tmp_path / "cache")
-    path = _layer_file(tmp_path)
-    ATTRIBUTION_DAMAGE[kind](path)
-    with caplog.at_level(logging.WARNING, logger="prunekit.attribution"):
-        pipeline.prune(_cfg(tmp_path, model_cache, *ATTRIBUTION), tmp_path / "run")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    path, _, warnings = _prune_over_damage(attributed[0], ATTRIBUTION_DAMAGE[kind], _layer_file, ATTRIBUTION,
+                                           "prunekit.attribution", tmp_path, model_cache, caplog)
     assert any(str(path) in w and "computing again" in w for w in warnings), warnings
     assert _kept(tmp_path / "run") == attributed[1]  # the damage never changes which neurons are pruned
     assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1

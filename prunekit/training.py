@@ -73,11 +73,13 @@ def _number(s: Mapping, key: str, kind=float):
     try:
         return kind(s[key])
     except (TypeError, ValueError):
-        raise TrainingConfigError(f"lora.{key} must be a {kind.__name__}, got {s[key]!r}") from None
+        raise TrainingConfigError(f"lora.{key} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {s[key]!r}") from None
 
 
-def validate(model: nn.Module, lora: Mapping, n_examples: int, num_processes: int = 1) -> dict[str, Any]:
-    """Check settings, targets and data size before training; return the filled settings or raise clearly."""
+def check_values(lora: Mapping, num_processes: int = 1) -> dict[str, Any]:
+    """The settings' values and ranges (no model needed: train.py calls it before any weights load); returns the
+    settings with defaults filled in."""
     s = settings(lora)
     if _number(s, "r", int) <= 0:
         raise TrainingConfigError(f"lora.r must be a positive integer, got {s['r']!r}")
@@ -107,6 +109,12 @@ def validate(model: nn.Module, lora: Mapping, n_examples: int, num_processes: in
             f"that is a multiple of {per_step}")
     if not s["target_modules"]:
         raise TrainingConfigError("lora.target_modules is empty; name at least one Linear module")
+    return s
+
+
+def validate(model: nn.Module, lora: Mapping, n_examples: int, num_processes: int = 1) -> dict[str, Any]:
+    """Check settings, targets and data size before training; return the filled settings or raise clearly."""
+    s = check_values(lora, num_processes)
     have = linear_module_names(model)
     unknown = [t for t in s["target_modules"] if t not in have]
     if unknown:

@@ -99,7 +99,7 @@ def test_train_rejects_bad_lora_before_training(pruned, tmp_path, model_cache):
     with pytest.raises(ValueError, match="lora.r must be a positive integer"):
         pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "lora.r=0", "evaluate=false",
                             "task.train.n=4", job="train"), tmp_path / "bad")
-    assert not (tmp_path / "bad" / "model").exists()
+    assert not (tmp_path / "bad").exists()  # refused before the run directory, let alone the model
 
 
 def test_wandb_offline_sweep_runs_are_distinct(tmp_path, model_cache, monkeypatch):

@@ -143,7 +143,7 @@ def test_prompt_tokens_carry_no_loss(tok):
     ({"effective_batch_size": 8, "per_device_batch_size": 4}, 10, 3, r"not divisible.*4 x 3 = 12"),
     ({"scheduler": "step"}, 10, 1, r"scheduler='step' is unknown; allowed: \['cosine', 'linear'\]"),
     ({"mixed_precision": "fp8"}, 10, 1, r"mixed_precision='fp8' is unknown; allowed: \['auto', 'no', 'bf16', 'fp16'\]"),
-    ({"lr": "fast"}, 10, 1, r"lora\.lr must be a float"),
+    ({"lr": "fast"}, 10, 1, r"lora\.lr must be a number"),
 ])
 def test_validate_rejects_bad_input(override, n, procs, pattern):
     with pytest.raises(TrainingConfigError, match=pattern):

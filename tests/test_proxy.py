@@ -86,3 +86,21 @@ def test_before_after_table_lists_both_columns():
     assert lines[0].split() == ["before", "after"]
     assert lines[1].split() == ["gsm8k/em", "0.750", "0.500"]
     assert "distractor similarity" in text and "1,000" in text and "2,000" in text
+
+
+def test_proxy_agreement_counts_pairs_against_the_task_metric():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "proxy_agreement.py"
+    spec = importlib.util.spec_from_file_location("proxy_agreement", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [{"task": 0.66, "nll": 0.06, "nll_gold": 0.29}, {"task": 0.60, "nll": 0.10, "nll_gold": 0.34},
+            {"task": 0.55, "nll": 0.12, "nll_gold": 0.28}, {"task": 0.20, "nll": 0.50, "nll_gold": 0.25}]
+    tau, n, conc, disc, tied = mod.agreement(rows, "nll")
+    assert (n, conc, disc, tied) == (4, 6, 0, 0) and tau == pytest.approx(1.0)
+    tau, n, conc, disc, tied = mod.agreement(rows, "nll_gold")  # hand count: only the top pair agrees
+    assert (conc, disc, tied) == (1, 5, 0) and tau == pytest.approx((1 - 5) / 6)
+    rows.append({"task": 0.4, "nll": None, "nll_gold": 0.3})
+    assert mod.agreement(rows, "nll")[1] == 4  # a run without the proxy is left out

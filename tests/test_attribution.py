@@ -126,8 +126,9 @@ def test_ig_scores_from_text_and_layer_cache(tokenizer, tmp_path):
     one, hit = A.cached_ig_scores(model, tokenizer, prompts, key=key, cache_dir=tmp_path, layers=[1], steps=4)
     assert hit == [] and (tmp_path / key / "layer001.pt").exists()
     torch.testing.assert_close(one[0], direct[1])
-    # Poison the cached row: a cache hit must return it instead of recomputing.
-    torch.save(torch.full((D_FF,), 7.0), tmp_path / key / "layer001.pt")
+    # Poison the cached row (a valid entry): a cache hit must return it instead of recomputing.
+    entry = torch.load(tmp_path / key / "layer001.pt", weights_only=True)
+    torch.save({**entry, "scores": torch.full((D_FF,), 7.0)}, tmp_path / key / "layer001.pt")
     full, hit = A.cached_ig_scores(model, tokenizer, prompts, key=key, cache_dir=tmp_path, steps=4)
     assert hit == [1]
     torch.testing.assert_close(full[0], direct[0])

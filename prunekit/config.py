@@ -241,8 +241,15 @@ class PromptSetSpec:
 
 
 def defaults(schema) -> dict:
-    """A schema's fields and defaults as plain containers (what suite and training overlay settings on)."""
-    return dataclasses.asdict(schema())
+    """A schema's fields and defaults as plain containers (what suite and training overlay settings on), read from
+    the field definitions: no instance is built, so no check runs (and nothing heavy is imported) at registration."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        if f.name.startswith("_"):
+            continue
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def register() -> None:
@@ -253,7 +260,7 @@ def register() -> None:
     store.store(group="eval", name="schema", node=defaults(EvalConfig))
     store.store(group="lora", name="schema", node=defaults(LoraConfig))
     store.store(name="prompt_set", node=defaults(PromptSetSpec))
-    store.store(name="capture_schema", node={k: v for k, v in defaults(CaptureConfig).items() if k != "_prefix"})
+    store.store(name="capture_schema", node=defaults(CaptureConfig))
 
 
 def check(cfg, job: str) -> None:

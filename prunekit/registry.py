@@ -9,9 +9,10 @@ from collections.abc import Callable
 class Registry(dict):
     """name -> class. ``option`` is the config key that names an entry (used in the error message)."""
 
-    def __init__(self, kind: str, option: str, error: type[Exception], load: Callable[[], None] | None = None):
+    def __init__(self, kind: str, option: str, error: type[Exception], load: Callable[[], None] | None = None,
+                 sort: bool = False):
         super().__init__()
-        self.kind, self.option, self.error, self._load = kind, option, error, load
+        self.kind, self.option, self.error, self._load, self.sort = kind, option, error, load, sort
 
     def register(self, cls: type) -> type:
         """Class decorator: register ``cls`` under ``cls.name`` (a second class of the same name is a bug)."""
@@ -28,8 +29,9 @@ class Registry(dict):
         return self[name]
 
     def names(self) -> list[str]:
+        """Registered names: sorted, or in registration order (strategies: the paper's first)."""
         self.load()
-        return list(self)
+        return sorted(self) if self.sort else list(self)
 
     def load(self) -> None:
         """Import the modules that register the built-in entries (lazily: they may be heavy)."""

@@ -23,7 +23,7 @@ def _load_builtin() -> None:
     from prunekit.evaluation import code, math  # noqa: F401 - importing registers GSM8K, HumanEval, MBPP
 
 
-REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, load=_load_builtin)
+REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, load=_load_builtin, sort=True)
 register = REGISTRY.register
 
 
@@ -33,7 +33,7 @@ def get(name: str) -> Benchmark:
 
 
 def names() -> list[str]:
-    return sorted(REGISTRY.names())
+    return REGISTRY.names()
 
 
 def primary_metrics() -> list[str]:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from prunekit import capture, data, models, runtime, scoring, slicing, strategies
+from prunekit import capture, data, dist, models, scoring, strategies, surgery
 from prunekit.evaluation import generation, math, nll
 from prunekit.mlp import mlp_layers
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=0.1)
     args = ap.parse_args()
-    print(f"cpu bf16 native: {runtime.cpu_has_bf16()} | threads {torch.get_num_threads()}")
+    print(f"cpu bf16 native: {dist.cpu_has_bf16()} | threads {torch.get_num_threads()}")
     source = models.resolve(args.model)
     target = data.load_prompts({"path": "pip:gsm_symbolic", "field": "question", "n": args.n}, "target")
     distractors = data.load_prompts({"path": "pip:squad", "template": "{context}\n{question}", "n": args.n}, "squad")
@@ -46,14 +46,14 @@ def main() -> None:
         t_gen = time.perf_counter() - t
         d_ff = mlp_layers(model)[0].d_ff
         removed = strategies.pruned_indices("selective", scoring.selectivity(stats["target"], [stats["squad"]]),
-                                            slicing.check_ratio(d_ff, args.ratio), d_ff=d_ff,
+                                            surgery.check_ratio(d_ff, args.ratio), d_ff=d_ff,
                                             layers=len(mlp_layers(model)))
         out[dtype] = dict(model=model, tok=tok, capture=t_capture, tps=sum(g.n_tokens for g in gens) / t_gen,
                           outputs=[g.output for g in gens], removed=removed, d_ff=d_ff)
     pairs = [(p, o) for p, o in zip(prompts, out["float32"]["outputs"]) if o.strip()]  # fp32 answers: the reference
     for o in out.values():
         o["nll"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)
-        slicing.prune_mlp(o["model"], strategies.kept_indices(o["removed"], o["d_ff"]))
+        surgery.prune_mlp(o["model"], strategies.kept_indices(o["removed"], o["d_ff"]))
         o["nll_pruned"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)
     a, b = out["float32"]["removed"], out["bfloat16"]["removed"]
     jaccard = [len(set(x.tolist()) & set(y.tolist())) / len(set(x.tolist()) | set(y.tolist())) for x, y in zip(a, b)]

@@ -1,7 +1,7 @@
 """Pruned-model speed (paper Table 5): batch-1 greedy tokens/s of the unpruned model and of physically pruned copies.
 
-Each ratio removes `slicing.pruned_count` neurons (128-aligned) from every MLP layer, picked at random (which
-neurons go does not change the speed), via `slicing.prune_mlp`. Timing reuses `resources.throughput` (the
+Each ratio removes `surgery.pruned_count` neurons (128-aligned) from every MLP layer, picked at random (which
+neurons go does not change the speed), via `surgery.prune_mlp`. Timing reuses `resources.throughput` (the
 evaluation's own Table 5 metric, chat template, greedy) on the same GSM8K-style prompts for every model.
 Repeats are interleaved (each repeat times every model in turn) so background load hits all models alike;
 the median of the repeats is reported. The ideal speed-up is params_before / params_after (decode reads every
@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from prunekit import data, models, slicing, strategies
+from prunekit import data, models, strategies, surgery
 from prunekit.evaluation.resources import count_parameters, throughput
 from prunekit.mlp import mlp_layers
 
@@ -28,9 +28,9 @@ def pruned_copy(model, ratio: float, seed: int):
     pruned = copy.deepcopy(model)
     layers = mlp_layers(pruned)
     d_ff = layers[0].d_ff
-    kept = strategies.choose("random", None, slicing.check_ratio(d_ff, ratio), d_ff=d_ff, layers=len(layers),
+    kept = strategies.choose("random", None, surgery.check_ratio(d_ff, ratio), d_ff=d_ff, layers=len(layers),
                              seed=seed)
-    slicing.prune_mlp(pruned, kept)
+    surgery.prune_mlp(pruned, kept)
     return pruned
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     print(f"{'ratio':>6}{'real':>8}{'params':>13}{'tok/s':>9}{'decode':>9}{'speed-up':>10}{'ideal':>8}"
           f"{'achieved/ideal':>16}")
     for r in variants:
-        real = slicing.real_ratio(d_ff, r) if r else 0.0
+        real = surgery.real_ratio(d_ff, r) if r else 0.0
         speedup, ideal = med[r] / med[0.0], params[0.0] / params[r]
         print(f"{r:>6.2f}{real:>8.3f}{params[r]:>13,}{med[r]:>9.1f}{statistics.median(decode[r]):>9.1f}"
               f"{speedup:>9.2f}x{ideal:>7.2f}x{speedup / ideal:>16.2f}")

@@ -23,7 +23,7 @@ import re
 import torch
 from hydra import compose, initialize_config_dir
 
-from prunekit import capture, data, models, pipeline, scoring, slicing, strategies
+from prunekit import capture, data, models, pipeline, scoring, strategies, surgery
 from prunekit.evaluation import nll, suite
 from prunekit.mlp import mlp_layers
 
@@ -60,7 +60,7 @@ def own_nll(model, tokenizer, pairs) -> float:
 
 def pruned(model, kept):
     copy_ = copy.deepcopy(model)
-    slicing.prune_mlp(copy_, kept)
+    surgery.prune_mlp(copy_, kept)
     return copy_
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     top_half = importance >= importance.median(dim=1, keepdim=True).values  # [layers, d_ff]
 
     for ratio in map(float, args.ratios.split(",")):
-        k = slicing.check_ratio(d_ff, ratio)
+        k = surgery.check_ratio(d_ff, ratio)
         rand = [own_nll(pruned(model, strategies.choose("random", None, k, d_ff=d_ff, layers=len(layers), seed=s)),
                         tokenizer, pairs) for s in (42, 33)]
         print(f"\nratio {ratio} (real {k / d_ff:.3f}); random seeds 42/33: NLL {rand[0]:.3f} / {rand[1]:.3f}")

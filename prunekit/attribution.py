@@ -30,7 +30,7 @@ from prunekit import text
 from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.mlp import GatedMLP, mlp_layers
-from prunekit.slicing import WHERE
+from prunekit.surgery import WHERE
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from prunekit import text
 from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
+from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
-from prunekit.runtime import process_state
 from prunekit.scoring import RunningStats, TokenStats, merge_all
 
 log = logging.getLogger(__name__)

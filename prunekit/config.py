@@ -81,7 +81,7 @@ class JobConfig(_Checked):
     resume: bool = True
     ratio: float | None = field(default=None, metadata={"allowed": "a number in (0, 1)"})  # prune only
 
-    # the range of ratio is checked against the model's width by slicing.check_ratio
+    # the range of ratio is checked against the model's width by surgery.check_ratio
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Model loading from a hub id, a local directory, a single ``.gguf`` file, a model shipped in a pip package,
-or a tiny random model for tests; the dtype is decided here (the process and its device: prunekit.runtime).
+or a tiny random model for tests; the dtype is decided here (the process and its device: prunekit.dist).
 
 ``name_or_path`` forms:
   ``Qwen/Qwen2.5-Math-1.5B-Instruct``   hub id (uses the local HF cache when offline)
@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from prunekit import runtime
+from prunekit import dist
 from prunekit.checkpoint import atomic_dir, move_aside
 from prunekit.errors import PrunekitError
 from prunekit.sources import package_dir
@@ -68,8 +68,8 @@ def resolve_dtype(name: str, on: torch.device | None = None) -> torch.dtype:
     """``auto`` means bfloat16 on CUDA and on CPUs with native bf16 (measured by benchmarks/bf16_cpu.py: faster
     capture and decoding with the same pruning choices, see the README), float32 elsewhere."""
     if name == "auto":
-        dev = on or runtime.device()
-        return torch.bfloat16 if dev.type == "cuda" or (dev.type == "cpu" and runtime.cpu_has_bf16()) else torch.float32
+        dev = on or dist.device()
+        return torch.bfloat16 if dev.type == "cuda" or (dev.type == "cpu" and dist.cpu_has_bf16()) else torch.float32
     if name not in DTYPES:
         raise ModelError(f"model.dtype='{name}': unknown dtype; allowed: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -290,7 +290,7 @@ def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_m
          revision: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer) in eval mode, placed on this process's device or by an Accelerate device_map."""
     tokenizer = load_tokenizer(source, cache_dir, revision)
-    on = runtime.device()
+    on = dist.device()
     torch_dtype = resolve_dtype(dtype, on)
     if source.kind == "tiny":
         model = tiny_model(source.value, len(tokenizer)).to(dtype=torch_dtype)

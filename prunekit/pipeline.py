@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from prunekit import attribution, capture, data, models, runtime, scoring, slicing, strategies, tracking, training
+from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, tracking, training
 from prunekit.checkpoint import (
     DiskFullError,
     atomic_write_json,
@@ -67,7 +67,7 @@ def load_model(cfg, source):
 def tracked(cfg, job_type: str, run_dir: Path, sweep_dir, record: dict | None = None):
     """A W&B run around one job on the main process (never fails the job); the caller writes the local record.
     ``record``: the evaluated/trained checkpoint's pruning.json, which names the run (None: an unpruned model)."""
-    if not runtime.process_state().is_main_process:
+    if not dist.process_state().is_main_process:
         yield tracking.Tracker(None, "disabled")
         return
     config = plain(cfg)
@@ -80,7 +80,7 @@ def tracked(cfg, job_type: str, run_dir: Path, sweep_dir, record: dict | None = 
 
 def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, record: dict | None = None) -> None:
     """metrics.json + config.yaml, then the completion marker LAST, then the sweep's runs.jsonl line (main process)."""
-    if not runtime.process_state().is_main_process:
+    if not dist.process_state().is_main_process:
         return
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -99,7 +99,7 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     if tracking.check_resume(run_dir, job_type, config, cfg.resume):
         log.info("%s job already complete in %s with the same settings (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
-    if runtime.process_state().is_main_process:
+    if dist.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking.record_config(run_dir, config)
@@ -144,7 +144,7 @@ def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> t
     layers = mlp_layers(model)
     expected = {"sets": {n: len(p) for n, p in sets.items()}, "layers": len(layers), "d_ff": layers[0].d_ff}
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = runtime.process_state()
+    state = dist.process_state()
     with FileLock(str(path) + ".lock") if state.num_processes == 1 else contextlib.nullcontext():
         stats = capture.load_cached(path, expected)
         if stats is not None:
@@ -273,7 +273,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
         name = strategy.name
         if strategy.physical:
-            slicing.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
+            surgery.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template")},
                                            skip_first=cfg.capture.get("skip_first", 0))
         source = models.resolve(cfg.model.name_or_path)
@@ -284,7 +284,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         check_architecture(config)
         d_ff, n_layers = config.intermediate_size, config.num_hidden_layers
         strategy.check(n_layers=n_layers, available=len(sets.get("target", [])) or None)
-        n_prune = slicing.check_ratio(d_ff, cfg.ratio) if strategy.physical else 0
+        n_prune = surgery.check_ratio(d_ff, cfg.ratio) if strategy.physical else 0
         if cfg.evaluate:
             suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
 
@@ -333,7 +333,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
         # 5. Save a stock checkpoint and the pruning record (atomic writes, main process).
         with timer("save"):
-            state = runtime.process_state()
+            state = dist.process_state()
             if state.is_main_process:
                 save_model(model, tokenizer, run_dir / "model")
                 atomic_write_json(run_dir / "pruning.json", record)
@@ -354,7 +354,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         return metrics
 
     metrics = run_job(cfg, "prune", run_dir, sweep_dir, body, timer)
-    if cfg.evaluate and runtime.process_state().is_main_process:
+    if cfg.evaluate and dist.process_state().is_main_process:
         print(f"\n{name} pruning, ratio {cfg.ratio} (real {metrics['prune/real_ratio']:.4f}): before -> after\n"
               + before_after(metrics), flush=True)
     return metrics
@@ -456,7 +456,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     if "train" not in task:
         raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
     records = data.load_records(task["train"], "task.train")
-    training.check_values(lora, runtime.process_state().num_processes)  # before any weights load
+    training.check_values(lora, dist.process_state().num_processes)  # before any weights load
     if cfg.evaluate:
         suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
@@ -479,7 +479,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         with timer("train"):
             summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
                                           resume_from=resume_from, log=tracker.log)
-        main = runtime.process_state().is_main_process
+        main = dist.process_state().is_main_process
         with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
             model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)
         if main:

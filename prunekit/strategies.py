@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunekit import attribution as ig
-from prunekit import scoring, slicing
+from prunekit import scoring, surgery
 from prunekit.errors import PrunekitError
 from prunekit.registry import Registry
 
@@ -56,7 +56,7 @@ class PhysicalPlan:
     d_ff: int
 
     def apply(self, model) -> None:
-        slicing.prune_mlp(model, self.kept)
+        surgery.prune_mlp(model, self.kept)
 
     def record(self, ratio: float) -> dict:
         n_prune = self.d_ff - int(self.kept[0].numel())
@@ -75,7 +75,7 @@ class ZeroPlan:
     d_ff: int = field(default=0)
 
     def apply(self, model) -> None:
-        slicing.deactivate(model, self.layer, self.neurons, self.where)
+        surgery.deactivate(model, self.layer, self.neurons, self.where)
 
     def record(self, ratio: float) -> dict:
         return {"ratio": 0.0, "real_ratio": 0.0, "kept_width": self.d_ff, "layer": self.layer,

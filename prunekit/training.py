@@ -297,7 +297,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from prunekit.runtime import process_state
+    from prunekit.dist import process_state
 
     # The process count is needed to validate before the Accelerator exists (CPU processes form a gloo group).
     num_processes = process_state().num_processes

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prunekit import attribution as A
-from prunekit import models, slicing, strategies
+from prunekit import models, strategies, surgery
 from prunekit.mlp import mlp_layers
 
 VOCAB = 256
@@ -137,7 +137,7 @@ def test_ig_scores_from_text_and_layer_cache(tokenizer, tmp_path):
 
 # ------------------------------------------------------------------------------------------ deactivation
 @pytest.mark.parametrize("arch", LAYOUT_ARCHS)
-@pytest.mark.parametrize("where", slicing.WHERE)
+@pytest.mark.parametrize("where", surgery.WHERE)
 def test_deactivate_equals_removing_the_neurons(arch, where):
     model = _model(arch, sharpen=2.0)
     ids = _ids()[None]
@@ -148,7 +148,7 @@ def test_deactivate_equals_removing_the_neurons(arch, where):
         original = A.last_logits(model, ids)
         expected = A.last_logits(removed, ids)
     assert not torch.allclose(original, expected)  # the neurons mattered
-    slicing.deactivate(model, 1, neurons, where)
+    surgery.deactivate(model, 1, neurons, where)
     with torch.no_grad():
         torch.testing.assert_close(A.last_logits(model, ids), expected, rtol=1e-5, atol=1e-5)
 
@@ -157,7 +157,7 @@ def test_deactivated_checkpoint_is_stock_loadable(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = _model("llama")
-    slicing.deactivate(model, 0, torch.tensor([1, 2, 3]))
+    surgery.deactivate(model, 0, torch.tensor([1, 2, 3]))
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert again.config.intermediate_size == D_FF
@@ -208,7 +208,7 @@ def test_select_best_picks_the_argmax_of_deactivated_copies():
     for layer in (0, 1, 2):
         for p in (0.05, 0.2, 0.5):
             m = copy.deepcopy(model)
-            slicing.deactivate(m, layer, A.detrimental_neurons(scores, layer, p))
+            surgery.deactivate(m, layer, A.detrimental_neurons(scores, layer, p))
             results.append({"layer": layer, "percent": p, "adapt/score": adaptation_metric(m)})
     brute = {(r["layer"], r["percent"]): r["adapt/score"] for r in results}
     best = A.select_best(results, "adapt/score")
@@ -255,10 +255,10 @@ def test_bad_input_to_ig_and_deactivate():
     model = _model("llama")
     with pytest.raises(A.AttributionError, match=r"strategy.layer=5: out of range; allowed: integers 0..1"):
         A.ig_scores_from_ids(model, [_ids()], steps=4, layers=[5])
-    with pytest.raises(slicing.SurgeryError, match=r"strategy.where='up': allowed: gate, down"):
-        slicing.deactivate(model, 0, torch.tensor([1]), where="up")
-    with pytest.raises(slicing.SurgeryError, match=r"strategy.layer=2: out of range; allowed: integers 0..1"):
-        slicing.deactivate(model, 2, torch.tensor([1]))
+    with pytest.raises(surgery.SurgeryError, match=r"strategy.where='up': allowed: gate, down"):
+        surgery.deactivate(model, 0, torch.tensor([1]), where="up")
+    with pytest.raises(surgery.SurgeryError, match=r"strategy.layer=2: out of range; allowed: integers 0..1"):
+        surgery.deactivate(model, 2, torch.tensor([1]))
     with pytest.raises(A.AttributionError, match=r"input_ids: each prompt must be a non-empty 1-D"):
         A.ig_scores_from_ids(model, [torch.zeros(0, dtype=torch.long)], steps=4)
     A.check_options({"layer": 0, "percent": 1.0, "steps": 20, "samples": 10, "weight": 0}, n_layers=2, available=10)

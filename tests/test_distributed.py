@@ -14,13 +14,13 @@ from tests.test_capture import PROMPTS
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
-    from prunekit import capture, models, runtime
+    from prunekit import capture, models, dist
     from prunekit.evaluation.generation import generate
     tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, sys.argv[2])
     model = models.tiny_model("llama", len(tokenizer))
     prompts = {"target": %r, "distractor/x": %r}
     stats = capture.statistics(model, tokenizer, prompts, capture.CaptureSettings(max_length=32, batch_size=2))
-    state = runtime.process_state()
+    state = dist.process_state()
     with state.split_between_processes(prompts["target"]) as shard:
         print(f"rank {state.process_index}/{state.num_processes} captured {len(shard)} target prompts", flush=True)
     generations = generate(model, tokenizer, prompts["target"], max_new_tokens=6, batch_size=2)

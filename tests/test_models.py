@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit import models, runtime
+from prunekit import dist, models
 
 
 def test_sources_are_classified(tmp_path):
@@ -38,7 +38,7 @@ def test_directory_without_config_is_not_a_checkpoint(tmp_path):
 def test_dtype_choice(monkeypatch):
     import torch
 
-    cpu = torch.bfloat16 if runtime.cpu_has_bf16() else torch.float32  # native bf16 (AVX512-BF16/AMX) is faster
+    cpu = torch.bfloat16 if dist.cpu_has_bf16() else torch.float32  # native bf16 (AVX512-BF16/AMX) is faster
     assert models.resolve_dtype("auto", torch.device("cpu")) == cpu
     assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(models.ModelError, match="model.dtype='fp8': unknown dtype; allowed: auto, float32"):
@@ -46,11 +46,11 @@ def test_dtype_choice(monkeypatch):
     real = Path.read_text
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags : fpu sse avx2"
                         if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
-    runtime.cpu_has_bf16.cache_clear()
+    dist.cpu_has_bf16.cache_clear()
     try:
         assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32  # no bf16 flags: float32
     finally:
-        runtime.cpu_has_bf16.cache_clear()
+        dist.cpu_has_bf16.cache_clear()
 
 
 def test_split_gguf_parts_concatenate_in_order(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prunekit import capture, data, models, scoring, slicing, strategies
+from prunekit import capture, data, models, scoring, strategies, surgery
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,10 @@ def test_smollm2_prunes_to_a_stock_checkpoint_with_identical_logits(tmp_path, mo
                                capture.CaptureSettings(max_length=64, batch_size=4))
     s = scoring.selectivity(stats["target"], [stats["distractor/chat"]])
     assert s.shape == (30, 1536) and torch.isfinite(s).all()
-    n_prune = slicing.check_ratio(1536, 0.1)
+    n_prune = surgery.check_ratio(1536, 0.1)
     assert n_prune == 256  # ceil(153.6 / 128) * 128
     before = sum(p.numel() for p in model.parameters())
-    slicing.prune_mlp(model, strategies.choose("selective", s, n_prune, d_ff=1536, layers=30))
+    surgery.prune_mlp(model, strategies.choose("selective", s, n_prune, d_ff=1536, layers=30))
     assert before - sum(p.numel() for p in model.parameters()) == 30 * 256 * 576 * 3
 
     ids = tokenizer(target[:2], return_tensors="pt", padding=True)

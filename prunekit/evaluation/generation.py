@@ -20,8 +20,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 
 from prunekit import text
 from prunekit.checkpoint import atomic_write_text
+from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
-from prunekit.runtime import process_state
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from prunekit import config, data, text, tracking
 from prunekit.checkpoint import DiskFullError, atomic_write_json, move_aside
+from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
-from prunekit.runtime import process_state
 
 log = logging.getLogger(__name__)
 

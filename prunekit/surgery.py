@@ -1,4 +1,4 @@
-"""Model-level neuron surgery on top of the gated-MLP adapter (`GatedMLP.keep` / `.zero` hold the layout
+"""Neuron surgery on top of the gated-MLP adapter (`GatedMLP.keep` / `.zero` hold the layout
 branch): uniform physical removal, one-layer zeroing, and the 128-aligned width arithmetic."""
 
 import math

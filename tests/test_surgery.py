@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prunekit import slicing
+from prunekit import surgery
 from prunekit.mlp import UnsupportedArchitecture, check_architecture, mlp_layers
 from prunekit.models import tiny_config, tiny_model
 
@@ -15,29 +15,29 @@ TABLE2_1_5B = [5.71, 10.00, 15.71, 20.00, 25.71, 30.00, 35.71]
 
 @pytest.mark.parametrize("d_ff, expected", [(18944, TABLE2_7B), (8960, TABLE2_1_5B)])
 def test_real_ratios_reproduce_table2(d_ff, expected):
-    got = [round(100 * slicing.real_ratio(d_ff, r), 2) for r in NOMINAL]
+    got = [round(100 * surgery.real_ratio(d_ff, r), 2) for r in NOMINAL]
     assert got == expected
     for r in NOMINAL:
-        assert (d_ff - slicing.pruned_count(d_ff, r)) % 128 == 0
+        assert (d_ff - surgery.pruned_count(d_ff, r)) % 128 == 0
 
 
 def test_float_error_guard():
     # 0.14 * 6400 / 128 == 7.000000000000001 in floats; the exact answer is 7 blocks, not 8.
     assert 0.14 * 6400 / 128 > 7
-    assert slicing.pruned_count(6400, 0.14) == 7 * 128
-    assert slicing.pruned_count(8960, 0.1) == 7 * 128
+    assert surgery.pruned_count(6400, 0.14) == 7 * 128
+    assert surgery.pruned_count(8960, 0.1) == 7 * 128
 
 
 @pytest.mark.parametrize("ratio", [0, 1, -0.1, 1.5])
 def test_ratio_out_of_range(ratio):
-    with pytest.raises(slicing.RatioError, match=r"ratio=.*\(0, 1\)"):
-        slicing.pruned_count(1536, ratio)
+    with pytest.raises(surgery.RatioError, match=r"ratio=.*\(0, 1\)"):
+        surgery.pruned_count(1536, ratio)
 
 
 def test_ratio_leaving_too_few_neurons():
-    with pytest.raises(slicing.RatioError, match="leaves 0 < 128"):
-        slicing.check_ratio(384, 0.9)
-    assert slicing.check_ratio(384, 0.5) == 256
+    with pytest.raises(surgery.RatioError, match="leaves 0 < 128"):
+        surgery.check_ratio(384, 0.9)
+    assert surgery.check_ratio(384, 0.5) == 256
 
 
 def _logits(model, ids):
@@ -57,7 +57,7 @@ def test_pruning_zeroed_neurons_keeps_logits(arch, tmp_path):
             dead[k] = False
             mlp.down.weight[:, dead] = 0
     before = _logits(model, ids)
-    slicing.prune_mlp(model, kept)
+    surgery.prune_mlp(model, kept)
     assert model.config.intermediate_size == 256
     for mlp in mlp_layers(model):
         assert mlp.d_ff == 256
@@ -76,7 +76,7 @@ def test_pruning_changes_logits_when_neurons_are_live():
     model = tiny_model("llama", vocab_size=256)
     ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
     before = _logits(model, ids)
-    slicing.prune_mlp(model, [torch.arange(128, 384)] * 2)
+    surgery.prune_mlp(model, [torch.arange(128, 384)] * 2)
     assert not torch.allclose(_logits(model, ids), before)
 
 
@@ -89,7 +89,7 @@ def test_biases_are_sliced():
     keep = torch.arange(0, 384, 3)[:128]
     gate_bias = mlp.module.gate_proj.bias.detach().clone()
     down_bias = mlp.down.bias.detach().clone()
-    slicing.prune_mlp(model, [keep, keep])
+    surgery.prune_mlp(model, [keep, keep])
     assert torch.equal(mlp.module.gate_proj.bias, gate_bias[keep])
     assert torch.equal(mlp.down.bias, down_bias)  # the output bias is per hidden unit, not per neuron
 

@@ -173,9 +173,10 @@ class LMEvalSettings:  # e.g. eval.lm_eval.tasks=[boolq,copa]; offline: include_
 
 
 @dataclass
-class EvalConfig:
-    """`eval.*` (prunekit/evaluation/suite.py checks the values). Which data and metric come from the task preset's
-    `eval:` section; these settings say what to run and how."""
+class EvalConfig(_Checked):
+    """`eval.*`: the types are checked here; the ranges and the parts against the task by suite.check_settings
+    (both before any model loads). Which data and metric come from the task preset's `eval:` section; these
+    settings say what to run and how."""
 
     # any of: task (EM / pass@1 on greedy generations), traps (Type 1 / Type 2), similarity (distractor outputs vs
     # the unpruned model's, paper eq. 6), resources (params, memory, batch-1 tokens/s), nll (the target proxy),
@@ -198,9 +199,10 @@ class EvalConfig:
 
 
 @dataclass
-class LoraConfig:
-    """`lora.*` (prunekit/training.py checks the values against the model and the data). r, alpha, lr and
-    effective_batch_size have no default: each preset (paper Table 7) sets them."""
+class LoraConfig(_Checked):
+    """`lora.*`: types here, ranges by training.check_values (both before any weights load); the target module
+    names are checked against the model once it is loaded. r, alpha, lr and effective_batch_size have no
+    default: each preset (paper Table 7) sets them."""
 
     r: int | None = None                   # LoRA rank
     alpha: float | None = None             # the update is scaled by alpha / r
@@ -220,9 +222,14 @@ class LoraConfig:
     mixed_precision: str = "auto"          # auto (bf16 on CUDA, no on CPU) | no | bf16 | fp16
     seed: int = 42
 
+    def check(self) -> None:
+        from prunekit import training  # its range checks and messages
+
+        training.check_values({k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")})
+
 
 @dataclass
-class PromptSetSpec:
+class PromptSetSpec(_Checked):
     """One prompt set of a task preset (prunekit/data.py normalises and checks it; the `prompt_set` schema every
     set in conf/task/ extends, so each states only what differs). Consumers' keys (gold_field, prompt_template,
     response_field) and pip:gsm_symbolic's `seed` are stated where they are used."""
@@ -238,6 +245,12 @@ class PromptSetSpec:
     filter_contains: str | None = None  # a substring (case-insensitive) the rendered text must contain
     where: dict | None = None          # {dotted field: value} equalities a record must satisfy, e.g. {lang: python}
     exclude: Any = None                # (evaluation sets) specs whose texts must not appear, e.g. the capture set
+
+    def check(self) -> None:
+        from prunekit import data  # the spec rules (exactly one of field/template, a known path kind, ...)
+
+        data.normalise({k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")},
+                       self._prefix.rstrip("."))
 
 
 def defaults(schema) -> dict:
@@ -272,3 +285,27 @@ def check(cfg, job: str) -> None:
     if job == "prune":
         from_mapping(CaptureConfig, get("capture"), "capture.")
         from_mapping(StrategyConfig, get("strategy"), "strategy.")
+    if job == "train":
+        from_mapping(LoraConfig, get("lora"), "lora.")
+    if job != "prune" or get("evaluate", True):
+        from_mapping(EvalConfig, get("eval"), "eval.")
+    task = get("task") or {}
+    for option, spec in _prompt_sets(task, job):
+        from_mapping(PromptSetSpec, spec, f"{option}.")
+
+
+def _prompt_sets(task, job: str) -> list[tuple[str, Any]]:
+    """(option, spec) of every prompt set the job reads: capture sets (prune), training set (train), eval sets."""
+    def sets(node, prefix):
+        return [(f"{prefix}.{name}", spec) for name, spec in (node or {}).items()] if node else []
+
+    out = []
+    if job == "prune":
+        out += [("task.target", task.get("target"))] + sets(task.get("distractors"), "task.distractors")
+    if job == "train" and task.get("train") is not None:
+        out.append(("task.train", task["train"]))
+    evals = task.get("eval") or {}
+    if evals.get("target") is not None:
+        out.append(("task.eval.target", evals["target"]))
+    out += sets(evals.get("distractors"), "task.eval.distractors")
+    return [(o, s) for o, s in out if s is not None]

@@ -456,7 +456,6 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     if "train" not in task:
         raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
     records = data.load_records(task["train"], "task.train")
-    training.check_values(lora, dist.process_state().num_processes)  # before any weights load
     if cfg.evaluate:
         suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))

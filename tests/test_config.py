@@ -102,9 +102,11 @@ def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
     ("evaluate.py", ["resume=sometimes"], "resume='sometimes': must be true or false"),
     ("train.py", ["evaluate=maybe"], "evaluate='maybe': must be true or false"),
     ("train.py", ["model.dtype=3"], "model.dtype=3: must be auto, float32, bfloat16 or float16"),
-    ("train.py", ["lora.r=abc"], "lora.r must be an integer, got 'abc'"),
+    ("train.py", ["lora.r=abc"], "lora.r='abc': must be an integer"),
+    ("train.py", ["lora.r=0"], "lora.r must be a positive integer, got 0"),
+    ("evaluate.py", ["task.eval.target.offset=x"], "task.eval.target.offset='x': must be an integer"),
     ("train.py", ["lora.scheduler=step"], "lora.scheduler='step' is unknown; allowed: ['cosine', 'linear']"),
-    ("evaluate.py", ["eval.n=abc"], "eval.n='abc'"),
+    ("evaluate.py", ["eval.n=abc"], "eval.n='abc': must be an integer"),
 ])
 def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, message, tmp_path):
     out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)

@@ -170,6 +170,8 @@ def pruning_record_of(model_path) -> dict | None:
     if not text or text.startswith(("pip:", "tiny:")):
         return None
     path = Path(model_path).expanduser()
+    if not path.is_dir():  # a hub id (or a .gguf file) is never a pruned checkpoint of ours
+        return None
     for base in (path.parent, path):
         if (base / "pruning.json").is_file():
             return read_json(base / "pruning.json")

@@ -143,3 +143,14 @@ def test_detrimental_grid_then_best_setting_on_the_test_split(tmp_path, model_ca
     assert metrics["gsm8k/n"] == 3 and "select/adaptation/gsm8k/em" in metrics
     with pytest.raises(ValueError, match="no strategy=detrimental runs"):
         pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}", job="evaluate"), tmp_path / "test2")
+
+
+def test_a_hub_id_is_never_read_as_a_local_run(tmp_path, monkeypatch):
+    from prunekit.checkpoint import pruning_record_of
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "pruning.json").write_text('{"strategy": "reverse"}')  # a stray file beside the cwd
+    assert pruning_record_of("Qwen/Qwen2.5-Math-1.5B-Instruct") is None
+    (tmp_path / "Qwen" / "model").mkdir()
+    assert pruning_record_of("Qwen/model") == {"strategy": "reverse"}  # a real local checkpoint dir still is

@@ -170,7 +170,9 @@ def pruning_record_of(model_path) -> dict | None:
     if not text or text.startswith(("pip:", "tiny:")):
         return None
     path = Path(model_path).expanduser()
-    if not path.is_dir():  # a hub id (or a .gguf file) is never a pruned checkpoint of ours
+    # Our checkpoints are `<run>/model` (the records stay readable after the weights are deleted); any other path
+    # must be an existing directory: a hub id such as Qwen/Qwen2.5-Math-1.5B-Instruct is never read as a run.
+    if not path.is_dir() and path.name != "model":
         return None
     for base in (path.parent, path):
         if (base / "pruning.json").is_file():

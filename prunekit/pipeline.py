@@ -488,9 +488,9 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                                                           "examples": len(examples), **summary})
         scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
                             source_rows) if cfg.evaluate else {}
-        model_dir = Path(cfg.model.name_or_path).expanduser()  # the run the checkpoint came from, if local
+        model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
         before_path = model_dir.parent / "metrics.json"
-        before = read_json(before_path) if model_dir.is_dir() and before_path.is_file() else {}
+        before = read_json(before_path) if model_dir.name == "model" and before_path.is_file() else {}
         metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
                    **scores, **relative_gain(before, scores)}
         if record is not None:

@@ -17,16 +17,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from prunekit import tracking  # noqa: E402
-from prunekit.checkpoint import atomic_write_text, pruning_record_of  # noqa: E402
-from prunekit.data import get_path  # noqa: E402
+from prunekit import tracking
+from prunekit.checkpoint import atomic_write_text, pruning_record_of
+from prunekit.data import get_path
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks
 
@@ -349,6 +345,11 @@ def _fmt_df(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 def _figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> Path:
+    import matplotlib  # only figures need it (evaluate.py best_of=... reads the records without plotting)
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     draw(ax)
     ax.set_title(title)

@@ -194,7 +194,6 @@ class EvalConfig(_Checked):
     code: CodeSettings = field(default_factory=CodeSettings)
     nll: NLLSettings = field(default_factory=NLLSettings)
     lm_eval: LMEvalSettings = field(default_factory=LMEvalSettings)
-    generations: str | None = None         # a JSONL of {id, output} lines: re-score it instead of generating
     reference_cache_dir: str | None = None  # source-model distractor outputs (the preset: ${cache_dir}/references)
 
 

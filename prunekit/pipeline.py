@@ -182,7 +182,7 @@ def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
 SOURCE_EVAL_VERSION = 1
 SOURCE_METRICS_VERSION = 2
 # Evaluation settings that do not change the source model's target generations (left out of their cache key).
-NOT_GENERATION = ("parts", "generations", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
+NOT_GENERATION = ("parts", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
 
 
 def _source_dir(cfg, model, source, settings: dict) -> Path:
@@ -367,10 +367,9 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     check_config(cfg, "evaluate")
     tracking.check_mode(cfg.wandb.mode)
     task, settings = plain(cfg.task), plain(cfg.eval)
-    if cfg.get("generations"):  # `generations=<file>` at the top level is the documented short form
-        settings["generations"] = cfg.generations
-    suite.check_data(suite.check_settings(settings, task), task)
-    rescoring = bool(settings.get("generations"))
+    generations = cfg.get("generations")  # re-score this file of {id, output} lines: no model is loaded
+    suite.check_data(suite.check_settings(settings, task), task, generations)
+    rescoring = generations is not None
     chosen = best_of_grid(cfg.best_of) if cfg.get("best_of") else None
     name_or_path = f"{chosen['run']}/model" if chosen else cfg.model.name_or_path
     source = None if rescoring else models.resolve(name_or_path)
@@ -382,7 +381,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     def body(tracker) -> dict:
         if rescoring:
             with timer("rescore"):
-                return suite.rescore(task, settings, settings["generations"], run_dir)
+                return suite.rescore(task, settings, generations, run_dir)
         reference = source_rows = None
         original: dict = {}
         if record is not None and {"similarity", "nll"} & set(settings["parts"]):

@@ -107,6 +107,7 @@ def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
     ("evaluate.py", ["task.eval.target.offset=x"], "task.eval.target.offset='x': must be an integer"),
     ("train.py", ["lora.scheduler=step"], "lora.scheduler='step' is unknown; allowed: ['cosine', 'linear']"),
     ("evaluate.py", ["eval.n=abc"], "eval.n='abc': must be an integer"),
+    ("evaluate.py", ["generations=/no/such.jsonl"], "generations='/no/such.jsonl': no such file"),
 ])
 def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, message, tmp_path):
     out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
@@ -115,10 +116,11 @@ def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, mes
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("script", ["evaluate.py", "train.py"])
-def test_prune_only_keys_are_not_part_of_evaluate_and_train(script, tmp_path):
-    out = _prune("ratio=0.2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
-    assert out.returncode != 0 and "Could not override 'ratio'" in out.stderr
+@pytest.mark.parametrize("script, key", [("evaluate.py", "ratio"), ("train.py", "ratio"),
+                                         ("evaluate.py", "eval.generations")])  # one key re-scores: generations=
+def test_keys_a_job_does_not_have_are_refused(script, key, tmp_path):
+    out = _prune(f"{key}=0.2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+    assert out.returncode != 0 and f"Could not override '{key}'" in out.stderr
 
 
 @pytest.mark.parametrize("group, bad, listed", [

@@ -223,7 +223,6 @@ def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
     ({"code": {"timeout_s": 0}}, None, r"eval.code.timeout_s=0"),
     ({"temperature": 0.7}, None, r"eval.temperature: unknown setting; allowed: parts"),
     ({"similarity": {"model": "x"}}, None, r"eval.similarity.model: unknown setting"),
-    ({"generations": "/no/such/file.jsonl"}, None, "no such file"),
     ({}, lambda t: t["eval"].update(metric="bleu"),
      r"task.eval.metric='bleu': unknown benchmark; allowed: gsm8k, humaneval, mbpp"),
     ({}, lambda t: t["eval"].pop("target"), "task.eval.target"),

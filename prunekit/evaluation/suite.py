@@ -164,17 +164,16 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
     if "similarity" in parts:
         for name, spec in (ev.get("distractors") or {}).items():
             distractor_kind(name, spec)
-    gens = s["generations"]
-    if gens is not None and not Path(str(gens)).expanduser().is_file():
-        raise SuiteError(f"eval.generations={gens!r}: no such file (a JSONL file with id and output per line)")
     return s
 
 
-def check_data(settings: dict, task: Mapping) -> None:
+def check_data(settings: dict, task: Mapping, generations=None) -> None:
     """Load the evaluation prompt sets the enabled parts need (cheap, no model): a missing or empty set stops the
-    run before any weights load, not after capture and pruning."""
+    run before any weights load, not after capture and pruning. ``generations``: the file evaluate.py re-scores."""
+    if generations is not None and not Path(str(generations)).expanduser().is_file():
+        raise SuiteError(f"generations={str(generations)!r}: no such file (a JSONL file with id and output per line)")
     parts = settings["parts"]
-    if {"task", "traps", "nll", "resources"} & set(parts) and not settings.get("generations"):
+    if {"task", "traps", "nll", "resources"} & set(parts) and generations is None:
         target_samples(task, settings)
     if "similarity" in parts:
         distractor_prompts(task)
@@ -584,31 +583,31 @@ def read_outputs(path, metric: str) -> list[dict]:
     """Lines of a generations file: each needs `id` and a string `output`; GSM8K ids become ints."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise SuiteError(f"eval.generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
+        raise SuiteError(f"generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
     rows, seen = [], set()
     try:
         content = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise SuiteError(f"eval.generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise SuiteError(f"generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SuiteError(f"eval.generations: line {lineno} of {p} is not JSON ({e.msg})") from None
+            raise SuiteError(f"generations: line {lineno} of {p} is not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
-            raise SuiteError(f"eval.generations: line {lineno} of {p} needs fields id and output (a string)")
+            raise SuiteError(f"generations: line {lineno} of {p} needs fields id and output (a string)")
         try:
             rid = benchmarks.get(metric).parse_id(rec["id"])
         except benchmarks.BenchmarkError as e:
-            raise SuiteError(f"eval.generations: line {lineno}: {e}") from None
+            raise SuiteError(f"generations: line {lineno}: {e}") from None
         if rid in seen:
-            raise SuiteError(f"eval.generations: line {lineno}: id {rid!r} appears twice")
+            raise SuiteError(f"generations: line {lineno}: id {rid!r} appears twice")
         seen.add(rid)
         rows.append({**rec, "id": rid})
     if not rows:
-        raise SuiteError(f"eval.generations: {p} holds no generations")
+        raise SuiteError(f"generations: {p} holds no generations")
     return rows
 
 
@@ -623,7 +622,7 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
     samples = {x["id"]: x for x in target_samples(task, s)}
     unknown = [r["id"] for r in rows_in if r["id"] not in samples]
     if unknown:
-        raise SuiteError(f"eval.generations: {len(unknown)} id(s) not in task.eval.target, e.g. {unknown[:3]}; "
+        raise SuiteError(f"generations: {len(unknown)} id(s) not in task.eval.target, e.g. {unknown[:3]}; "
                          f"valid ids look like {list(samples)[:5]} ({len(samples)} in the eval set)")
     budget = max_new_tokens(s, ev)
     rows = []
@@ -636,7 +635,7 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
         row.update(verdict(metric, r["output"], samples[r["id"]], hit_limit=hit_limit))
         rows.append(row)
     if len(rows) < len(samples):
-        log.warning("eval.generations: %d of the %d eval ids have a generation; metrics cover those %d only",
+        log.warning("generations: %d of the %d eval ids have a generation; metrics cover those %d only",
                     len(rows), len(samples), len(rows))
     picked = [samples[r["id"]] for r in rows]
     if "task" in s["parts"]:

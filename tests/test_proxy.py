@@ -120,3 +120,17 @@ def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
         cfg = compose("prune", overrides=[f"task={task}", "data_dir=/D", "cache_dir=/C"])
     settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
     assert pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings) == key
+
+
+def test_reference_outputs_are_cached_per_dtype(tmp_path, model_cache):
+    """The unpruned model's distractor outputs differ between fp32 and bf16: each dtype gets its own cache entry."""
+    import torch
+
+    cfg = _cfg(tmp_path, model_cache, "eval.parts=[similarity]", "eval.similarity.max_new_tokens=4",
+               "task.eval.distractors.conversations.n=1", "task.eval.distractors.squad.n=1")
+    source = models.resolve(cfg.model.name_or_path)
+    model, tokenizer = pipeline.load_model(cfg, source)
+    pipeline.reference_outputs(cfg, model.float(), tokenizer, source)
+    pipeline.reference_outputs(cfg, model.to(torch.bfloat16), tokenizer, source)
+    pipeline.reference_outputs(cfg, model.float(), tokenizer, source)  # a cache hit: no third entry
+    assert len(list((tmp_path / "cache" / "references").glob("*.json"))) == 2

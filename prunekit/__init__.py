@@ -7,7 +7,7 @@ from omegaconf import OmegaConf as _OmegaConf
 # depend on the working directory. Registered on import, so every composition (entry scripts, tests) has it.
 _OmegaConf.register_new_resolver("prunekit_root", lambda: str(_Path(__file__).resolve().parents[1]), replace=True)
 
-# The eval/lora group schemas (prunekit.config) the YAML presets extend.
+# The schemas (prunekit.config: eval, lora, capture, prompt sets) the YAML presets extend.
 from prunekit import config as _config  # noqa: E402
 
 _config.register()

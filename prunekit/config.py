@@ -133,10 +133,10 @@ class StrategyConfig(_Checked):
 
 
 # ---------------------------------------------------------------------------------------------- group schemas
-# The single source of every field and default of the `eval` and `lora` groups and of each prompt set. Registered
-# in Hydra's ConfigStore (`register`) as `eval/schema`, `lora/schema` and `prompt_set`, which the YAML presets
-# extend, stating only what differs. They are registered as plain mappings: the values are checked by prunekit's
-# own one-line checks (suite, training, data), not OmegaConf's.
+# The single source of every field and default of the `eval` and `lora` groups, of `capture` and of each prompt
+# set. Registered in Hydra's ConfigStore (`register`) as `eval/schema`, `lora/schema`, `capture_schema` and
+# `prompt_set`, which the YAML presets extend, stating only what differs. They are registered as plain mappings:
+# the values are checked by prunekit's own one-line checks (suite, training, data), not OmegaConf's.
 @dataclass
 class SimilaritySettings:
     sbert_model: str = "pip:all-minilm-l6-v2"      # dialogue, SBERT cosine; paper: sentence-transformers/all-mpnet-base-v2

@@ -284,8 +284,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         name = strategy.name
         if strategy.physical:
             surgery.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
-        settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template")},
-                                           skip_first=cfg.capture.get("skip_first", 0))
+        settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
+                                                                           "skip_first")})
         source = models.resolve(cfg.model.name_or_path)
         task = plain(cfg.task)
         needs = strategy.needs

@@ -37,10 +37,7 @@ def encode(tokenizer, prompts: Sequence[str], chat_template: bool, max_length: i
 def pad_id(tokenizer) -> int:
     """The id padding uses: the pad token, else EOS, else 0 (padded positions are masked and carry no label, so
     any valid id works). The tokenizer itself is never changed (it may be saved into a checkpoint afterwards)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+    return int(next(c for c in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if c is not None))
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, *, order: str = "longest",

@@ -45,8 +45,9 @@ JOURNAL_FILE = tracking.JOURNAL_FILE  # finished batches of an evaluation still 
 # Bumped when the reference generation recipe changes, so old cached references are not reused.
 REFERENCE_VERSION = 1
 
-# Mirror of conf/eval/default.yaml (a test keeps the two equal), so plain callers can pass partial settings.
-DEFAULTS: dict = config.defaults(config.EvalConfig)  # every eval.* field and default (conf/eval/ extends it)
+# Every eval.* field and default (config.EvalConfig, which conf/eval/ extends), so plain callers can pass partial
+# settings.
+DEFAULTS: dict = config.defaults(config.EvalConfig)
 
 
 class SuiteError(PrunekitError):

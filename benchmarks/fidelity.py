@@ -7,6 +7,7 @@ capture per mix (the cache is shared by its jobs); every job resumes (finished j
 
     python benchmarks/fidelity.py                        # both mixes, 7 strategies x ratios 0.05, 0.1 (~45 min)
     python benchmarks/fidelity.py --mixes default --ratios 0.05 --strategies selective,random_s42
+    python benchmarks/fidelity.py --strategies random_s1,random_s2,random_s3     # more random draws (any seed)
 
 Mixes: `default` = the offline default task (math_offline, pip-shipped data); `paper` = the paper's mix from
 local files (task=math_local: GSM8K train questions vs SQuAD context+question and everyday conversations,
@@ -18,6 +19,8 @@ import argparse
 import json
 import logging
 import math
+import re
+import statistics
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -31,9 +34,16 @@ MIXES = {"default": ["task=math_offline"],
 STRATEGIES = "selective,random_s42,random_s33,reverse,wanda_sp,flap,contrastive"
 
 
+def strategy_overrides(strategy: str) -> list[str]:
+    """`random_s<N>` is `random` with seed N (any N, so the random spread can be measured with more draws than the
+    paper's two seeds); every other name is a conf/strategy option."""
+    seeded = re.fullmatch(r"random_s(\d+)", strategy)
+    return ["strategy=random", f"strategy.seed={seeded[1]}"] if seeded else [f"strategy={strategy}"]
+
+
 def job_config(mix: str, strategy: str, ratio: float, extra: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("prune", overrides=[*MIXES[mix], f"strategy={strategy}", f"ratio={ratio}",
+        return compose("prune", overrides=[*MIXES[mix], *strategy_overrides(strategy), f"ratio={ratio}",
                                             "wandb.mode=disabled", *extra])
 
 
@@ -55,7 +65,18 @@ def table(mix: str, results: dict, metric: str) -> str:
     for (strategy, ratio), m in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lines.append(f"{strategy:14} {ratio:>6.2f} {m.get('prune/real_ratio', 0):>6.3f} "
                      + " ".join(f"{cell(m, k):>14}" for k, _ in keys))
+    for ratio in sorted({r for _, r in results}):
+        draws = [m for (s, r), m in results.items() if r == ratio and s.startswith("random-s")]
+        if len(draws) > 1:  # the random baseline is a distribution: its mean and range over the seeds run
+            lines.append(f"{f'random x{len(draws)}':14} {ratio:>6.2f} {'mean':>6} "
+                         + " ".join(f"{spread([d.get(k) for d in draws]):>14}" for k, _ in keys))
     return "\n".join(lines)
+
+
+def spread(values: list) -> str:
+    """'mean [min-max]' over the finite values (the random seeds), '-' when none is."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return f"{statistics.fmean(vals):.2f} [{min(vals):.2f}-{max(vals):.2f}]" if vals else "-"
 
 
 def main() -> None:

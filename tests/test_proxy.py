@@ -88,14 +88,20 @@ def test_before_after_table_lists_both_columns():
     assert "distractor similarity" in text and "1,000" in text and "2,000" in text
 
 
-def test_proxy_agreement_counts_pairs_against_the_task_metric():
+def _benchmark(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "proxy_agreement.py"
-    spec = importlib.util.spec_from_file_location("proxy_agreement", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+
+def test_proxy_agreement_counts_pairs_against_the_task_metric():
+    mod = _benchmark("proxy_agreement")
     rows = [{"task": 0.66, "nll": 0.06, "nll_gold": 0.29}, {"task": 0.60, "nll": 0.10, "nll_gold": 0.34},
             {"task": 0.55, "nll": 0.12, "nll_gold": 0.28}, {"task": 0.20, "nll": 0.50, "nll_gold": 0.25}]
     tau, n, conc, disc, tied = mod.agreement(rows, "nll")
@@ -134,3 +140,17 @@ def test_reference_outputs_are_cached_per_dtype(tmp_path, model_cache):
     pipeline.reference_outputs(cfg, model.to(torch.bfloat16), tokenizer, source)
     pipeline.reference_outputs(cfg, model.float(), tokenizer, source)  # a cache hit: no third entry
     assert len(list((tmp_path / "cache" / "references").glob("*.json"))) == 2
+
+
+def test_fidelity_runs_any_random_seed_and_summarises_the_random_draws():
+    fidelity = _benchmark("fidelity")
+    assert fidelity.strategy_overrides("random_s7") == ["strategy=random", "strategy.seed=7"]
+    assert fidelity.strategy_overrides("selective") == ["strategy=selective"]
+    orig = {"original/gsm8k/nll": 0.3}
+    results = {("selective", 0.05): {"gsm8k/nll": 0.7, **orig}, ("random-s1", 0.05): {"gsm8k/nll": 0.6},
+               ("random-s2", 0.05): {"gsm8k/nll": 0.9}, ("random-s1", 0.1): {"gsm8k/nll": 1.2}}
+    rows = {line.split()[0] + line.split()[1]: line for line in fidelity.table("x", results, "gsm8k").splitlines()[3:]}
+    assert rows["original0.00"].split()[3] == "0.300"
+    assert "0.75 [0.60-0.90]" in rows["random" + "x2"]  # mean and range over the two seeds at 0.05 only
+    assert sum(line.startswith("random x") for line in rows.values()) == 1
+    assert fidelity.spread([None, float("nan")]) == "-"

@@ -227,10 +227,16 @@ def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
     rest = [p for p in settings["parts"] if p in ("nll", "resources", "lm_eval")]
     if rest:
         parts_file = out / f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}.json"
-        if not parts_file.is_file():
+        cached = parts_file.is_file()
+        if not cached:
             atomic_write_json(parts_file, suite.evaluate(model, tokenizer, task, {**settings, "parts": rest},
                                                          run_dir=out, source_rows=rows))
         metrics.update({k: v for k, v in read_json(parts_file).items() if not k.startswith("time/")})
+        if cached and "resources" in rest:
+            # Speed depends on the machine's load at the time: a cached unpruned tokens/s (measured on another
+            # day, maybe beside another job) against the pruned model's fresh one would compare two loads, not
+            # two models. So it is measured again in every run, seconds before the pruned model's.
+            metrics.update(suite.speed(model, tokenizer, suite.target_samples(task, settings), settings))
     return metrics, rows
 
 

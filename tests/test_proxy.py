@@ -154,3 +154,25 @@ def test_fidelity_runs_any_random_seed_and_summarises_the_random_draws():
     assert "0.75 [0.60-0.90]" in rows["random" + "x2"]  # mean and range over the two seeds at 0.05 only
     assert sum(line.startswith("random x") for line in rows.values()) == 1
     assert fidelity.spread([None, float("nan")]) == "-"
+
+
+def test_the_source_models_speed_is_measured_in_every_run_not_cached(tmp_path, model_cache, monkeypatch):
+    """Tokens/s depends on the machine's load at the time: the unpruned model's is measured again beside the pruned
+    one's, while its other metrics come from the cache."""
+    from prunekit.evaluation import resources
+
+    calls = []
+
+    def fake_throughput(model, tokenizer, prompts, **kw):
+        calls.append(resources.count_parameters(model))
+        return {"resources/tokens_per_s": float(len(calls))}
+
+    monkeypatch.setattr(resources, "throughput", fake_throughput)
+    overrides = ["eval.parts=[task,resources]", "eval.n=2", "eval.max_new_tokens=4", "task.eval.target.offset=10000"]
+    m1 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
+    m2 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "b")
+    assert calls[0] > calls[1] and calls[2] > calls[3]  # unpruned first, then the pruned model, in each run
+    assert len(calls) == 4
+    assert (m1["original/resources/tokens_per_s"], m1["resources/tokens_per_s"]) == (1.0, 2.0)
+    assert (m2["original/resources/tokens_per_s"], m2["resources/tokens_per_s"]) == (3.0, 4.0)
+    assert m2["original/gsm8k/em"] == m1["original/gsm8k/em"]

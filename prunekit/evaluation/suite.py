@@ -363,6 +363,13 @@ def write_target_files(run_dir: Path, rows: list[dict]) -> None:
     generation.write_generations(run_dir / SAMPLES_FILE, (_sample_record(r) for r in rows))
 
 
+def speed(model, tokenizer, samples: list[dict], settings: dict) -> dict:
+    """Batch-1 tokens/s on the first `throughput.prompts` target prompts (resources.throughput)."""
+    tp = settings["throughput"]
+    return resources.throughput(model, tokenizer, [x["prompt"] for x in samples[: tp["prompts"]]],
+                                max_new_tokens=tp["max_new_tokens"], chat_template=_chat(settings, tokenizer))
+
+
 def _run_target(model, tokenizer, samples, ev, settings, run_dir: Path) -> tuple[dict, list[dict]]:
     """Generate on the eval target, label every sample, write generations.jsonl + samples.jsonl; return the
     metrics and the rows."""
@@ -557,11 +564,8 @@ def evaluate(model, tokenizer, task: Mapping, settings: Mapping | None, *, run_d
             timed("nll", lambda: _run_nll(model, tokenizer, samples, metric, s,
                                           source_rows if source_rows is not None else rows))
         if "resources" in parts:  # before similarity/lm-eval, whose encoders would count in the peak memory
-            tp = s["throughput"]
-            timed("resources", lambda: {
-                **resources.throughput(model, tokenizer, [x["prompt"] for x in samples[: tp["prompts"]]],
-                                       max_new_tokens=tp["max_new_tokens"], chat_template=_chat(s, tokenizer)),
-                **resources.model_resources(model, checkpoint_dir)})
+            timed("resources", lambda: {**speed(model, tokenizer, samples, s),
+                                        **resources.model_resources(model, checkpoint_dir)})
         if "similarity" in parts:
             timed("similarity", lambda: _run_similarity(model, tokenizer, task, s, reference_outputs, run_dir))
         if "lm_eval" in parts and s["lm_eval"]["tasks"]:

@@ -211,8 +211,9 @@ def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
 
     The generations are keyed by model + task evaluation data + generation settings, so every run of a sweep and
     every later run of the same default reuses them; the metrics of the other parts are cached beside them per
-    set of parts. Similarity is left out: the source against its own outputs is 1 by definition (its distractor
-    outputs are the similarity reference, generated once by ``reference_outputs``).
+    set of parts, except the speed (tokens/s), which is measured again in every run. Similarity is left out: the
+    source against its own outputs is 1 by definition (its distractor outputs are the similarity reference,
+    generated once by ``reference_outputs``).
     """
     settings = suite.check_settings(plain(cfg.eval), plain(cfg.task))
     task = plain(cfg.task)

@@ -156,10 +156,16 @@ def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> t
     return stats, False
 
 
+def weights_dtype(model) -> str:
+    """The dtype the model computes in, e.g. 'torch.bfloat16': part of every cache key (capture, attribution,
+    references, source evaluation), since bf16 and fp32 give different numbers."""
+    return str(next(model.parameters()).dtype)
+
+
 def attribution_scores(cfg, strategy, model, tokenizer, source, prompts, layers=None):
     """Integrated-gradients scores [layers, d_ff] on seeded target samples (cached per layer on disk)."""
     sample = attribution.sample_prompts(prompts, strategy["samples"], strategy["seed"])
-    dtype = str(next(model.parameters()).dtype)
+    dtype = weights_dtype(model)
     ig = dict(steps=strategy["steps"], method=strategy["method"], max_length=cfg.capture.max_length,
               chat_template=cfg.capture.chat_template)
     key = attribution.cache_key(models.identity(source, cfg.model.revision), sample, dtype=dtype, **ig)
@@ -175,7 +181,7 @@ def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
         return None
     # The dtype is part of the identity: bf16 and fp32 greedy outputs differ (an fp32 reference reused for a bf16
     # run moved the default's similarity from 0.567 to 0.558).
-    identity = {**models.identity(source, cfg.model.revision), "dtype": str(next(model.parameters()).dtype)}
+    identity = {**models.identity(source, cfg.model.revision), "dtype": weights_dtype(model)}
     model_id = json.dumps(identity, sort_keys=True)
     return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
 
@@ -190,7 +196,7 @@ NOT_GENERATION = ("parts", "reference_cache_dir", "similarity", "lm_eval", "thro
 
 def _source_dir(cfg, model, source, settings: dict) -> Path:
     """Cache directory of a source model's evaluation (see ``source_key``)."""
-    key = source_key(cfg, source, str(next(model.parameters()).dtype), settings)
+    key = source_key(cfg, source, weights_dtype(model), settings)
     return Path(cfg.cache_dir).expanduser() / "sources" / key
 
 
@@ -317,7 +323,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         key = ig_key = cached = None
         with timer("capture"):
             if "capture" in needs:
-                dtype = str(next(model.parameters()).dtype)
+                dtype = weights_dtype(model)
                 key = capture.cache_key(models.identity(source, cfg.model.revision), sets, specs, settings, dtype)
                 scores.stats, cached = activation_statistics(model, tokenizer, sets, key, settings,
                                                              cfg.capture.cache_dir)

@@ -99,7 +99,6 @@ def _benchmark(name: str):
     return mod
 
 
-
 def test_proxy_agreement_counts_pairs_against_the_task_metric():
     mod = _benchmark("proxy_agreement")
     rows = [{"task": 0.66, "nll": 0.06, "nll_gold": 0.29}, {"task": 0.60, "nll": 0.10, "nll_gold": 0.34},

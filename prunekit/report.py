@@ -127,8 +127,10 @@ def _read_config(run_dir: Path) -> dict:
 
 def _complete(run_dir: Path) -> bool:
     """A finished job: a completion marker (written after every result file) says so; a dir whose job was redone
-    and failed keeps no metrics.json of the earlier attempt, and an unfinished one has no marker."""
-    return any(tracking.is_complete(run_dir, marker.stem.split("-", 1)[1]) for marker in run_dir.glob("complete-*.json")
+    and failed keeps no metrics.json of the earlier attempt, and an unfinished one has no marker. Its checkpoint
+    may since have been deleted to free disk: the results are still complete."""
+    return any(tracking.is_complete(run_dir, marker.stem.split("-", 1)[1], checkpoint=False)
+               for marker in run_dir.glob("complete-*.json")
                if marker.stem.split("-", 1)[1] in tracking.JOB_TYPES)
 
 

@@ -342,8 +342,11 @@ def _parses(path: Path) -> bool:
         return False
 
 
-def is_complete(run_dir: str | os.PathLike, job_type: str) -> bool:
-    """A job is complete when its completion marker and all its final files exist and parse."""
+def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = True) -> bool:
+    """A job is complete when its completion marker and all its final files exist and parse.
+
+    checkpoint=False leaves out the saved model (``model/...``): a finished run whose checkpoint the user deleted
+    to free disk still has complete results for the report, while resume (checkpoint=True) redoes it."""
     run_dir = Path(run_dir)
     marker = marker_path(run_dir, job_type)
     if not _parses(marker):
@@ -354,7 +357,7 @@ def is_complete(run_dir: str | os.PathLike, job_type: str) -> bool:
                 return False
     except (OSError, ValueError, AttributeError):
         return False
-    return all(_parses(run_dir / name) for name in FINAL_FILES[job_type])
+    return all(_parses(run_dir / name) for name in FINAL_FILES[job_type] if checkpoint or not name.startswith("model/"))
 
 
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.

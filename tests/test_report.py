@@ -112,6 +112,27 @@ def test_tables_match_the_records(tmp_path):
         assert f"]({path.name})" in md
 
 
+def test_finished_runs_are_reported_without_their_checkpoint_and_unfinished_ones_are_not(tmp_path):
+    from prunekit import tracking
+
+    sweep = make_sweep(tmp_path / "sweep")
+    kept, deleted, unfinished = (sweep / f"ratio=0.1,strategy={s},seed=42" for s in ("selective", "reverse", "random"))
+    for run in (kept, deleted, unfinished):
+        (run / "complete-evaluate.json").unlink()
+        (run / "model").mkdir()
+        (run / "model" / "config.json").write_text("{}")
+    for run in (kept, deleted):
+        tracking.mark_complete(run, "prune")
+    (deleted / "model" / "config.json").unlink()  # the user freed disk after the run finished
+    (deleted / "model").rmdir()
+    assert not tracking.is_complete(deleted, "prune")  # so resume redoes it ...
+    found = report.find_run_dirs(sweep)
+    assert kept in found and deleted in found  # ... but its results are still complete for the report
+    assert unfinished not in found  # no marker: killed before its last step
+    tracking.begin(kept, "prune")  # a redo that then fails drops the marker and the old metrics
+    assert kept not in report.find_run_dirs(sweep)
+
+
 def test_missing_numbers_say_na(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     for d in ("baseline", "finetune-selective-0.1"):

@@ -5,6 +5,7 @@
 # skipped, a killed evaluation continues from its journal), so re-running the same command picks up where it stopped.
 #   nohup bash benchmarks/fidelity_qwen.sh > qwen.log 2>&1 &
 #   JOBS="original selective:0.05" bash benchmarks/fidelity_qwen.sh      # a subset, in this order
+#   RUNS=... bash benchmarks/fidelity_qwen.sh task.target.n=800           # extra arguments: overrides for every job
 # Results: $RUNS/<job>/metrics.json; `python -m prunekit.report $RUNS` tabulates them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ RUNS=${RUNS:-${PRUNEKIT_RUNS:-$HOME/prunekit-runs}/qwen-code}
 DTYPE=${DTYPE:-bfloat16}
 PARTS=${PARTS:-[task,traps]}
 JOBS=${JOBS:-"original selective:0.05 random_s42:0.05 reverse:0.05 random_s33:0.05 selective:0.1 selective:0.15"}
-common=(model=qwen2.5-coder-1.5b-gguf task=code_local model.dtype="$DTYPE" wandb.mode=offline "eval.parts=$PARTS")
+common=(model=qwen2.5-coder-1.5b-gguf task=code_local model.dtype="$DTYPE" wandb.mode=offline "eval.parts=$PARTS" "$@")
 for job in $JOBS; do
   start=$(date +%s)
   if [ "$job" = original ]; then

@@ -175,3 +175,25 @@ def test_the_source_models_speed_is_measured_in_every_run_not_cached(tmp_path, m
     assert (m1["original/resources/tokens_per_s"], m1["resources/tokens_per_s"]) == (1.0, 2.0)
     assert (m2["original/resources/tokens_per_s"], m2["resources/tokens_per_s"]) == (3.0, 4.0)
     assert m2["original/gsm8k/em"] == m1["original/gsm8k/em"]
+
+
+def test_fidelity_qwen_runs_each_job_in_order_with_the_extra_overrides(tmp_path):
+    """The Qwen runner's job list and overrides, with a stand-in interpreter that records its arguments."""
+    import subprocess
+    from pathlib import Path
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_qwen.sh"
+    env = {"PATH": "/usr/bin:/bin", "PY": str(fake), "RUNS": str(tmp_path / "runs"), "PARTS": "[nll]",
+           "JOBS": "original random_s33:0.05 contrastive:0.15"}
+    out = subprocess.run(["bash", str(script), "task.target.n=800"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3 and all("task.target.n=800" in c and "eval.parts=[nll]" in c for c in calls)
+    assert calls[0].startswith("evaluate.py ") and f"hydra.run.dir={tmp_path}/runs/original" in calls[0]
+    assert "strategy=random ++strategy.seed=33 ratio=0.05" in calls[1] and calls[1].endswith("random_s33_r0.05")
+    assert "strategy=contrastive ++strategy.seed=42 ratio=0.15" in calls[2]
+    assert out.stdout.count("done in") == 3

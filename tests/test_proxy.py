@@ -2,6 +2,8 @@
 source evaluation and the before -> after table."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -179,9 +181,6 @@ def test_the_source_models_speed_is_measured_in_every_run_not_cached(tmp_path, m
 
 def test_fidelity_qwen_runs_each_job_in_order_with_the_extra_overrides(tmp_path):
     """The Qwen runner's job list and overrides, with a stand-in interpreter that records its arguments."""
-    import subprocess
-    from pathlib import Path
-
     log = tmp_path / "calls.txt"
     fake = tmp_path / "py"
     fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {log}\n')

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunekit import report
+from prunekit import report, tracking
 
 D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
 EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
@@ -113,8 +113,6 @@ def test_tables_match_the_records(tmp_path):
 
 
 def test_finished_runs_are_reported_without_their_checkpoint_and_unfinished_ones_are_not(tmp_path):
-    from prunekit import tracking
-
     sweep = make_sweep(tmp_path / "sweep")
     kept, deleted, unfinished = (sweep / f"ratio=0.1,strategy={s},seed=42" for s in ("selective", "reverse", "random"))
     for run in (kept, deleted, unfinished):

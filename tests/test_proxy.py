@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prunekit import models, pipeline
-from prunekit.evaluation import generation, suite
+from prunekit.evaluation import generation, resources, suite
 from tests.test_prune_pipeline import _cfg
 
 
@@ -160,8 +160,6 @@ def test_fidelity_runs_any_random_seed_and_summarises_the_random_draws():
 def test_the_source_models_speed_is_measured_in_every_run_not_cached(tmp_path, model_cache, monkeypatch):
     """Tokens/s depends on the machine's load at the time: the unpruned model's is measured again beside the pruned
     one's, while its other metrics come from the cache."""
-    from prunekit.evaluation import resources
-
     calls = []
 
     def fake_throughput(model, tokenizer, prompts, **kw):

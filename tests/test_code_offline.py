@@ -1,0 +1,98 @@
+"""The offline default: the Qwen2.5-Coder-0.5B preset and task=code_offline (CodeIO target, SQuAD + chitchat
+distractors, HumanEval evaluation, CodeIO recovery rows disjoint from the capture rows)."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from prunekit import data, sources
+from prunekit.sources import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE_HEAD = "Write a Python function `main_solution` that solves the following task.\n\n"
+
+
+def compose_default(*overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("prune", overrides=list(overrides))
+
+
+def codeio_file_rows() -> list[dict]:
+    """The package's data file, read here without prunekit (the independent reference)."""
+    path = sources.package_dir("reasoning_gym", "test") / "data" / "codeio.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_the_default_job_is_the_code_model_on_the_offline_code_task():
+    cfg = compose_default()
+    assert cfg.model.name_or_path == "pip:qwen2.5-coder-0.5b-instruct"
+    assert cfg.task.name == "code_offline" and cfg.task.eval.metric == "humaneval"
+    assert cfg.strategy.name == "contrastive"
+    for job in ("evaluate", "train"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            other = compose(job)
+        assert other.model.name_or_path == cfg.model.name_or_path and other.task.name == "code_offline"
+
+
+def test_code_offline_reads_only_pip_sources():
+    """Nothing from ../shared/data and nothing from a hub: every prompt set of the task is a pip source."""
+    task = compose_default().task
+    specs = [task.target, task.train, task.eval.target, *task.distractors.values(), *task.eval.distractors.values()]
+    assert {s.path for s in specs} == {"pip:codeio", "pip:squad", "pip:chitchat", "pip:humaneval"}
+
+
+def test_codeio_rows_are_the_package_file_in_order():
+    reference = codeio_file_rows()
+    rows = sources.rows(data.normalise({"path": "pip:codeio", "field": "task_description", "n": None}), "t")
+    assert len(rows) == len(reference) == 3002
+    for i in (0, 1, 1500, 3001):
+        assert rows[i]["id"] == i
+        for key in ("task_description", "input_output_spec", "code_sample"):
+            assert rows[i][key] == reference[i][key]
+
+
+def test_code_offline_target_is_the_documented_instruction():
+    task = compose_default().task
+    prompts = data.load_prompts(task.target, "task.target")
+    reference = codeio_file_rows()
+    assert len(prompts) == task.target.n
+    for i in (0, len(prompts) - 1):
+        assert prompts[i] == TEMPLATE_HEAD + reference[i]["task_description"] + "\n\n" + reference[i]["input_output_spec"]
+
+
+def test_code_offline_training_rows_are_disjoint_from_the_capture_rows():
+    """Recovery trains on rows after every row the capture can use, and never on a capture prompt's text (three
+    CodeIO descriptions repeat in the file)."""
+    task = compose_default("task.target.n=200", "task.train.n=null").task
+    capture = data.load_records(task.target, "task.target")
+    train = data.load_records(task.train, "task.train")
+    assert {r["id"] for r in capture} == set(range(200))
+    assert min(r["id"] for r in train) >= 200 and len(train) >= 2790
+    capture_text = {data.render(r, task.target) for r in capture}
+    assert not capture_text & {data.render(r, task.train) for r in train}
+    # The training example is the instruction and CodeIO's reference solution.
+    first = train[0]
+    assert task.train.prompt_template.format_map(first) == (
+        "### Question: " + TEMPLATE_HEAD + first["task_description"] + "\n\n" + first["input_output_spec"] + "\n### Answer: ")
+    assert "def main_solution" in data.get_path(first, task.train.response_field)
+
+
+def test_code_offline_evaluates_humaneval_with_held_out_distractors():
+    task = compose_default().task
+    problems = data.load_records(task.eval.target, "task.eval.target")
+    assert [p["task_id"] for p in problems[:2]] == ["HumanEval/0", "HumanEval/1"] and len(problems) == 40
+    for name in ("squad", "conversations"):
+        held_out = set(data.load_prompts(task.eval.distractors[name], f"task.eval.distractors.{name}"))
+        captured = set(data.load_prompts(task.distractors[name], f"task.distractors.{name}"))
+        assert held_out and not held_out & captured
+
+
+def test_a_pip_source_without_a_reader_is_an_error_not_humaneval(monkeypatch):
+    """A new PIP_SOURCES entry without its reader used to load HumanEval silently."""
+    monkeypatch.setitem(sources.PIP_SOURCES, "newset", "a source whose reader was forgotten")
+    with pytest.raises(DataError, match=r"pip:newset.*no reader"):
+        sources.rows(data.normalise({"path": "pip:newset", "field": "x", "n": 1}), "task.target")

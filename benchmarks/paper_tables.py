@@ -45,9 +45,15 @@ PASS_CELLS = {(s, r) for s in ("selective", "contrastive", "random_s42") for r i
     ("reverse", r) for r in (0.05, 0.10, 0.15)}
 RECOVERY_CELLS = [(s, r) for r in (0.15, 0.25, 0.35) for s in ("selective", "contrastive")]
 ALL_PROBLEMS = ["task.eval.target.n=164"]
+# A larger capture than the quick default's 32 + 16 + 16 prompts (captured once, shared by every cell); the paper
+# used 800 per set: ~2 h of capture on 2 CPU cores here.
+CAPTURE = ["task.target.n=128", "task.distractors.squad.n=64", "task.distractors.conversations.n=64"]
 KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "humaneval/trap_type2",
         "humaneval/nll", "humaneval/nll_gold", "distractor/sss", "prune/real_ratio", "resources/params",
         "train/final_loss", "train/time_s", "train/tokens_per_s", "train/steps")
+
+
+EXTRA: list[str] = []  # the command line's extra overrides
 
 
 def strategy_overrides(strategy: str) -> list[str]:
@@ -59,7 +65,7 @@ def strategy_overrides(strategy: str) -> list[str]:
 def compose_job(job: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(job, overrides=["model=qwen2.5-coder-0.5b", "task=code_offline", "wandb.mode=offline",
-                                       *overrides])
+                                       *CAPTURE, *EXTRA, *overrides])
 
 
 def read_journal() -> dict:
@@ -202,7 +208,10 @@ def main() -> None:
                     help="train.py overrides of the recovery budget (README: measured speed, why this budget)")
     ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
     ap.add_argument("--print", action="store_true", help="only print the tables from the journal")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (they change the job ids' "
+                                                 "meaning: use another --out and journal)")
     args = ap.parse_args()
+    EXTRA.extend(args.overrides)
     logging.basicConfig(level=logging.WARNING)
     if not args.print:
         run(args)

@@ -1,6 +1,6 @@
 """The paper's comparison, offline, in one command: does pruning keep the target task?
 
-For each data mix, prunes the default model (SmolLM2-135M) with every strategy at each ratio and evaluates the
+For each data mix, prunes SmolLM2-135M (the earlier default) with every strategy at each ratio and evaluates the
 result against the unpruned model: target NLL of the unpruned model's own answers (`<task>/nll`, the validated
 proxy), the older gold-solution NLL (`<task>/nll_gold`), trap rate and distractor similarity. One activation
 capture per mix (the cache is shared by its jobs); every job resumes (finished jobs are skipped on a re-run).
@@ -9,7 +9,7 @@ capture per mix (the cache is shared by its jobs); every job resumes (finished j
     python benchmarks/fidelity.py --mixes default --ratios 0.05 --strategies selective,random_s42
     python benchmarks/fidelity.py --strategies random_s1,random_s2,random_s3     # more random draws (any seed)
 
-Mixes: `default` = the offline default task (math_offline, pip-shipped data); `paper` = the paper's mix from
+Mixes: `default` = the earlier offline default task (math_offline, pip-shipped data); `paper` = the paper's mix from
 local files (task=math_local: GSM8K train questions vs SQuAD context+question and everyday conversations,
 `../shared/data` or $PRUNEKIT_DATA). Prints one table per mix and writes the report (tables + figures) into
 <out>/<mix>/report.
@@ -29,8 +29,8 @@ from prunekit import pipeline, report
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper mix's presets evaluate similarity on 200 + 200 distractor prompts; 8 + 8 here, as the default mix.
-MIXES = {"default": ["task=math_offline"],
-         "paper": ["task=math_local", "task.eval.distractors.squad.n=8", "task.eval.distractors.conversations.n=8"]}
+MIXES = {"default": ["model=smollm2-135m", "task=math_offline"],
+         "paper": ["model=smollm2-135m", "task=math_local", "task.eval.distractors.squad.n=8", "task.eval.distractors.conversations.n=8"]}
 STRATEGIES = "selective,random_s42,random_s33,reverse,wanda_sp,flap,contrastive"
 
 

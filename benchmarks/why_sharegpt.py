@@ -72,7 +72,8 @@ def main() -> None:
     args = ap.parse_args()
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("prune", overrides=[f"eval.n={args.eval_n}", "eval.parts=[nll]"])
+        cfg = compose("prune", overrides=["model=smollm2-135m", "task=math_offline", f"eval.n={args.eval_n}",
+                                          "eval.parts=[nll]"])
     source = models.resolve(cfg.model.name_or_path)
     model, tokenizer = models.load(source, cfg.model.cache_dir)
     _, rows = pipeline.source_evaluation(cfg, model, tokenizer, source)

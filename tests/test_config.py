@@ -53,7 +53,7 @@ def test_paper_experiments_compose_for_prune_and_the_baseline_evaluation(job, ex
 
 def test_defaults_are_the_offline_default():
     cfg = _compose([])
-    assert cfg.model.name_or_path == "pip:smollm2-135m-instruct"
+    assert cfg.model.name_or_path == "pip:qwen2.5-coder-0.5b-instruct" and cfg.task.name == "code_offline"
     assert cfg.strategy.name == "contrastive" and cfg.strategy.weight == 0.5
     assert cfg.ratio == 0.05 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
 

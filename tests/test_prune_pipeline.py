@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from prunekit import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
+TINY = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
         "capture.max_length=48",
         "capture.batch_size=4", "wandb.mode=disabled"]
 

@@ -1,4 +1,5 @@
-"""The offline default model (SmolLM2-135M, shipped in a pip package) through capture, scoring and pruning."""
+"""Real models from pip packages: SmolLM2-135M (the quick real-model tests) through capture, scoring and pruning;
+the README's main job on the offline default, Qwen2.5-Coder-0.5B (slow)."""
 
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def test_readme_main_job_runs_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     model = AutoModelForCausalLM.from_pretrained(run / "model")
-    assert model.config.intermediate_size == 1408  # the default: contrastive, ratio 0.05 -> 128 of 1536 removed
-    assert "before -> after" in out.stdout and "target NLL (own answers)" in out.stdout
+    assert model.config.intermediate_size == 4608  # the default: contrastive, ratio 0.05 -> 256 of 4864 removed
+    assert "before -> after" in out.stdout and "humaneval/pass@1" in out.stdout
+    assert "target NLL (own answers)" in out.stdout
     assert (run / "metrics.json").exists() and (run / "generations.jsonl").exists()

@@ -15,7 +15,7 @@ from prunekit.evaluation import suite
 from tests.test_tracking import inspect_run
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model=tiny", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
+SMALL = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
          "capture.max_length=48", "wandb.mode=disabled", "eval.n=4", "task.eval.distractors.conversations.n=3",
          "task.eval.distractors.squad.n=3", "eval.max_new_tokens=16",
          "eval.similarity.max_new_tokens=12", "eval.throughput.prompts=2", "eval.throughput.max_new_tokens=8"]

@@ -483,6 +483,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
+    model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
+    recovered_from = str(model_dir.parent.resolve()) if record is not None and model_dir.name == "model" else None
 
     def body(tracker) -> dict:
         reference = source_rows = None
@@ -507,14 +509,16 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             if record is not None:
                 atomic_write_json(run_dir / "pruning.json", record)
             atomic_write_json(run_dir / "training.json", {"source_model": cfg.model.name_or_path, "lora": lora,
-                                                          "examples": len(examples), **summary})
+                                                          "recovered_from": recovered_from, "examples": len(examples),
+                                                          **summary})
         scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
                             source_rows) if cfg.evaluate else {}
-        model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
         before_path = model_dir.parent / "metrics.json"
         before = read_json(before_path) if model_dir.name == "model" and before_path.is_file() else {}
         metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
                    **scores, **relative_gain(before, scores)}
+        if recovered_from:  # metrics.json and the W&B run name the pruned run this model was recovered from
+            metrics["train/recovered_from"] = recovered_from
         if record is not None:
             metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
         return metrics

@@ -337,6 +337,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     bar = tqdm(total=total_steps, initial=step, desc="lora", disable=not progress or not accelerator.is_local_main_process)
     wrapped.train()
     loss_val, t0, last_ckpt = float("nan"), time.perf_counter(), None
+    loss_curve = []  # (optimizer step, mean loss): kept in training.json, so the curve survives without W&B
     for epoch in range(step // steps_per_epoch, int(s["epochs"])):
         sampler.set_epoch(epoch)
         skip = (step - epoch * steps_per_epoch) * accum
@@ -363,6 +364,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
             n_tok = int(accelerator.reduce(torch.tensor(step_tokens, device=accelerator.device), "sum").item())
             dt = time.perf_counter() - t_step
             tokens += n_tok
+            loss_curve.append((step, round(loss_val, 5)))
             metrics = {"train/loss": loss_val, "train/lr": lr, "train/grad_norm": float(grad_norm),
                        "train/tokens_per_s": n_tok / dt if dt > 0 else float("nan")}
             bar.update(1)
@@ -378,6 +380,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     accelerator.wait_for_everyone()
     elapsed += time.perf_counter() - t0
     summary = {**run, "start_step": start_step, "steps": step, "final_loss": loss_val, "tokens": tokens,
+               "loss_curve": loss_curve,
                "time_s": elapsed, "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
                "mixed_precision": accelerator.mixed_precision, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
                "lora": {k: s[k] for k in ("r", "alpha", "dropout", "target_modules", "lr", "scheduler",

@@ -88,7 +88,11 @@ def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, mo
                                   "lora.per_device_batch_size=2", "evaluate=false", job="train"), out)
     assert metrics["train/steps"] == 2 and metrics["train/final_loss"] > 0
     assert json.loads((out / "pruning.json").read_text()) == json.loads((run / "pruning.json").read_text())
-    assert json.loads((out / "training.json").read_text())["source_model"] == f"{run}/model"
+    training = json.loads((out / "training.json").read_text())
+    assert training["source_model"] == f"{run}/model" and training["recovered_from"] == str(run.resolve())
+    assert metrics["train/recovered_from"] == str(run.resolve())  # metrics.json and the W&B run name the pruned run
+    assert json.loads((out / "metrics.json").read_text())["train/recovered_from"] == str(run.resolve())
+    assert [step for step, _ in training["loss_curve"]] == [1, 2] and training["loss_curve"][-1][1] > 0
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
     assert merged.config.intermediate_size == json.loads((run / "pruning.json").read_text())["kept_width"]
     assert (out / "adapter" / "adapter_config.json").exists()

@@ -85,6 +85,19 @@ class JobConfig(_Checked):
 
 
 @dataclass
+class PruneConfig(_Checked):
+    """`prune.*`: how physical pruning rounds the kept width."""
+
+    # the kept width per layer is the largest multiple of align <= (1 - ratio) * d_ff (surgery.kept_width)
+    align: int = field(default=128, metadata={"allowed": "a positive multiple of 32"})
+
+    def check(self):
+        from prunekit.surgery import check_align  # the rule and its message live with the width arithmetic
+
+        check_align(self.align)
+
+
+@dataclass
 class CaptureConfig(_Checked):
     """`capture.*`: how activations are recorded (the defaults are the paper's). Registered as `capture_schema`,
     which prune.yaml's `capture` extends."""
@@ -284,6 +297,7 @@ def check(cfg, job: str) -> None:
               ratio=get("ratio") if job == "prune" else None)
     from_mapping(ModelConfig, get("model"), "model.")
     if job == "prune":
+        from_mapping(PruneConfig, get("prune"), "prune.")
         from_mapping(CaptureConfig, get("capture"), "capture.")
         from_mapping(StrategyConfig, get("strategy"), "strategy.")
     if job == "train":

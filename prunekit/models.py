@@ -157,6 +157,23 @@ def _concat_parts(parts: list[Path], out: Path) -> None:
     os.replace(tmp, out)
 
 
+def gguf_file(source: Source, cache_dir: str | Path) -> Path:
+    """The single GGUF file of a ``pip:`` model (a split one is joined into the cache once) or of a ``.gguf`` path:
+    what a GGUF export copies its metadata from."""
+    if source.kind == "gguf":
+        return Path(source.value)
+    files = PIP_MODELS[source.value].files()
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise ModelError(f"model.name_or_path='pip:{source.value}': missing files {missing[:3]}")
+    if len(files) == 1:
+        return files[0]
+    joined = Path(cache_dir).expanduser() / f"{source.value}.gguf"
+    if not joined.exists():
+        _concat_parts(files, joined)
+    return joined
+
+
 def materialize(source: Source, cache_dir: str | Path) -> Path | str:
     """A path or hub id ``from_pretrained`` can load directly; pip models are converted into the cache once."""
     if source.kind != "pip":

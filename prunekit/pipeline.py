@@ -283,6 +283,12 @@ def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, ch
 
 
 # ---------------------------------------------------------------------------------------------- prune
+def prune_align(cfg) -> int:
+    """`prune.align` (checked by config.check), or the paper's 128 for a config composed before the key existed."""
+    node = cfg.get("prune") if hasattr(cfg, "get") else None
+    return (node or {}).get("align", surgery.ALIGN)
+
+
 def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
     """capture -> scores -> choose -> physical pruning (or one-layer deactivation) -> stock checkpoint + records."""
     run_dir = Path(run_dir)
@@ -295,8 +301,9 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         options = plain(cfg.strategy)
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
         name = strategy.name
+        align = prune_align(cfg)
         if strategy.physical:
-            surgery.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
+            surgery.kept_width(1, cfg.ratio, align)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
                                                                            "skip_first")})
         source = models.resolve(cfg.model.name_or_path)
@@ -307,7 +314,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         check_architecture(config)
         d_ff, n_layers = config.intermediate_size, config.num_hidden_layers
         strategy.check(n_layers=n_layers, available=len(sets.get("target", [])) or None)
-        n_prune = surgery.check_ratio(d_ff, cfg.ratio) if strategy.physical else 0
+        n_prune = surgery.check_ratio(d_ff, cfg.ratio, align) if strategy.physical else 0
         if cfg.evaluate:
             suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
 
@@ -347,7 +354,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             plan.apply(model)
             record = {"source_model": cfg.model.name_or_path,
                       "model_identity": models.identity(source, cfg.model.revision),
-                      "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff,
+                      "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff, "align": align,
                       "capture_cache_key": key, "attribution_cache_key": ig_key,
                       "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
                       "selectivity_summary": scoring.layer_summary(scores.selectivity)

@@ -1,5 +1,5 @@
 """Neuron surgery on top of the gated-MLP adapter (`GatedMLP.keep` / `.zero` hold the layout
-branch): uniform physical removal, one-layer zeroing, and the 128-aligned width arithmetic."""
+branch): uniform physical removal, one-layer zeroing, and the aligned width arithmetic (`prune.align`, 128 by default)."""
 
 import math
 from fractions import Fraction
@@ -9,7 +9,8 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
 
-ALIGN = 128
+ALIGN = 128  # the paper's kept-width multiple; `prune.align` overrides it (e.g. 256 for GGUF K-quants)
+ALIGN_BLOCK = 32  # prune.align must be a multiple of this: the smallest GGUF quant block (Q8_0, Q4_0, Q5_0)
 
 
 class SurgeryError(PrunekitError):
@@ -20,30 +21,60 @@ class RatioError(SurgeryError):
     """A pruning ratio that is out of range or leaves too few neurons."""
 
 
-def pruned_count(d_ff: int, ratio: float, align: int = ALIGN) -> int:
-    """Neurons removed per layer: ceil(ratio * d_ff / align) * align, computed exactly.
+def check_align(align) -> int:
+    """`prune.align`: a positive multiple of 32, so every aligned width also splits into whole GGUF blocks."""
+    if isinstance(align, bool) or not isinstance(align, int) or align < ALIGN_BLOCK or align % ALIGN_BLOCK:
+        raise RatioError(f"prune.align={align!r}: must be a positive multiple of {ALIGN_BLOCK} "
+                         f"(e.g. 128, the paper's, or 256 for K-quants)")
+    return align
 
+
+def _check_range(ratio: float) -> Fraction:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise RatioError(f"ratio={ratio}: must be in the open interval (0, 1)")
+    return Fraction(str(ratio))
+
+
+def kept_width(d_ff: int, ratio: float, align: int = ALIGN) -> int:
+    """Neurons kept per layer: the largest multiple of ``align`` not above ``(1 - ratio) * d_ff``, computed exactly.
+
+    So at least ``ratio`` of the neurons go, and the kept width is a multiple of ``align`` whatever ``d_ff`` is
+    (for a ``d_ff`` that is a multiple of ``align`` this is the paper's ``d_ff - ceil(ratio * d_ff / align) * align``).
     ``Fraction(str(ratio))`` avoids float error: 0.1 * 8960 / 128 is exactly 7, not 7.000000000000001 -> 8.
     """
-    if not 0 < ratio < 1:
-        raise RatioError(f"ratio={ratio}: must be in the open interval (0, 1)")
-    return math.ceil(Fraction(str(ratio)) * d_ff / align) * align
+    return math.floor((1 - _check_range(ratio)) * d_ff / align) * align
+
+
+def pruned_count(d_ff: int, ratio: float, align: int = ALIGN) -> int:
+    """Neurons removed per layer: ``d_ff - kept_width``."""
+    return d_ff - kept_width(d_ff, ratio, align)
+
+
+def max_ratio(d_ff: int, align: int = ALIGN) -> Fraction | None:
+    """The largest ratio that still keeps ``align`` neurons (``1 - align / d_ff``); None when no ratio in (0, 1)
+    can keep a positive multiple of ``align`` below ``d_ff`` (``d_ff <= align``)."""
+    return 1 - Fraction(align, d_ff) if d_ff > align else None
 
 
 def check_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> int:
-    """Validate that pruning leaves at least ``align`` neurons per layer; return the pruned count."""
-    k = pruned_count(d_ff, ratio, align)
-    if d_ff - k < align:
-        max_ratio = (d_ff - align) / d_ff
-        raise RatioError(
-            f"ratio={ratio}: removes {k} of {d_ff} neurons per layer and leaves {d_ff - k} < {align}; "
-            f"allowed ratios for this model are in (0, {max_ratio:.4f}]"
-        )
-    return k
+    """Validate that pruning keeps a positive multiple of ``align`` neurons per layer; return the pruned count."""
+    _check_range(ratio)
+    top = max_ratio(d_ff, align)
+    if top is None:
+        raise RatioError(f"ratio={ratio}: d_ff {d_ff} cannot be pruned at prune.align={align}: the kept width must be a "
+                         f"positive multiple of {align} below {d_ff}; use a smaller prune.align")
+    kept = kept_width(d_ff, ratio, align)
+    if kept < align:
+        # floor to 4 decimals, so the printed bound is itself an allowed ratio
+        shown = Fraction(math.floor(top * 10_000), 10_000)
+        exact = "" if shown == top else f" (1 - {align}/{d_ff})"
+        raise RatioError(f"ratio={ratio}: keeps {kept} of {d_ff} neurons per layer; the kept width must be a positive "
+                         f"multiple of prune.align={align}; allowed ratios for this model are in (0, {float(shown):.4f}]{exact}")
+    return d_ff - kept
 
 
 def real_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> float:
-    """The ratio actually removed after 128-alignment (paper Table 2)."""
+    """The ratio actually removed after alignment (paper Table 2)."""
     return pruned_count(d_ff, ratio, align) / d_ff
 
 

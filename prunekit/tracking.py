@@ -363,6 +363,9 @@ def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = Tr
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
 NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
               "eval.code.workers", "hydra.")
+# Keys added after runs were recorded, with the default that every earlier run had implicitly: hashed only when set
+# to another value, so a finished run of before the key existed still resumes (is skipped) instead of being refused.
+HASHED_UNLESS_DEFAULT = {"prune.align": 128}
 CONFIG_FILE = "run-config.json"
 # Results of an attempt: cleared when a job (re)starts, so a failure can never leave another attempt's numbers.
 RESULT_FILES = ("metrics.json", "generations.jsonl", "samples.jsonl", "distractor_generations.jsonl")
@@ -371,7 +374,8 @@ JOURNAL_FILE = "generations.partial.jsonl"  # finished generation batches of a k
 
 def config_hash(config: Mapping) -> tuple[str, dict]:
     """sha256 of the settings that decide a job's results, and those settings flattened."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HASHED)}
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HASHED)
+            and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16], flat
 
 

@@ -35,9 +35,48 @@ def test_ratio_out_of_range(ratio):
 
 
 def test_ratio_leaving_too_few_neurons():
-    with pytest.raises(surgery.RatioError, match="leaves 0 < 128"):
+    with pytest.raises(surgery.RatioError, match=r"keeps 0 of 384 .* \(0, 0.6666\]"):
         surgery.check_ratio(384, 0.9)
     assert surgery.check_ratio(384, 0.5) == 256
+
+
+@pytest.mark.parametrize("d_ff, ratio, kept", [(320, 0.3, 128), (320, 0.6, 128), (320, 0.1, 256), (200, 0.36, 128),
+                                               (130, 0.01, 128), (8960, 0.1, 8064)])
+def test_kept_width_is_a_multiple_of_align_for_any_d_ff(d_ff, ratio, kept):
+    # issue 19 (8): d_ff 320 at 0.3 kept 192, not a multiple of 128; the kept width is now the largest multiple of
+    # 128 not above (1 - ratio) * d_ff, so at least `ratio` of the neurons go
+    assert surgery.kept_width(d_ff, ratio) == kept
+    assert surgery.check_ratio(d_ff, ratio) == d_ff - kept
+    assert surgery.real_ratio(d_ff, ratio) >= ratio
+
+
+@pytest.mark.parametrize("d_ff, bad, top, shown", [(320, 0.61, 0.6, r"\(0, 0\.6000\]$"),
+                                                   (200, 0.37, 0.36, r"\(0, 0\.3600\]$"),
+                                                   (130, 0.02, 0.0153, r"\(0, 0\.0153\] \(1 - 128/130\)$")])
+def test_allowed_ratios_printed_are_the_true_range(d_ff, bad, top, shown):
+    # issue 19 (8): d_ff 320 printed (0, 0.6] while 0.41 was refused; 200 and 130 printed a range no ratio met
+    with pytest.raises(surgery.RatioError, match=shown):
+        surgery.check_ratio(d_ff, bad)
+    assert surgery.check_ratio(d_ff, top) == d_ff - 128  # the printed bound itself is allowed
+
+
+@pytest.mark.parametrize("d_ff", [128, 100])
+def test_width_at_or_below_align_has_no_ratio(d_ff):
+    # d_ff 128 printed "(0, 0.0000]": no ratio keeps a positive multiple of 128 below 128
+    with pytest.raises(surgery.RatioError, match=f"d_ff {d_ff} cannot be pruned at prune.align=128.*smaller prune.align"):
+        surgery.check_ratio(d_ff, 0.05)
+    assert surgery.kept_width(d_ff, 0.5, align=32) == {128: 64, 100: 32}[d_ff]  # a smaller alignment can
+
+
+def test_align_256_keeps_multiples_of_256():
+    assert surgery.kept_width(8960, 0.1, 256) == 7936  # 31 x 256 (128-aligned: 8064, not a K-quant row length)
+    assert surgery.check_ratio(1536, 0.05, 256) == 256
+
+
+@pytest.mark.parametrize("align", [0, -128, 100, 48.0, True, "128"])
+def test_bad_align_is_one_line(align):
+    with pytest.raises(surgery.RatioError, match=r"prune.align=.*positive multiple of 32"):
+        surgery.check_align(align)
 
 
 def _logits(model, ids):

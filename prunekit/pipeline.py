@@ -92,17 +92,28 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, r
                     Path(sweep_dir or run_dir.parent) / tracking.INDEX_FILE, e)
 
 
+def run_inputs(cfg, config: dict) -> dict:
+    """Content stamps of the local files a job reads (prompt sets, a re-scored generations file) and, for a local
+    model, its files' sizes and mtimes (models.identity: a checkpoint is too big to hash on every resume)."""
+    inputs = data.local_inputs(config)
+    name_or_path = str(cfg.model.name_or_path)
+    if not name_or_path.startswith(("pip:", "tiny:")) and Path(name_or_path).expanduser().exists():
+        inputs["model.name_or_path"] = models.identity(models.resolve(name_or_path), cfg.model.revision)
+    return inputs
+
+
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     """With resume=true, the metrics of a job that already finished in this run directory with the same settings
     (another config there is a one-line error); else None, after clearing the earlier attempt's results."""
     config = plain(cfg)
-    if tracking.check_resume(run_dir, job_type, config, cfg.resume):
+    inputs = run_inputs(cfg, config)
+    if tracking.check_resume(run_dir, job_type, config, cfg.resume, inputs):
         log.info("%s job already complete in %s with the same settings (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
     if dist.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
-        tracking.record_config(run_dir, config)
+        tracking.record_config(run_dir, config, job_type, inputs)
         capture_cache = cfg.capture.cache_dir if "capture" in cfg else None  # prune.py's only
         for folder in filter(None, (capture_cache, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
                                     Path(cfg.cache_dir).expanduser() / "sources")):
@@ -209,6 +220,11 @@ def source_key(cfg, source, dtype: str, settings: dict) -> str:
               "task": {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"},
               "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION},
               "code_timeout_s": settings["code"]["timeout_s"]}
+    # The content of local evaluation files (target, its exclude sets): an edited file is new questions. Added only
+    # when there are any, so the keys of pip/hub presets stay what they were.
+    files = data.local_inputs({k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"})
+    if files:
+        key_of["files"] = files
     return hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

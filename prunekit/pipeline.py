@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, tracking, training
+from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, text, tracking, training
 from prunekit.checkpoint import (
     DiskFullError,
     atomic_write_json,
@@ -146,6 +146,24 @@ def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
     specs = {"target": data.spec_fingerprint(task["target"])}
     specs.update({f"distractor/{n}": data.spec_fingerprint(s) for n, s in task["distractors"].items()})
     return sets, specs
+
+
+def prompt_checks(tokenizer, sets: dict[str, list[str]], settings) -> dict:
+    """Per capture set: how many prompts repeat an earlier one (each occurrence counts in the statistics) and how
+    many are longer than capture.max_length tokens (cut there); warned about, and kept in pruning.json."""
+    out = {}
+    for name, prompts in sets.items():
+        lengths = [len(ids) for ids in text.encode(tokenizer, prompts, settings.chat_template)]
+        out[name] = {"prompts": len(prompts), "duplicates": len(prompts) - len(set(prompts)),
+                     "truncated": sum(n > settings.max_length for n in lengths)}
+        if out[name]["duplicates"]:
+            log.warning("%s: %d of %d prompts repeat an earlier one (each occurrence counts in the statistics)",
+                        name, out[name]["duplicates"], len(prompts))
+        if out[name]["truncated"]:
+            log.warning("%s: %d of %d prompts are longer than capture.max_length=%d tokens: only their first %d "
+                        "tokens are captured", name, out[name]["truncated"], len(prompts), settings.max_length,
+                        settings.max_length)
+    return out
 
 
 def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> tuple[dict, bool]:
@@ -312,6 +330,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
         name = strategy.name
         if strategy.physical:
+            if cfg.ratio is None:  # the schema allows null (jobs without a ratio), physical pruning does not
+                raise surgery.RatioError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
             surgery.pruned_count(1, cfg.ratio)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
                                                                            "skip_first")})
@@ -337,6 +357,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         #    attribution (cached per layer), down_proj weights.
         scores = strategies.Scores()
         key = ig_key = cached = None
+        checked = prompt_checks(tokenizer, sets, settings) if sets else None
         with timer("capture"):
             if "capture" in needs:
                 dtype = weights_dtype(model)
@@ -365,7 +386,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                       "model_identity": models.identity(source, cfg.model.revision),
                       "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff,
                       "capture_cache_key": key, "attribution_cache_key": ig_key,
-                      "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
+                      "prompt_counts": {n: len(p) for n, p in sets.items()}, "prompt_checks": checked,
+                      **plan.record(cfg.ratio),
                       "selectivity_summary": scoring.layer_summary(scores.selectivity)
                       if scores.selectivity is not None else None}
             params_after = count_parameters(model)
@@ -497,6 +519,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     if cfg.evaluate:
         suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
+    if cfg.resume_from:  # another run's or base model's checkpoint: one line now, not size mismatches after load
+        training.check_resume_checkpoint(cfg.resume_from, str(cfg.model.name_or_path))
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
 
@@ -515,7 +539,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
         with timer("train"):
             summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
-                                          resume_from=resume_from, log=tracker.log)
+                                          resume_from=resume_from, log=tracker.log,
+                                          base_model=str(cfg.model.name_or_path))
         main = dist.process_state().is_main_process
         with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
             model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)

@@ -2,6 +2,7 @@
 served from a stale cache or resume, damaged records do not pass as complete, bad input is one line, and the
 messages say what is wrong."""
 
+import gzip
 import json
 import logging
 import os
@@ -11,8 +12,10 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM
 
-from prunekit import pipeline, report, tracking
+from prunekit import cli, data, models, pipeline, report, tracking, training
+from prunekit.config import ConfigError
 from prunekit.evaluation import suite
+from prunekit.surgery import RatioError
 from tests.test_recipes import _cfg
 from tests.test_report import make_sweep
 from tests.test_tracking import write_checkpoint
@@ -149,3 +152,170 @@ def test_report_cli_exits_0_with_a_damaged_run(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "WARNING" in out.stderr and "ratio=0.2,strategy=reverse,seed=42" in out.stderr
+
+
+# ---------------------------------------------------------------------------------- 10. one line, not a traceback
+def _latin1(path):
+    path.write_bytes('{"q": "caf\xe9 au lait"}\n'.encode("latin-1"))
+
+
+def _truncated_gz(path):
+    blob = gzip.compress("".join(json.dumps({"q": f"question {i} " * 8}) + "\n" for i in range(2000)).encode())
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+def _blank_lines(path):
+    path.write_text("\n  \n\n")
+
+
+@pytest.mark.parametrize("name, write, reason", [
+    ("latin1.jsonl", _latin1, r"not UTF-8 text \(byte 10"),
+    ("cut.jsonl.gz", _truncated_gz, "truncated or damaged gzip file"),
+    ("blank.jsonl", _blank_lines, "only blank lines"),
+    ("folder", lambda p: p.mkdir(), "a directory without data files"),
+])
+def test_unreadable_prompt_files_are_one_line(tmp_path, name, write, reason):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(data.DataError, match=reason) as err:
+        data.load_prompts({"path": str(path), "field": "q", "n": 1}, "task.target")
+    message = str(err.value)
+    assert message.startswith(f"task.target.path='{path}'") and "\n" not in message
+    assert "functools" not in message and "Instruction" not in message
+
+
+def _no_model(monkeypatch):
+    def load_model(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was noticed")
+    monkeypatch.setattr(pipeline, "load_model", load_model)
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (["ratio=null"], RatioError, "ratio=null: physical pruning needs a number"),
+    (["strategy=random", "strategy.seed=99999999999999999999"], ConfigError, r"strategy.seed=\d+: must be an integer in 0\.\."),
+    (["seed=99999999999999999999"], ConfigError, r"^seed=\d+: must be an integer in 0\.\."),
+])
+def test_bad_prune_values_fail_before_any_model_loads(tmp_path, model_cache, monkeypatch, overrides, error, match):
+    _no_model(monkeypatch)
+    with pytest.raises(error, match=match):
+        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", *overrides), tmp_path / "run")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_learning_rate_fails_before_any_model_loads(tmp_path, model_cache, monkeypatch, value):
+    _no_model(monkeypatch)
+    with pytest.raises(training.TrainingConfigError, match=f"lora.lr must be a finite number, got {value}"):
+        pipeline.train(_cfg(tmp_path, model_cache, f"lora.lr={value}", "evaluate=false", job="train"), tmp_path / "t")
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path):
+    from tests.test_training import examples, lora, make_tok, tiny_model
+
+    tok = make_tok()
+    ex = examples(tok, 16)
+    training.train_lora(tiny_model(), tok, ex, lora(save_every_steps=1), out_dir=tmp_path, progress=False,
+                        base_model="A/model")
+    step = tmp_path / "checkpoints" / "step-1"
+    with pytest.raises(training.TrainingConfigError, match="was trained from A/model, not from model.name_or_path=B"):
+        training.check_resume_checkpoint(step, "B/model")
+    training.check_resume_checkpoint(step, "A/model")  # its own base: fine
+    wider = tiny_model()
+    wider = type(wider)(type(wider.config)(**{**wider.config.to_dict(), "intermediate_size": 384}))
+    with pytest.raises(training.TrainingConfigError, match=r"checkpoint of another model .*has shape \[") as err:
+        training.train_lora(wider, tok, ex, lora(save_every_steps=1), out_dir=tmp_path, resume_from=step,
+                            progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_cache_directory_that_is_a_file_is_one_line(tmp_path, model_cache, monkeypatch):
+    _no_model(monkeypatch)
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"cache_dir=.*cache-file: .* is a file, not a directory"):
+        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", f"cache_dir={blocker}"), tmp_path / "run")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.guarded(interrupted)
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run the same command again to resume" in err[0]
+
+
+def test_a_file_as_model_path_says_so(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x")
+    with pytest.raises(models.ModelError, match="is a file, not a model"):
+        models.resolve(str(path))
+
+
+# ---------------------------------------------------------------------------------- 11. messages that say what is wrong
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_short_dialogues_are_reported_as_such(tmp_path, caplog):
+    turns = [{"role": "user", "content": f"hi {i}"} for i in range(3)]
+    path = _jsonl(tmp_path / "dialogues.jsonl", [{"messages": turns}, {"messages": turns[:2]}, {"messages": turns}])
+    spec = {"path": str(path), "template": "{messages[0][content]} {messages[2][content]}", "n": 2}
+    with caplog.at_level(logging.WARNING, logger="prunekit.data"):
+        assert len(data.load_prompts(spec, "task.distractors.conversations")) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "1 records skipped" in warning and "list item the template indexes" in warning
+    assert "list index out of range" not in warning
+    with pytest.raises(data.DataError, match="list item the template indexes") as err:
+        data.render({"messages": turns[:1]}, spec, "task.distractors.conversations")
+    assert "list index out of range" not in str(err.value)
+
+
+def _eval_task(tmp_path):
+    target = _jsonl(tmp_path / "test.jsonl", [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(3)])
+    squad = _jsonl(tmp_path / "squad.jsonl", [{"context": f"passage {i}", "question": "who?"} for i in range(8)])
+    return {"name": "t", "eval": {"metric": "gsm8k", "target": {"path": str(target), "field": "question",
+                                                               "gold_field": "answer"},
+                                  "distractors": {"squad": {"path": str(squad), "template": "{context}\n{question}",
+                                                            "n": 6}}}}
+
+
+def test_eval_n_larger_than_the_set_names_eval_n(tmp_path):
+    task = _eval_task(tmp_path)
+    with pytest.raises(data.DataError, match=r"^eval.n=5 but only 3 records"):
+        suite.target_samples(task, suite.check_settings({"n": 5}, task))
+
+
+def test_eval_n_caps_the_distractor_sets(tmp_path):
+    task = _eval_task(tmp_path)
+    assert [len(p) for p in suite.distractor_prompts(task, suite.check_settings({"n": 2}, task)).values()] == [2]
+    assert [len(p) for p in suite.distractor_prompts(task, suite.check_settings({}, task)).values()] == [6]
+    assert [len(p) for p in suite.distractor_prompts(task, suite.check_settings({"n": 50}, task)).values()] == [6]
+
+
+def test_a_source_that_writes_only_whitespace_still_saves_the_prune_and_counts_prompts(tmp_path, model_cache,
+                                                                                      monkeypatch, caplog):
+    """The nll part is skipped with a warning (nothing to score), the checkpoint and the other numbers are saved;
+    duplicate capture prompts and prompts cut at capture.max_length are counted in the log and pruning.json."""
+    import dataclasses
+
+    generate = suite._generate
+    monkeypatch.setattr(suite, "_generate", lambda *a, **k: [dataclasses.replace(g, output=" \n ")
+                                                             for g in generate(*a, **k)])
+    questions = ["What is one plus one?"] * 3 + ["How many legs has a cat?", "Name a colour.",
+                                                  "Count: " + " ".join(str(i) for i in range(60))]
+    target = _jsonl(tmp_path / "target.jsonl", [{"question": q} for q in questions])
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        metrics = pipeline.prune(_cfg(tmp_path, model_cache, f"task.target.path={target}", "task.target.split=null"),
+                                 run)
+    assert tracking.is_complete(run, "prune") and AutoModelForCausalLM.from_pretrained(run / "model")
+    assert "gsm8k/nll" not in metrics and "gsm8k/nll_gold" in metrics and "gsm8k/em" in metrics
+    assert any("gsm8k/nll skipped" in r.getMessage() for r in caplog.records)
+    checks = json.loads((run / "pruning.json").read_text())["prompt_checks"]["target"]
+    assert checks == {"prompts": 6, "duplicates": 2, "truncated": 1}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("target: 2 of 6 prompts repeat" in m for m in messages)
+    assert any("target: 1 of 6 prompts are longer than capture.max_length=48" in m for m in messages)

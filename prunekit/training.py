@@ -73,11 +73,11 @@ def _number(s: Mapping, key: str, kind=float):
     """A finite number (nan compares false with every bound, so it would pass any range check below)."""
     try:
         value = kind(s[key])
-    except (TypeError, ValueError, OverflowError):
-        value = None
-    if value is None or not math.isfinite(value):
-        raise TrainingConfigError(f"lora.{key} must be {'an integer' if kind is int else 'a finite number'}, "
-                                  f"got {s[key]!r}")
+    except (TypeError, ValueError, OverflowError):  # int(nan), int(inf) too
+        raise TrainingConfigError(f"lora.{key} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {s[key]!r}") from None
+    if not math.isfinite(value):
+        raise TrainingConfigError(f"lora.{key} must be a finite number, got {s[key]!r}")
     return value
 
 

@@ -66,10 +66,20 @@ def is_usage_error(exc: BaseException) -> bool:
     return isinstance(exc, PrunekitError)
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+
 def guarded(fn, *args, **kwargs):
-    """Call a recipe; a usage error prints ``error: <message>`` and exits with status 2."""
+    """Call a recipe; a usage error prints ``error: <message>`` and exits with status 2; Ctrl-C prints one line
+    (what finished is kept: atomic writes, completion markers, generation journals) and exits with 130."""
     try:
         return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        message = ("interrupted: finished steps are kept; run the same command again to resume (resume=true, the "
+                   "default)")
+        log.warning("%s", message)
+        print(message, file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a usage error or a full disk
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             message = (f"no space left on the device writing {exc.filename or 'a file'} (free space there, or point "

@@ -72,6 +72,15 @@ class _Checked:
             raise ConfigError(f"{self._prefix}{name}={value!r}: must be {kind} >= {minimum}")
 
 
+# Seeds go to torch generators, random.Random and numpy (accelerate's set_seed); numpy takes 0..2**32-1.
+SEED_MAX = 2**32 - 1
+
+
+def _seed_in_range(seed, option: str) -> None:
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{option}={seed}: must be an integer in 0..{SEED_MAX}")
+
+
 @dataclass
 class JobConfig(_Checked):
     """The top-level keys every job has."""
@@ -82,6 +91,9 @@ class JobConfig(_Checked):
     ratio: float | None = field(default=None, metadata={"allowed": "a number in (0, 1)"})  # prune only
 
     # the range of ratio is checked against the model's width by surgery.check_ratio
+
+    def check(self):
+        _seed_in_range(self.seed, f"{self._prefix}seed")
 
 
 @dataclass
@@ -144,6 +156,9 @@ class StrategyConfig(_Checked):
     samples: int | None = None
     steps: int | None = None
 
+    def check(self):
+        _seed_in_range(self.seed, f"{self._prefix}seed")
+
 
 # ---------------------------------------------------------------------------------------------- group schemas
 # The single source of every field and default of the `eval` and `lora` groups, of `capture` and of each prompt
@@ -201,7 +216,8 @@ class EvalConfig(_Checked):
     max_new_tokens: int | None = None      # null: the task's (GSM8K 1024, the paper's "unconstrained"; HumanEval 512)
     loop_detection: bool = True            # a looping sample stops early and is recorded as a trap
     stop_on_answer: bool = False           # math only: stop at the first complete \boxed{} (the paper's mitigation)
-    n: int | None = None                   # null: the task's whole evaluation set; an int evaluates the first n
+    n: int | None = None                   # null: the whole evaluation sets; an int evaluates the first n target
+                                           # samples and at most n prompts of each distractor set
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     throughput: ThroughputSettings = field(default_factory=ThroughputSettings)
     code: CodeSettings = field(default_factory=CodeSettings)
@@ -307,6 +323,32 @@ def check(cfg, job: str) -> None:
     task = get("task") or {}
     for option, spec in _prompt_sets(task, job):
         from_mapping(PromptSetSpec, spec, f"{option}.")
+    for option in ("cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir"):
+        _check_directory(_get_dotted(get, option), option)
+
+
+def _get_dotted(get, option: str):
+    head, _, rest = option.partition(".")
+    node = get(head)
+    for part in filter(None, rest.split(".")):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node
+
+
+def _check_directory(value, option: str) -> None:
+    """A cache directory must be a directory or creatable as one: a path through a file (PRUNEKIT_CACHE set to a
+    file) would fail deep inside a write with a traceback."""
+    if value is None:
+        return
+    import os
+    from pathlib import Path
+
+    path = Path(os.path.expanduser(str(value)))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        env = " (from $PRUNEKIT_CACHE)" if os.environ.get("PRUNEKIT_CACHE") and option == "cache_dir" else ""
+        raise ConfigError(f"{option}={value}{env}: {path} is a file, not a directory; point it at a directory")
 
 
 def _prompt_sets(task, job: str) -> list[tuple[str, Any]]:

@@ -18,6 +18,8 @@ Other keys (``gold_field``, ``prompt_template``, ``response_field`` ...) belong 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import random
@@ -36,11 +38,17 @@ log = logging.getLogger(__name__)
 _FILE_LIKE = {".txt", ".tsv", ".parquet", ".arrow", ".xml", ".yaml", ".yml", ".zip", ".tar", ".bz2", ".xz", ".gz",
               ".jsonl", ".json", ".csv", ".xlsx", ".md"}
 class MissingField(KeyError):
-    """A record lacks a field/template key; carries the keys that exist at that level."""
+    """A record lacks a field/template key; carries the keys that exist at that level. ``key`` is None when the
+    template indexes past the end of a list (e.g. a dialogue with fewer turns than ``{messages[2]}`` needs)."""
 
-    def __init__(self, key: str, available: list[str]):
+    def __init__(self, key: str | None, available: list[str]):
         super().__init__(key)
         self.key, self.available = key, available
+
+    @property
+    def lacks(self) -> str:
+        """What the record lacks, for messages: the key, or the list item the template indexes."""
+        return repr(self.key) if self.key is not None else "a list item the template indexes (the list is shorter)"
 
 
 # ----------------------------------------------------------------------------------------------- spec handling
@@ -139,6 +147,49 @@ def spec_fingerprint(spec: Any) -> dict:
     return dict(sorted(s.items()))
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; memoised per (size, mtime), so a sweep hashes each file once per process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_stamp(path: str | os.PathLike) -> dict | None:
+    """What identifies a local file's content in a cache or resume key: its size and the sha256 of its bytes
+    (size and mtime only decide whether it is hashed again: a copy or a `touch` of the same bytes keeps the key).
+    None when ``path`` is not an existing file (a hub id, pip:<source>, a directory)."""
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        if not p.is_file():
+            return None
+        st = p.stat()
+        return {"size": st.st_size, "sha256": _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)}
+    except OSError:
+        return None
+
+
+def local_inputs(config: Any, prefix: str = "") -> dict:
+    """{dotted option: content stamp} of every local file a config (plain dict) names as a prompt set's ``path``
+    (exclude lists too) or as ``generations``: what a resume or cache key must cover besides the settings."""
+    out = {}
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            name = f"{prefix}{key}"
+            if key in ("path", "generations") and isinstance(value, str):
+                stamp = content_stamp(value)
+                if stamp is not None:
+                    out[name] = stamp
+            else:
+                out.update(local_inputs(value, f"{name}."))
+    elif isinstance(config, Sequence) and not isinstance(config, (str, bytes)):
+        for i, value in enumerate(config):
+            out.update(local_inputs(value, f"{prefix.rstrip('.')}[{i}]."))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 
 
@@ -191,7 +242,9 @@ def _render(record: Mapping, spec: dict, option: str) -> str:
         return spec["template"].format_map(record)
     except KeyError as e:
         raise MissingField(str(e.args[0]), [str(k) for k in record]) from None
-    except (IndexError, TypeError, AttributeError) as e:
+    except IndexError:
+        raise MissingField(None, [str(k) for k in record]) from None
+    except (TypeError, AttributeError) as e:
         raise MissingField(str(e), [str(k) for k in record]) from None
     except ValueError as e:  # malformed template: a config error for every record
         raise DataError(f"{option}.template={spec['template']!r}: {e}") from None
@@ -204,7 +257,7 @@ def render(record: Mapping, spec: Any, option: str = "spec") -> str:
         return _render(record, s, option)
     except MissingField as m:
         what = f"field={s['field']!r}" if s["field"] is not None else f"template={s['template']!r}"
-        raise DataError(f"{option}.{what}: record has no {m.key!r}; fields: {', '.join(m.available) or '(none)'}") \
+        raise DataError(f"{option}.{what}: record has no {m.lacks}; fields: {', '.join(m.available) or '(none)'}") \
             from None
 
 
@@ -223,8 +276,9 @@ def _matches_where(record: Mapping, where: dict | None) -> bool:
 # ----------------------------------------------------------------------------------------------- selection
 
 
-def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[str]]:
-    """Records (and their texts) after where/filter, shuffle, offset and n; one-line errors when too few."""
+def _select(spec: dict, option: str, need_text: bool, n_option: str | None = None) -> tuple[list[dict], list[str]]:
+    """Records (and their texts) after where/filter, shuffle, offset and n; one-line errors when too few, naming
+    ``n_option`` when another option than ``<option>.n`` set n (eval.n)."""
     rows = sources.rows(spec, option)
     total = len(rows)
     if total == 0:
@@ -278,7 +332,7 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
     if matched == 0:
         raise DataError(_empty_reason(spec, option, total, missing, empty, first_missing))
     if missing:
-        log.warning("%s: %d records skipped: they lack %r", option, missing, first_missing.key)
+        log.warning("%s: %d records skipped: they lack %s", option, missing, first_missing.lacks)
     if empty:
         log.warning("%s: %d records skipped: empty text", option, empty)
     if dropped:
@@ -289,7 +343,7 @@ def _select(spec: dict, option: str, need_text: bool) -> tuple[list[dict], list[
         extra += [f"where={spec['where']}"] if spec["where"] else []
         extra += [f"excluding {dropped} texts of the exclude sets"] if dropped else []
         cond = f" (after {', '.join(extra)})" if extra else ""
-        asked = f"{option}.n={n}" if n is not None else f"{option}.offset={offset}"
+        asked = f"{n_option or option + '.n'}={n}" if n is not None else f"{option}.offset={offset}"
         raise DataError(f"{asked} but only {len(records)} records{cond}")
     return records, texts
 
@@ -298,7 +352,7 @@ def _empty_reason(spec, option, total, missing, empty, first_missing) -> str:
     """Why no record survived: field missing everywhere, filter matched none, all texts empty."""
     if missing == total and first_missing is not None:
         what = f"field={spec['field']!r}" if spec["field"] is not None else f"template={spec['template']!r}"
-        return (f"{option}.{what}: {first_missing.key!r} missing in all {total} records; fields: "
+        return (f"{option}.{what}: {first_missing.lacks} missing in all {total} records; fields: "
                 f"{', '.join(first_missing.available) or '(none)'}")
     if spec["filter_contains"]:
         return f"{option}.filter_contains={spec['filter_contains']!r}: matched none of {total} records (empty set)"
@@ -310,19 +364,20 @@ def _empty_reason(spec, option, total, missing, empty, first_missing) -> str:
 # ----------------------------------------------------------------------------------------------- public API
 
 
-def load_records(spec: Any, option: str = "spec") -> list[dict]:
-    """Raw records of a prompt set (where/filter, then shuffle, offset and n applied)."""
+def load_records(spec: Any, option: str = "spec", n_option: str | None = None) -> list[dict]:
+    """Raw records of a prompt set (where/filter, then shuffle, offset and n applied); ``n_option``: the option
+    that set n, when not the spec's own (for the messages)."""
     s = normalise(spec, option)
-    return _select(s, option, need_text=s["field"] is not None or s["template"] is not None)[0]
+    return _select(s, option, need_text=s["field"] is not None or s["template"] is not None, n_option=n_option)[0]
 
 
-def load_prompts(spec: Any, option: str = "spec") -> list[str]:
+def load_prompts(spec: Any, option: str = "spec", n_option: str | None = None) -> list[str]:
     """Prompt texts of a prompt set (exactly one of field/template required)."""
     s = normalise(spec, option)
     if s["field"] is None and s["template"] is None:
         raise DataError(f"{option}: give exactly one of field (dotted path, e.g. question) or template "
                         "(e.g. '{context}\\n{question}')")
-    texts = _select(s, option, need_text=True)[1]
+    texts = _select(s, option, need_text=True, n_option=n_option)[1]
     log.info("%s: %d prompts from %s", option, len(texts), s["path"])
     return texts
 

@@ -77,6 +77,9 @@ def resolve(name_or_path: str) -> Source:
         if not (path / "config.json").exists():
             raise ModelError(f"model.name_or_path='{name_or_path}': directory has no config.json (not a HF checkpoint)")
         return Source("dir", str(path.resolve()))
+    if path.is_file():
+        raise ModelError(f"model.name_or_path='{name_or_path}': is a file, not a model; give a checkpoint directory "
+                         "(with config.json), a .gguf file, a hub id, pip:<name> or tiny:<arch>")
     if name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path:
         raise ModelError(f"model.name_or_path='{name_or_path}': no such directory or file")
     return Source("hub", name_or_path)

@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, tracking, training
+from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, text, tracking, training
 from prunekit.checkpoint import (
     DiskFullError,
     atomic_write_json,
@@ -92,17 +92,28 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, r
                     Path(sweep_dir or run_dir.parent) / tracking.INDEX_FILE, e)
 
 
+def run_inputs(cfg, config: dict) -> dict:
+    """Content stamps of the local files a job reads (prompt sets, a re-scored generations file) and, for a local
+    model, its files' sizes and mtimes (models.identity: a checkpoint is too big to hash on every resume)."""
+    inputs = data.local_inputs(config)
+    name_or_path = str(cfg.model.name_or_path)
+    if not name_or_path.startswith(("pip:", "tiny:")) and Path(name_or_path).expanduser().exists():
+        inputs["model.name_or_path"] = models.identity(models.resolve(name_or_path), cfg.model.revision)
+    return inputs
+
+
 def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     """With resume=true, the metrics of a job that already finished in this run directory with the same settings
     (another config there is a one-line error); else None, after clearing the earlier attempt's results."""
     config = plain(cfg)
-    if tracking.check_resume(run_dir, job_type, config, cfg.resume):
+    inputs = run_inputs(cfg, config)
+    if tracking.check_resume(run_dir, job_type, config, cfg.resume, inputs):
         log.info("%s job already complete in %s with the same settings (resume=true): skipping", job_type, run_dir)
         return read_json(run_dir / "metrics.json")
     if dist.process_state().is_main_process:
         tracking.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
-        tracking.record_config(run_dir, config)
+        tracking.record_config(run_dir, config, job_type, inputs)
         capture_cache = cfg.capture.cache_dir if "capture" in cfg else None  # prune.py's only
         for folder in filter(None, (capture_cache, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
                                     Path(cfg.cache_dir).expanduser() / "sources")):
@@ -135,6 +146,24 @@ def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
     specs = {"target": data.spec_fingerprint(task["target"])}
     specs.update({f"distractor/{n}": data.spec_fingerprint(s) for n, s in task["distractors"].items()})
     return sets, specs
+
+
+def prompt_checks(tokenizer, sets: dict[str, list[str]], settings) -> dict:
+    """Per capture set: how many prompts repeat an earlier one (each occurrence counts in the statistics) and how
+    many are longer than capture.max_length tokens (cut there); warned about, and kept in pruning.json."""
+    out = {}
+    for name, prompts in sets.items():
+        lengths = [len(ids) for ids in text.encode(tokenizer, prompts, settings.chat_template)]
+        out[name] = {"prompts": len(prompts), "duplicates": len(prompts) - len(set(prompts)),
+                     "truncated": sum(n > settings.max_length for n in lengths)}
+        if out[name]["duplicates"]:
+            log.warning("%s: %d of %d prompts repeat an earlier one (each occurrence counts in the statistics)",
+                        name, out[name]["duplicates"], len(prompts))
+        if out[name]["truncated"]:
+            log.warning("%s: %d of %d prompts are longer than capture.max_length=%d tokens: only their first %d "
+                        "tokens are captured", name, out[name]["truncated"], len(prompts), settings.max_length,
+                        settings.max_length)
+    return out
 
 
 def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> tuple[dict, bool]:
@@ -209,6 +238,11 @@ def source_key(cfg, source, dtype: str, settings: dict) -> str:
               "task": {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"},
               "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION},
               "code_timeout_s": settings["code"]["timeout_s"]}
+    # The content of local evaluation files (target, its exclude sets): an edited file is new questions. Added only
+    # when there are any, so the keys of pip/hub presets stay what they were.
+    files = data.local_inputs({k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"})
+    if files:
+        key_of["files"] = files
     return hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -303,6 +337,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         name = strategy.name
         align = prune_align(cfg)
         if strategy.physical:
+            if cfg.ratio is None:  # the schema allows null (jobs without a ratio), physical pruning does not
+                raise surgery.RatioError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
             surgery.kept_width(1, cfg.ratio, align)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
                                                                            "skip_first")})
@@ -328,6 +364,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         #    attribution (cached per layer), down_proj weights.
         scores = strategies.Scores()
         key = ig_key = cached = None
+        checked = prompt_checks(tokenizer, sets, settings) if sets else None
         with timer("capture"):
             if "capture" in needs:
                 dtype = weights_dtype(model)
@@ -356,7 +393,8 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                       "model_identity": models.identity(source, cfg.model.revision),
                       "strategy": name, "seed": options.get("seed", cfg.seed), "d_ff": d_ff, "align": align,
                       "capture_cache_key": key, "attribution_cache_key": ig_key,
-                      "prompt_counts": {n: len(p) for n, p in sets.items()}, **plan.record(cfg.ratio),
+                      "prompt_counts": {n: len(p) for n, p in sets.items()}, "prompt_checks": checked,
+                      **plan.record(cfg.ratio),
                       "selectivity_summary": scoring.layer_summary(scores.selectivity)
                       if scores.selectivity is not None else None}
             params_after = count_parameters(model)
@@ -488,6 +526,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     if cfg.evaluate:
         suite.check_data(suite.check_settings(plain(cfg.eval), task), task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
+    if cfg.resume_from:  # another run's or base model's checkpoint: one line now, not size mismatches after load
+        training.check_resume_checkpoint(cfg.resume_from, str(cfg.model.name_or_path))
     timer = Timer()
     record = pruning_record_of(cfg.model.name_or_path)
     model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
@@ -508,7 +548,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
         with timer("train"):
             summary = training.train_lora(model, tokenizer, examples, lora, out_dir=run_dir,
-                                          resume_from=resume_from, log=tracker.log)
+                                          resume_from=resume_from, log=tracker.log,
+                                          base_model=str(cfg.model.name_or_path))
         main = dist.process_state().is_main_process
         with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
             model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)

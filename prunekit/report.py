@@ -142,7 +142,12 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
         if any(p in SKIP_PARTS or p.startswith(".") for p in rel):
             continue
         if not _complete(path.parent):
-            log.info("report: %s skipped (its job did not complete)", path.parent)
+            damaged = tracking.marked_complete_but_damaged(path.parent)
+            if damaged:  # a finished job's record was damaged since (truncated, deleted): the user must know
+                log.warning("report: %s left out: its job completed, but %s is missing or unreadable",
+                            path.parent, ", ".join(damaged))
+            else:
+                log.info("report: %s skipped (its job did not complete)", path.parent)
             continue
         found.append(path.parent)
     return found
@@ -198,7 +203,11 @@ def load_runs(sweep_dirs: list[str | os.PathLike]) -> list[Run]:
         if not dirs:
             raise ReportError(f"no runs in {sweep}: expected run directories with a metrics.json "
                               "(written by prune.py / evaluate.py / train.py)")
-        runs += [load_run(d) for d in dirs]
+        for d in dirs:
+            try:
+                runs.append(load_run(d))
+            except ReportError as exc:  # one damaged record must not cost the whole report
+                log.warning("report: %s left out: %s", d, exc)
     return runs
 
 

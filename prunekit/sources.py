@@ -125,17 +125,43 @@ def _load_local(path: str, name: str | None, split: str | None, stamp: tuple) ->
     return datasets.load_dataset(builder, data_files=str(p), split="train")
 
 
+@functools.lru_cache(maxsize=16)
+def _text_problem(path: str, stamp: tuple) -> str | None:
+    """Why a local text file (optionally .gz) cannot be prompt data, or None: not UTF-8 (pyarrow would only fail
+    on the bad row, with a traceback), a truncated or damaged gzip stream, or nothing but blank lines. One
+    streaming pass, cached per (size, mtime)."""
+    import codecs
+    import zlib
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    decoder, offset, has_text = codecs.getincrementaldecoder("utf-8")(), 0, False
+    try:
+        with opener(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                has_text = bool(decoder.decode(block).strip()) or has_text
+                offset += len(block)
+            has_text = bool(decoder.decode(b"", final=True).strip()) or has_text
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte {offset + e.start}: {e.reason}); save it as UTF-8"
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        return f"a truncated or damaged gzip file ({_first_line(e)})"
+    return None if has_text else "no records: the file holds only blank lines"
+
+
 def _local_source(spec: dict, option: str) -> Any:
     """Rows of a local file or directory, with one-line errors naming the option."""
     shown = spec["path"]
     p = Path(os.path.expanduser(shown)).resolve()
     if not p.exists():
         raise DataError(f"{option}.path='{shown}': no such file")
+    st = p.stat()
     if p.is_file():
         _local_builder(p, option)
-        if p.stat().st_size == 0:
+        if st.st_size == 0:
             raise DataError(f"{option}.path='{shown}': empty file")
-    st = p.stat()
+        problem = _text_problem(str(p), (st.st_size, st.st_mtime_ns))
+        if problem:
+            raise DataError(f"{option}.path='{shown}': {problem}")
     try:
         return _load_local(str(p), spec["name"], spec["split"], (st.st_size, st.st_mtime_ns))
     except DataError:
@@ -147,6 +173,9 @@ def _local_source(spec: dict, option: str) -> Any:
             while inner.__cause__ is not None or inner.__context__ is not None:
                 inner = inner.__cause__ or inner.__context__
             reason = f"{type(inner).__name__}: {_first_line(inner)}"
+            if p.is_dir() and isinstance(inner, FileNotFoundError):  # datasets' message shows a functools.partial
+                reason = (f"a directory without data files datasets can read; give a {ALLOWED_FILES} file or a "
+                          "directory holding such files")
         raise DataError(f"{option}.path='{shown}': cannot be read ({reason})") from None
 
 

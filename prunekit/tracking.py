@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from prunekit.checkpoint import atomic_write_json, clean_stale_temps
+from prunekit.checkpoint import atomic_write_json, checkpoint_problem, clean_stale_temps
 from prunekit.data import get_path
 from prunekit.errors import PrunekitError
 
@@ -342,22 +342,47 @@ def _parses(path: Path) -> bool:
         return False
 
 
-def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = True) -> bool:
-    """A job is complete when its completion marker and all its final files exist and parse.
+def _final_file_ok(run_dir: Path, name: str) -> bool:
+    """A final file exists and parses; ``model/config.json`` stands for the whole checkpoint, whose config and
+    weights must load (a finished run whose model.safetensors was deleted or cut short is not complete)."""
+    if name == "model/config.json":
+        return checkpoint_problem(run_dir / "model") is None
+    return _parses(run_dir / name)
 
-    checkpoint=False leaves out the saved model (``model/...``): a finished run whose checkpoint the user deleted
-    to free disk still has complete results for the report, while resume (checkpoint=True) redoes it."""
-    run_dir = Path(run_dir)
+
+def _marked_complete(run_dir: Path, job_type: str) -> bool:
     marker = marker_path(run_dir, job_type)
     if not _parses(marker):
         return False
     try:
         with open(marker) as f:
-            if json.load(f).get("status") != "complete":
-                return False
+            return json.load(f).get("status") == "complete"
     except (OSError, ValueError, AttributeError):
         return False
-    return all(_parses(run_dir / name) for name in FINAL_FILES[job_type] if checkpoint or not name.startswith("model/"))
+
+
+def damaged_files(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = True) -> list[str]:
+    """The final files of a job that are missing or do not parse (``model/config.json`` stands for the whole
+    checkpoint); checkpoint=False leaves out the saved model."""
+    return [name for name in FINAL_FILES[job_type] if (checkpoint or not name.startswith("model/"))
+            and not _final_file_ok(Path(run_dir), name)]
+
+
+def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = True) -> bool:
+    """A job is complete when its completion marker and all its final files exist and parse, its checkpoint's
+    config and weights included.
+
+    checkpoint=False leaves out the saved model (``model/...``): a finished run whose checkpoint the user deleted
+    to free disk still has complete results for the report, while resume (checkpoint=True) redoes it."""
+    return _marked_complete(Path(run_dir), job_type) and not damaged_files(run_dir, job_type, checkpoint)
+
+
+def marked_complete_but_damaged(run_dir: str | os.PathLike) -> list[str]:
+    """Final files (paths) of a job whose completion marker says complete but that are missing or unreadable now:
+    a damaged record (the report warns about these), as opposed to a job that never finished."""
+    run_dir = Path(run_dir)
+    return [str(run_dir / name) for job in JOB_TYPES if _marked_complete(run_dir, job)
+            for name in damaged_files(run_dir, job, checkpoint=False)]
 
 
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
@@ -379,13 +404,36 @@ def config_hash(config: Mapping) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16], flat
 
 
-def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, resume: bool) -> bool:
-    """Whether the job may be skipped; raises when ``run_dir`` holds a run of other settings and resume is on.
+def other_job(run_dir: str | os.PathLike, job_type: str) -> str | None:
+    """The job of another type that ``run_dir`` holds (its completion marker, or the job its run-config.json was
+    recorded for), or None."""
+    run_dir = Path(run_dir)
+    for marker in sorted(run_dir.glob("complete-*.json")):
+        other = marker.stem.split("-", 1)[1]
+        if other in JOB_TYPES and other != job_type:
+            return other
+    try:
+        recorded = json.loads((run_dir / CONFIG_FILE).read_text()).get("job_type")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if recorded in JOB_TYPES and recorded != job_type else None
 
-    resume=true: a complete run with the same config hash is skipped; a different hash is refused with a one-line
-    error naming the settings that differ. resume=false: the earlier attempt's results are dropped and redone.
+
+def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, resume: bool,
+                 inputs: Mapping | None = None) -> bool:
+    """Whether the job may be skipped; raises when ``run_dir`` holds a run of another job (resume or not: its
+    model and results are never overwritten by another job), or of other settings with resume on.
+
+    resume=true: a complete run with the same config hash and the same ``inputs`` (content stamps of the local
+    files it reads, see ``data.local_inputs``) is skipped; a different hash is refused with a one-line error naming
+    the settings that differ; changed inputs redo it. resume=false: the earlier attempt's results are dropped and
+    redone.
     """
     run_dir = Path(run_dir)
+    other = other_job(run_dir, job_type)
+    if other is not None:
+        raise TrackingError(f"{run_dir} holds a {other} run, not a {job_type} run; a {job_type} job never writes "
+                            f"into another job's run directory (resume=false neither): use another hydra.run.dir")
     digest, flat = config_hash(config)
     saved = run_dir / CONFIG_FILE
     try:
@@ -401,12 +449,24 @@ def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, res
                                 f"{' ...' if len(diff) > 3 else ''}); use another hydra.run.dir, or resume=false "
                                 "to redo it there")
         (run_dir / JOURNAL_FILE).unlink(missing_ok=True)  # generations of the other config: never reused
-    return resume and old is not None and old.get("hash") == digest and is_complete(run_dir, job_type)
+        return False
+    # A record written before inputs were recorded ("inputs" absent) is taken as matching.
+    changed = old is not None and "inputs" in old and old["inputs"] != json.loads(json.dumps(dict(inputs or {})))
+    if changed:
+        names = sorted(k for k in set(old["inputs"]) | set(inputs or {})
+                       if old["inputs"].get(k) != (inputs or {}).get(k))
+        log.info("%s: the content of %s changed since the earlier %s run: redoing it", run_dir, ", ".join(names),
+                 job_type)
+        (run_dir / JOURNAL_FILE).unlink(missing_ok=True)  # generations of other data: never reused
+    return resume and old is not None and not changed and is_complete(run_dir, job_type)
 
 
-def record_config(run_dir: str | os.PathLike, config: Mapping) -> None:
+def record_config(run_dir: str | os.PathLike, config: Mapping, job_type: str | None = None,
+                  inputs: Mapping | None = None) -> None:
+    """run-config.json: the config hash, the flattened settings, the job it is for and its inputs' stamps."""
     digest, flat = config_hash(config)
-    atomic_write_json(Path(run_dir) / CONFIG_FILE, {"hash": digest, "config": flat})
+    atomic_write_json(Path(run_dir) / CONFIG_FILE, {"hash": digest, "config": flat, "job_type": job_type,
+                                                   "inputs": dict(inputs or {})})
 
 
 def begin(run_dir: str | os.PathLike, job_type: str) -> None:
@@ -425,7 +485,7 @@ def begin(run_dir: str | os.PathLike, job_type: str) -> None:
 def mark_complete(run_dir: str | os.PathLike, job_type: str) -> Path:
     """Write the completion marker LAST, after every final file of the job is in place (atomic)."""
     run_dir = Path(run_dir)
-    missing = [n for n in FINAL_FILES[check_job_type(job_type)] if not _parses(run_dir / n)]
+    missing = [n for n in FINAL_FILES[check_job_type(job_type)] if not _final_file_ok(run_dir, n)]
     if missing:
         raise RuntimeError(f"{job_type} job in {run_dir} is not finished: missing or unreadable {missing}")
     path = marker_path(run_dir, job_type)

@@ -70,11 +70,15 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 
 def _number(s: Mapping, key: str, kind=float):
+    """A finite number (nan compares false with every bound, so it would pass any range check below)."""
     try:
-        return kind(s[key])
-    except (TypeError, ValueError):
+        value = kind(s[key])
+    except (TypeError, ValueError, OverflowError):  # int(nan), int(inf) too
         raise TrainingConfigError(f"lora.{key} must be {'an integer' if kind is int else 'a number'}, "
                                   f"got {s[key]!r}") from None
+    if not math.isfinite(value):
+        raise TrainingConfigError(f"lora.{key} must be a finite number, got {s[key]!r}")
+    return value
 
 
 def check_values(lora: Mapping, num_processes: int = 1) -> dict[str, Any]:
@@ -94,6 +98,8 @@ def check_values(lora: Mapping, num_processes: int = 1) -> dict[str, Any]:
     for key in ("epochs", "per_device_batch_size", "effective_batch_size", "max_length"):
         if _number(s, key, int) < 1:
             raise TrainingConfigError(f"lora.{key} must be a positive integer, got {s[key]!r}")
+    if not 0 <= _number(s, "seed", int) <= 2**32 - 1:  # numpy's range (accelerate's set_seed seeds numpy)
+        raise TrainingConfigError(f"lora.seed must be an integer in 0..{2**32 - 1}, got {s['seed']!r}")
     if _number(s, "save_every_steps", int) < 0:
         raise TrainingConfigError(f"lora.save_every_steps must be >= 0 (0 = no checkpoints), got {s['save_every_steps']!r}")
     if s["scheduler"] not in SCHEDULERS:
@@ -270,12 +276,47 @@ def _keep_trainable_only(models, weights, _output_dir) -> None:
             del w[key]
 
 
-def _read_resume_state(resume_from: str | os.PathLike, expect: dict) -> dict:
+def check_resume_checkpoint(resume_from: str | os.PathLike, base_model: str | None = None) -> dict:
+    """The state of a ``checkpoints/step-N`` directory, checked before any weights load: it is complete, and it
+    was trained from ``base_model`` (model.name_or_path) when it says which model it was trained from."""
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
         raise TrainingConfigError(f"resume_from={str(path)!r} is not a complete checkpoint (no {STATE_FILE}); "
                                   "pass a checkpoints/step-N directory")
-    state = json.loads((path / STATE_FILE).read_text())
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingConfigError(f"resume_from={str(path)!r}: {STATE_FILE} is unreadable ({exc})") from None
+    trained_from = state.get("base_model") if isinstance(state, dict) else None
+    if base_model is not None and trained_from is not None and trained_from != str(base_model):
+        raise TrainingConfigError(f"resume_from={str(path)!r} was trained from {trained_from}, not from "
+                                  f"model.name_or_path={base_model}; resume only from this run's checkpoints")
+    return state
+
+
+def _check_tensor_shapes(resume_from: Path, peft_model: nn.Module) -> None:
+    """The checkpoint's LoRA tensors have this model's names and shapes (read from the safetensors headers, no
+    tensor loaded): a checkpoint of another base model would otherwise fail in load_state with a page of size
+    mismatches."""
+    from safetensors import safe_open
+
+    ours = {n: tuple(p.shape) for n, p in peft_model.named_parameters() if p.requires_grad}
+    theirs = {}
+    for file in sorted(Path(resume_from).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            theirs.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    wrong = [(k, theirs[k], shape) for k, shape in ours.items() if k in theirs and theirs[k] != shape]
+    if theirs and (wrong or not set(ours) & set(theirs)):
+        what = (f"{wrong[0][0]} has shape {list(wrong[0][1])} there, {list(wrong[0][2])} here"
+                f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}" if wrong
+                else "none of its tensors belongs to this model's LoRA adapters")
+        raise TrainingConfigError(f"resume_from={str(resume_from)!r} is a checkpoint of another model or LoRA "
+                                  f"setting: {what}; resume only from this run's checkpoints")
+
+
+def _read_resume_state(resume_from: str | os.PathLike, expect: dict) -> dict:
+    path = Path(resume_from)
+    state = check_resume_checkpoint(path)
     diff = {k: (state.get(k), expect[k]) for k in _RESUME_KEYS if state.get(k) != expect[k]}
     if diff:
         raise TrainingConfigError(f"resume_from={str(path)!r} was written by a different run; (checkpoint, now) "
@@ -286,7 +327,7 @@ def _read_resume_state(resume_from: str | os.PathLike, expect: dict) -> dict:
 # --------------------------------------------------------------------------------------------- training
 def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping, *, out_dir: str | os.PathLike,
                resume_from: str | os.PathLike | None = None, log: Callable[[dict, int], None] | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, base_model: str | None = None) -> dict[str, Any]:
     """Fine-tune LoRA adapters on `examples` with Accelerate; return a summary (+ the PeftModel under `peft_model`).
 
     Gradient accumulation reaches `effective_batch_size`; clipping, warm-up + cosine/linear schedule;
@@ -328,6 +369,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     step, tokens, elapsed = 0, 0, 0.0
     if resume_from is not None:
         state = _read_resume_state(resume_from, run)
+        _check_tensor_shapes(Path(resume_from), peft_model)
         accelerator.load_state(str(resume_from), strict=False)  # strict=False: checkpoints hold LoRA tensors only
         step, tokens, elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
         log_.info("resuming from %s at optimizer step %d/%d", resume_from, step, total_steps)
@@ -373,7 +415,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
                 log(metrics, step)
             if save_every and step % save_every == 0 and step < total_steps:
                 last_ckpt = _save_checkpoint(accelerator, out_dir, step, {
-                    **run, "step": step, "epoch": epoch, "tokens": tokens, "loss": loss_val,
+                    **run, "base_model": base_model, "step": step, "epoch": epoch, "tokens": tokens, "loss": loss_val,
                     "elapsed_s": elapsed + time.perf_counter() - t0})
             micro_losses, step_tokens, t_step = [], 0, time.perf_counter()
     bar.close()

@@ -1,12 +1,14 @@
 """Report: every table and figure from a tiny hand-written sweep; numbers checked against the records."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from prunekit import report, tracking
+from tests.test_tracking import write_checkpoint
 
 D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
 EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
@@ -117,12 +119,10 @@ def test_finished_runs_are_reported_without_their_checkpoint_and_unfinished_ones
     kept, deleted, unfinished = (sweep / f"ratio=0.1,strategy={s},seed=42" for s in ("selective", "reverse", "random"))
     for run in (kept, deleted, unfinished):
         (run / "complete-evaluate.json").unlink()
-        (run / "model").mkdir()
-        (run / "model" / "config.json").write_text("{}")
+        write_checkpoint(run / "model")
     for run in (kept, deleted):
         tracking.mark_complete(run, "prune")
-    (deleted / "model" / "config.json").unlink()  # the user freed disk after the run finished
-    (deleted / "model").rmdir()
+    shutil.rmtree(deleted / "model")  # the user freed disk after the run finished
     assert not tracking.is_complete(deleted, "prune")  # so resume redoes it ...
     found = report.find_run_dirs(sweep)
     assert kept in found and deleted in found  # ... but its results are still complete for the report

@@ -250,9 +250,19 @@ def test_runs_jsonl_concurrent_appends_stay_whole_lines(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- resume
+def write_checkpoint(model_dir: Path) -> None:
+    """A minimal loadable checkpoint: config.json and one safetensors file (what completion checks)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from prunekit.checkpoint import atomic_write_json
+    atomic_write_json(model_dir / "config.json", {"intermediate_size": 256})
+    save_file({"w": torch.zeros(4, 4)}, str(model_dir / "model.safetensors"))
+
+
 def _write_prune_outputs(run_dir: Path, em: float) -> None:
     from prunekit.checkpoint import atomic_write_json
-    atomic_write_json(run_dir / "model" / "config.json", {"intermediate_size": 256})
+    write_checkpoint(run_dir / "model")
     atomic_write_json(run_dir / "pruning.json", {"ratio": 0.1})
     atomic_write_json(run_dir / "metrics.json", {"gsm8k/em": em})
 

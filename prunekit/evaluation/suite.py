@@ -177,7 +177,7 @@ def check_data(settings: dict, task: Mapping, generations=None) -> None:
     if {"task", "traps", "nll", "resources"} & set(parts) and generations is None:
         target_samples(task, settings)
     if "similarity" in parts:
-        distractor_prompts(task)
+        distractor_prompts(task, settings)
 
 
 def _chat(settings: dict, tokenizer) -> bool:
@@ -204,7 +204,7 @@ def target_samples(task: Mapping, settings: dict) -> list[dict]:
     if not gold_field:
         raise SuiteError("task.eval.target.gold_field: missing; name the record field holding the gold answer "
                          "(GSM8K: answer; HumanEval: test; MBPP: test_list)")
-    records = data.load_records(spec, "task.eval.target")
+    records = data.load_records(spec, "task.eval.target", "eval.n" if settings.get("n") is not None else None)
     offset = int(spec.get("offset") or 0)
     samples = []
     for i, rec in enumerate(records):
@@ -399,18 +399,29 @@ def _run_nll(model, tokenizer, samples, metric: str, settings: dict, source_rows
     model writes: raw canonical code, GSM8K's <<48/2=24>> calculator marks)."""
     kw = dict(batch_size=settings["batch_size"], max_length=settings["nll"]["max_length"],
               chat_template=_chat(settings, tokenizer))
-    pairs, correct_only = own_answer_pairs(samples, source_rows)
+    gold = {f"{metric}/nll_gold": nll.target_nll(model, tokenizer, nll_pairs(samples, metric), **kw)}
+    try:
+        pairs, correct_only = own_answer_pairs(samples, source_rows)
+    except SuiteError as e:  # a source that writes only whitespace: no own answers, but the run's other results stand
+        log.warning("%s/nll skipped (%s); %s/nll_gold is still measured", metric, e, metric)
+        return {f"{metric}/nll_answers": 0, **gold}
     return {f"{metric}/nll": nll.target_nll(model, tokenizer, pairs, **kw),
-            f"{metric}/nll_answers": len(pairs), f"{metric}/nll_correct_only": correct_only,
-            f"{metric}/nll_gold": nll.target_nll(model, tokenizer, nll_pairs(samples, metric), **kw)}
+            f"{metric}/nll_answers": len(pairs), f"{metric}/nll_correct_only": correct_only, **gold}
 
 
 # ---------------------------------------------------------------------------------------------- similarity
-def distractor_prompts(task: Mapping) -> dict[str, list[str]]:
-    """{set name: prompts} of the task's `eval.distractors` (empty when it has none)."""
+def distractor_prompts(task: Mapping, settings: Mapping | None = None) -> dict[str, list[str]]:
+    """{set name: prompts} of the task's `eval.distractors` (empty when it has none). `eval.n` caps each set too
+    (a quick check with eval.n=2 generates 2 per set, not the sets' own n)."""
     ev = task_eval(task)
-    return {str(name): data.load_prompts(spec, f"task.eval.distractors.{name}")
-            for name, spec in (ev.get("distractors") or {}).items()}
+    cap = (settings or {}).get("n")
+    out = {}
+    for name, spec in (ev.get("distractors") or {}).items():
+        spec = dict(spec)
+        if cap is not None and (spec.get("n") is None or spec["n"] > cap):
+            spec["n"] = cap
+        out[str(name)] = data.load_prompts(spec, f"task.eval.distractors.{name}")
+    return out
 
 
 def _reference_settings(settings: dict, tokenizer) -> dict:
@@ -449,7 +460,7 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     if cache_dir is not None and not model_id:
         raise SuiteError("reference_generations: cache_dir needs model_id= (a string identifying the source "
                          "model's weights, e.g. its hub id or json of prunekit.models.identity)")
-    prompts = distractor_prompts(task)
+    prompts = distractor_prompts(task, s)
     if not prompts:
         raise SuiteError("task.eval.distractors: empty; distractor similarity needs at least one set")
     path = None
@@ -490,7 +501,7 @@ def _check_reference(reference: Mapping, prompts: dict[str, list[str]]) -> None:
 
 def _run_similarity(model, tokenizer, task, settings, reference, run_dir: Path) -> dict:
     """Distractor outputs of the evaluated model vs the reference outputs: BERTScore (QnA), SBERT (dialogue)."""
-    prompts = distractor_prompts(task)
+    prompts = distractor_prompts(task, settings)
     if not prompts:
         log.info("similarity skipped: task.eval.distractors is empty")
         return {}

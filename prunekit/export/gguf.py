@@ -282,6 +282,7 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     """Write `model_dir` (a prunekit checkpoint) as one GGUF file; returns what was written."""
     from transformers import AutoConfig
 
+    type_name = str(type_name).lower()  # Q8_0 as llama.cpp spells it, or q8_0
     qtype = check_type(type_name)
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():

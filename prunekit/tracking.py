@@ -361,8 +361,10 @@ def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = Tr
 
 
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
+# capture.n too: all it changes is the task's prompt-set counts, which are hashed (a run made when its default was
+# 800 still resumes).
 NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
-              "eval.code.workers", "hydra.")
+              "eval.code.workers", "hydra.", "capture.n")
 CONFIG_FILE = "run-config.json"
 # Results of an attempt: cleared when a job (re)starts, so a failure can never leave another attempt's numbers.
 RESULT_FILES = ("metrics.json", "generations.jsonl", "samples.jsonl", "distractor_generations.jsonl")

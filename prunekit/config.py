@@ -279,7 +279,6 @@ def capture_n(default, *, _root_):
 def register() -> None:
     """Put the group schemas in Hydra's ConfigStore (called on `import prunekit`, before any composition)."""
     from hydra.core.config_store import ConfigStore
-
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("capture_n", capture_n, replace=True)

@@ -116,9 +116,17 @@ class ModelConfig(_Checked):
 
     name_or_path: str = ""
     dtype: str = field(default="auto", metadata={"allowed": "auto, float32, bfloat16 or float16"})
+    # dtype of the saved checkpoint: null = the source's stored dtype (whatever `dtype` computes in)
+    save_dtype: str | None = field(default=None, metadata={"allowed": "null, float32, bfloat16 or float16"})
     revision: str | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
+
+    def check(self):
+        allowed = ("float32", "bfloat16", "float16")
+        if self.save_dtype is not None and self.save_dtype not in allowed:
+            raise ConfigError(f"{self._prefix}save_dtype={self.save_dtype!r}: unknown dtype; allowed: null (the "
+                              f"source's stored dtype), {', '.join(allowed)}")
 
 
 @dataclass

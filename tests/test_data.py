@@ -466,6 +466,20 @@ def test_set_up_squad_survives_a_changed_cache_dir(tmp_path, monkeypatch):
     assert sources.squad_path() == tmp_path / "elsewhere" / sources.SQUAD_FILE
 
 
+def test_squad_an_older_set_up_left_in_the_cache_is_moved_to_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "installed_dir", lambda pkg: None)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download: the file is already here"))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
+    legacy = tmp_path / "cache" / "data" / sources.SQUAD_FILE
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('{"data": []}')
+    assert sources.squad_path() == legacy  # still read where it is
+    assert sources.fetch_squad() == tmp_path / "home" / sources.SQUAD_FILE  # set-up run again: copied over
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))
+    assert sources.squad_path().read_text() == '{"data": []}'
+
+
 @pytest.mark.parametrize("lines, reason", [
     (['{"q": "a"}', '{"q": "b"', '{"q": "c"}'], r"line 2: Expecting ',' delimiter \(column 10\)"),
     (['{"q": "a"}', '', '[1, 2]'], r"line 3: a JSON list, not an object"),

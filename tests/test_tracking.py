@@ -334,3 +334,14 @@ def test_launcher_configs_compose(launcher, target, monkeypatch):
         cfg = compose(config_name="prune", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.get("n_jobs", 2) == 2 and cfg.hydra.launcher.get("timeout_min", 240) == 240
+
+
+def test_keys_added_later_at_their_default_keep_an_old_runs_hash():
+    """A run recorded before model.save_dtype existed, or when capture.n defaulted to 800, still resumes."""
+    old = {"model": {"name_or_path": "tiny:llama", "dtype": "auto"}, "capture": {"n": 800, "max_length": 48},
+           "task": {"target": {"n": 200}}}
+    new = {"model": {"name_or_path": "tiny:llama", "dtype": "auto", "save_dtype": None},
+           "capture": {"n": None, "max_length": 48}, "task": {"target": {"n": 200}}}
+    assert tracking.config_hash(new)[0] == tracking.config_hash(old)[0]
+    asked = {**new, "model": {**new["model"], "save_dtype": "bfloat16"}}
+    assert tracking.config_hash(asked)[0] != tracking.config_hash(old)[0]  # another saved dtype is another run

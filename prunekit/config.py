@@ -114,8 +114,10 @@ class CaptureConfig(_Checked):
     """`capture.*`: how activations are recorded (the defaults are the paper's). Registered as `capture_schema`,
     which prune.yaml's `capture` extends."""
 
-    # prompts per set (task presets use it as the default `n` of each prompt set)
-    n: int = field(default=800, metadata={"allowed": "an integer >= 1"})
+    # prompts per capture set: null keeps each task preset's own counts (math/code: 800 each, the paper's;
+    # math_offline and the *_local presets: 200 target + 100 per distractor set); an integer sets every capture
+    # set's n (the presets read it as `${capture_n:<their own n>}`)
+    n: int | None = field(default=None, metadata={"allowed": "null or an integer >= 1"})
     # tokens per prompt (longer prompts are truncated)
     max_length: int = field(default=1024, metadata={"allowed": "an integer >= 1"})
     # prompts per forward pass (does not change the statistics)
@@ -128,7 +130,7 @@ class CaptureConfig(_Checked):
     def check(self):
         from prunekit.capture import CaptureSettings  # its own range checks, with the same messages
 
-        self._at_least("n", 1)
+        self._at_least("n", 1, allow_none=True)
         CaptureSettings(max_length=self.max_length, batch_size=self.batch_size, chat_template=self.chat_template,
                         skip_first=self.skip_first)
 
@@ -139,9 +141,17 @@ class ModelConfig(_Checked):
 
     name_or_path: str = ""
     dtype: str = field(default="auto", metadata={"allowed": "auto, float32, bfloat16 or float16"})
+    # dtype of the saved checkpoint: null = the source's stored dtype (whatever `dtype` computes in)
+    save_dtype: str | None = field(default=None, metadata={"allowed": "null, float32, bfloat16 or float16"})
     revision: str | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
+
+    def check(self):
+        allowed = ("float32", "bfloat16", "float16")
+        if self.save_dtype is not None and self.save_dtype not in allowed:
+            raise ConfigError(f"{self._prefix}save_dtype={self.save_dtype!r}: unknown dtype; allowed: null (the "
+                              f"source's stored dtype), {', '.join(allowed)}")
 
 
 @dataclass
@@ -293,10 +303,22 @@ def defaults(schema) -> dict:
     return out
 
 
+def capture_n(default, *, _root_):
+    """`${capture_n:<n>}` in the task presets: prune.py's `capture.n` when given, else the preset's own `n`
+    (also in evaluate.py and train.py, which have no capture). OmegaConf's oc.select cannot express this: it returns
+    a null value rather than its default."""
+    from omegaconf import OmegaConf
+
+    n = OmegaConf.select(_root_, "capture.n", default=None)
+    return default if n is None else n
+
+
 def register() -> None:
     """Put the group schemas in Hydra's ConfigStore (called on `import prunekit`, before any composition)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    OmegaConf.register_new_resolver("capture_n", capture_n, replace=True)
     store = ConfigStore.instance()
     store.store(group="eval", name="schema", node=defaults(EvalConfig))
     store.store(group="lora", name="schema", node=defaults(LoraConfig))

@@ -269,6 +269,37 @@ def load_tokenizer(source: Source, cache_dir: str | Path, revision: str | None =
         return AutoTokenizer.from_pretrained(materialize(source, cache_dir), revision=revision)
 
 
+def stored_dtype(source: Source, config) -> torch.dtype | None:
+    """The dtype a source's weights are stored in: its config's dtype for a checkpoint (None when it names none),
+    float32 for a GGUF (its dequantized values are exact in float32; pip models are converted so) and for the tiny
+    random models (created in float32)."""
+    if source.kind in ("gguf", "tiny"):
+        return torch.float32
+    dtype = getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def load_stored(source: Source, cache_dir: str | Path, dtype: torch.dtype | None, *, revision: str | None = None,
+                trust_remote_code: bool = False):
+    """The source's weights on the CPU in ``dtype`` (None: as stored), no tokenizer: what a checkpoint saved in
+    another dtype than the computation's is cut from (the pruning plan is applied to it again)."""
+    if source.kind == "tiny":
+        vocab = len(load_tokenizer(TOKENIZER_SOURCE, cache_dir))
+        return tiny_model(source.value, vocab).to(dtype=dtype or torch.float32)
+    kwargs = dict(dtype=dtype or "auto", revision=revision, trust_remote_code=trust_remote_code)
+    path = materialize(source, cache_dir)
+    if source.kind == "gguf":
+        kwargs.update(gguf_file=Path(path).name, dtype=dtype or torch.float32)
+        path = Path(path).parent
+    with _readable(source, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if getattr(model, "hf_quantizer", None) is not None and source.kind == "gguf":
+        model.hf_quantizer.remove_quantization_config(model)
+    return model.eval()
+
+
 def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_map: str | None = None,
          revision: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer) in eval mode, placed on this process's device or by an Accelerate device_map."""

@@ -191,6 +191,23 @@ def weights_dtype(model) -> str:
     return str(next(model.parameters()).dtype)
 
 
+def checkpoint_model(cfg, source, config, model, plan):
+    """The pruned model to save: ``model`` itself when it computes in the dtype to save (model.save_dtype; null:
+    the source's stored dtype), else the source reloaded on the CPU in that dtype with the same plan applied, so a
+    bf16 computation never rounds an fp32 source's checkpoint. The reload costs one CPU copy of the source while
+    saving, only when the two dtypes differ (not for a bf16-stored model computed in bf16)."""
+    chosen = cfg.model.get("save_dtype")
+    want = models.DTYPES[chosen] if chosen else models.stored_dtype(source, config)
+    if want == next(model.parameters()).dtype:
+        return model
+    log.info("saving in %s (computed in %s): the source's weights are reloaded and pruned alike",
+             want or "the source's stored dtype", next(model.parameters()).dtype)
+    stored = models.load_stored(source, cfg.model.cache_dir, want, revision=cfg.model.revision,
+                                trust_remote_code=cfg.model.trust_remote_code)
+    plan.apply(stored)
+    return stored
+
+
 def attribution_scores(cfg, strategy, model, tokenizer, source, prompts, layers=None):
     """Integrated-gradients scores [layers, d_ff] on seeded target samples (cached per layer on disk)."""
     sample = attribution.sample_prompts(prompts, strategy["samples"], strategy["seed"])
@@ -403,7 +420,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         with timer("save"):
             state = dist.process_state()
             if state.is_main_process:
-                save_model(model, tokenizer, run_dir / "model")
+                save_model(checkpoint_model(cfg, source, config, model, plan), tokenizer, run_dir / "model")
                 atomic_write_json(run_dir / "pruning.json", record)
             state.wait_for_everyone()
         tracking.log_selectivity(tracker, record)

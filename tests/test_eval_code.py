@@ -110,6 +110,16 @@ def test_body_only_continuation_gets_the_prompt(by_id):
     assert check(p, p["canonical_solution"] + "\nprint(mean_absolute_deviation([1.0]))\nassert False\n")["passed"]
 
 
+@pytest.mark.parametrize("exit_call", ["sys.exit(0)", "exit()", "quit()", "os._exit(0)", "raise SystemExit(0)"])
+def test_a_completion_that_exits_early_fails(by_id, exit_call):
+    """A body that leaves the interpreter with status 0 before the tests finish must not score a pass."""
+    p = by_id["HumanEval/4"]
+    body = f"    import os, sys\n    {exit_call}\n"
+    result = check(p, body)
+    assert not result["passed"] and result["status"] == "failed", (result["status"], result["stderr_tail"])
+    assert check(p, p["canonical_solution"])["passed"]  # the same problem's own solution still passes
+
+
 def test_unparseable_junk(by_id):
     p = by_id["HumanEval/0"]
     junk = "I am sorry, I cannot )))( solve def this: {{ ]\n```\n<|im_end|> ``` def ("

@@ -473,12 +473,12 @@ def _safetensors(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", [_truncate, _garbage, lambda d: d.unlink()])
-def test_damaged_converted_model_is_moved_aside_and_converted_again(damage, model_cache, tmp_path, caplog):
+def test_damaged_converted_model_is_moved_aside_and_converted_again(damage, converted_model, tmp_path, caplog):
     import shutil
 
     from prunekit import models
 
-    (converted,) = [p for p in model_cache.iterdir() if p.name.startswith("smollm2-135m-instruct-")]
+    converted = converted_model
     shutil.copytree(converted, tmp_path / converted.name)
     damage(_safetensors(tmp_path / converted.name))
     source = models.resolve("pip:smollm2-135m-instruct")

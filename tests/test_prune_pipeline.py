@@ -107,3 +107,58 @@ def test_failed_rerun_keeps_earlier_weights_and_leaves_no_stale_numbers(tmp_path
     # The redone job cleared the earlier attempt's numbers: nothing can report the 0.1 model as the 0.5 run.
     assert not (run / "metrics.json").exists() and not list(run.glob("complete-*.json"))
     assert not list(run.glob(".*.tmp"))
+
+
+def _fp32_source(tmp_path, model_cache) -> Path:
+    """A tiny llama checkpoint stored in float32 (a stock directory, as a user's source model would be)."""
+    from prunekit import models
+
+    tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, model_cache)
+    src = tmp_path / "src"
+    models.tiny_model("llama", len(tokenizer), seed=3).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    return src
+
+
+def _sliced(src: Path, kept: list[list[int]]):
+    """The source in float32 with every layer cut to the recorded kept neurons."""
+    from prunekit import surgery
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    surgery.prune_mlp(model, [torch.tensor(k) for k in kept])
+    return model
+
+
+def test_checkpoint_keeps_the_sources_stored_dtype_when_computing_in_bf16(tmp_path, model_cache, monkeypatch, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    from prunekit import dist
+
+    src = _fp32_source(tmp_path, model_cache)
+    monkeypatch.setattr(dist, "cpu_has_bf16", lambda: True)  # model.dtype=auto computes in bf16, as on such CPUs
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="prunekit.models"):
+        pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.dtype=auto", "evaluate=false"),
+                       run)
+    assert any(f"loaded {src} (dir) as torch.bfloat16" in r.getMessage() for r in caplog.records)  # computed in bf16
+    kept = json.loads((run / "pruning.json").read_text())["kept_indices"]
+    assert json.loads((run / "model" / "config.json").read_text())["dtype"] == "float32"
+    saved, expected = load_file(run / "model" / "model.safetensors"), _sliced(src, kept).state_dict()
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert all(torch.equal(saved[k], expected[k]) for k in saved)  # the source's values, sliced, not bf16-rounded
+    ids = torch.tensor([[1, 5, 9, 200, 17, 3]])
+    with torch.no_grad():
+        dlogit = (AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)(ids).logits
+                  - _sliced(src, kept)(ids).logits).abs().max().item()
+    assert dlogit < 1e-5
+    # model.save_dtype asks for another dtype; a bad value is one line naming the option and the allowed values.
+    pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=bfloat16",
+                        "evaluate=false"), tmp_path / "bf16")
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model" / "model.safetensors").values()} == {torch.bfloat16}
+    from prunekit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model\.save_dtype='fp8': unknown dtype; allowed: null \(the source's "
+                                          r"stored dtype\), float32, bfloat16, float16$"):
+        pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=fp8"), tmp_path / "x")

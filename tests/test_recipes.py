@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from prunekit import pipeline
+from prunekit.data import DataError
 from prunekit.evaluation import suite
 from tests.test_tracking import inspect_run
 
@@ -78,6 +79,33 @@ def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
     metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
                                      f"generations={path}", job="evaluate"), tmp_path / "rescore")
     assert metrics["gsm8k/em"] == 0.75 and metrics["gsm8k/trap_rate"] == 0.0
+
+
+def test_rescore_with_the_hub_presets_reads_only_what_it_scores_offline(tmp_path, model_cache):
+    """The README's `evaluate.py task=code|math generations=<file>` with no network (conftest: HF offline): the
+    distractor sets are hub ids, but re-scoring generates nothing, so only the file and the eval target count."""
+    from prunekit.sources import _humaneval
+
+    problems = _humaneval()[:4]
+    code_out = tmp_path / "code.jsonl"
+    code_out.write_text("".join(json.dumps({"id": p["task_id"], "output": p["canonical_solution"]}) + "\n"
+                                for p in problems))
+    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "task=code", f"generations={code_out}",
+                                     job="evaluate"), tmp_path / "code")
+    assert metrics["humaneval/pass@1"] == 1.0 and metrics["humaneval/n"] == 4
+    gsm8k = tmp_path / "gsm8k-test.jsonl"  # a local copy of the eval target (the hub one is not cached here)
+    gsm8k.write_text("".join(json.dumps({"question": f"{i} + {i}?", "answer": f"{i} + {i}\n#### {2 * i}"}) + "\n"
+                             for i in range(4)))
+    math_out = tmp_path / "math.jsonl"
+    math_out.write_text("".join(json.dumps({"id": i, "output": f"\\boxed{{{2 * i if i else 7}}}"}) + "\n"
+                                for i in range(4)))
+    cfg = _cfg(tmp_path, model_cache, "task=math", f"task.eval.target.path={gsm8k}", f"generations={math_out}",
+               job="evaluate")
+    assert pipeline.evaluate(cfg, tmp_path / "math")["gsm8k/em"] == 0.75
+    # What it does read is still checked before anything runs: the hub eval target cannot be loaded offline.
+    with pytest.raises(DataError, match=r"^task\.eval\.target\.path='openai/gsm8k': hub dataset cannot"):
+        pipeline.evaluate(_cfg(tmp_path, model_cache, "task=math", f"generations={math_out}", job="evaluate"),
+                          tmp_path / "math-hub")
 
 
 def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, model_cache):

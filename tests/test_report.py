@@ -215,8 +215,9 @@ def test_paper_experiments_sweep_the_papers_grid(name, model, task, monkeypatch)
     from omegaconf import OmegaConf
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
     cfg = _compose_experiment(name, ["strategy=random_s33"])
-    assert (cfg.model.name, cfg.task.name, cfg.evaluate, cfg.capture.n, cfg.capture.max_length) == (
-        model, task, True, 800, 1024)  # the paper's capture settings are prune.yaml's defaults
+    assert (cfg.model.name, cfg.task.name, cfg.evaluate, cfg.task.target.n, cfg.capture.max_length) == (
+        model, task, True, 800, 1024)  # the paper's capture settings: the math/code presets' n, prune.yaml's length
+    assert cfg.capture.n is None and {d.n for d in cfg.task.distractors.values()} == {800}
     assert OmegaConf.to_container(cfg.strategy, resolve=True) == {"name": "random", "seed": 33}  # CLI picks the arm
     params = cfg.hydra.sweeper.params
     assert [float(r) for r in params.ratio.split(",")] == list(report.PAPER_RATIOS)

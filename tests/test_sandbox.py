@@ -43,6 +43,19 @@ def test_correct_program_passes():
     assert r.returncode == 0
 
 
+@pytest.mark.parametrize("ending", ["import sys\nsys.exit(0)", "import sys\nsys.exit()", "raise SystemExit",
+                                    "exit()", "quit()", "import os\nos._exit(0)", "import posix\nposix._exit(0)"])
+def test_a_program_that_exits_before_its_end_fails(ending):
+    """Exit status 0 is not a pass: only a program that reaches its last line passes (the official harness counts
+    SystemExit as a failure), so the assertion after the exit can never be skipped into a pass."""
+    r = run_python(f"{ending}\nassert False, 'never reached'\n")
+    assert r.status == "failed", (r.status, r.returncode, r.stderr_tail)
+
+
+def test_a_program_that_catches_its_own_system_exit_runs_on_and_passes():
+    assert run_python("import sys\ntry:\n    sys.exit(0)\nexcept SystemExit:\n    pass\nx = 1\n").status == "passed"
+
+
 def test_wrong_assertion_fails():
     r = run_python("assert sorted([3, 1, 2]) == [3, 2, 1]\n")
     assert r.status == "failed"

@@ -5,12 +5,11 @@ import copy
 import pytest
 
 from prunekit import text
-from prunekit.models import load_tokenizer, resolve
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(resolve("pip:smollm2-135m-instruct"), "~/.cache/prunekit/models")
+def tok(tokenizer):
+    return tokenizer  # conftest's: converted into the test cache (PRUNEKIT_TEST_CACHE), never the user's cache
 
 
 def test_raw_prompts_get_special_tokens_and_chat_prompts_only_the_templates(tok):

@@ -354,3 +354,14 @@ def test_prune_align_at_its_default_keeps_earlier_runs_resumable(tmp_path):
     tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 128}}, resume=True)  # not refused
     with pytest.raises(tracking.TrackingError, match="prune.align: None -> 256"):
         tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 256}}, resume=True)
+
+
+def test_keys_added_later_at_their_default_keep_an_old_runs_hash():
+    """A run recorded before model.save_dtype existed, or when capture.n defaulted to 800, still resumes."""
+    old = {"model": {"name_or_path": "tiny:llama", "dtype": "auto"}, "capture": {"n": 800, "max_length": 48},
+           "task": {"target": {"n": 200}}}
+    new = {"model": {"name_or_path": "tiny:llama", "dtype": "auto", "save_dtype": None},
+           "capture": {"n": None, "max_length": 48}, "task": {"target": {"n": 200}}}
+    assert tracking.config_hash(new)[0] == tracking.config_hash(old)[0]
+    asked = {**new, "model": {**new["model"], "save_dtype": "bfloat16"}}
+    assert tracking.config_hash(asked)[0] != tracking.config_hash(old)[0]  # another saved dtype is another run

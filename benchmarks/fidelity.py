@@ -30,7 +30,8 @@ from prunekit import pipeline, report
 REPO = Path(__file__).resolve().parents[1]
 # The paper mix's presets evaluate similarity on 200 + 200 distractor prompts; 8 + 8 here, as the default mix.
 MIXES = {"default": ["model=smollm2-135m", "task=math_offline"],
-         "paper": ["model=smollm2-135m", "task=math_local", "task.eval.distractors.squad.n=8", "task.eval.distractors.conversations.n=8"]}
+         "paper": ["model=smollm2-135m", "task=math_local", "task.eval.distractors.squad.n=8",
+                   "task.eval.distractors.conversations.n=8"]}
 STRATEGIES = "selective,random_s42,random_s33,reverse,wanda_sp,flap,contrastive"
 
 

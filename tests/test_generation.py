@@ -185,3 +185,60 @@ def test_write_generations_atomic_jsonl(tmp_path, smol_tok, tiny):
         G.write_generations(path, [{"id": 0}, {"id": object()}])
     assert path.read_text() == before  # old file intact, no partial write
     assert [p.name for p in path.parent.iterdir()] == ["generations.jsonl"]  # temp file cleaned up
+
+
+def _plain_generate(model, tok, prompts, n_new):
+    """Reference: each prompt alone through plain `model.generate` (greedy), new tokens cut at the first EOS."""
+    eos = G.eos_ids(model, tok)
+    out = []
+    for p in prompts:
+        ids = torch.tensor([tok(p)["input_ids"]])
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n_new,
+                             eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        out.append(G.split_row(gen[0, ids.shape[1]:].tolist(), eos)[0])
+    return out
+
+
+@pytest.mark.parametrize("every", [1, 3, 5])
+def test_dropping_finished_rows_keeps_every_token(smol_tok, tiny, every):
+    """Rows that finish early (EOS, a criterion) leave the batch between chunks; every row's tokens, reasons and
+    criterion positions stay those of plain `model.generate` / the one-call batch."""
+    free = _one_by_one(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW)
+    model = copy.deepcopy(tiny)
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, free[0].token_ids[3], free[4].token_ids[6]]
+    crit_tok = free[1].token_ids[7]
+    kw = dict(max_new_tokens=N_NEW, batch_size=len(PROMPTS), progress=False,
+              stopping_criteria_factory=lambda n: [StopOnToken(crit_tok, n, [])])
+    whole = G.generate(model, smol_tok, PROMPTS, **kw)
+    dropped = G.generate(model, smol_tok, PROMPTS, drop_finished_every=every, **kw)
+    assert [g.stop_reason for g in whole] == [g.stop_reason for g in dropped]
+    assert {"eos", "criterion", "length"} <= {g.stop_reason for g in dropped}  # rows finish at different steps
+    assert [g.token_ids for g in whole] == [g.token_ids for g in dropped]
+    plain = _plain_generate(model, smol_tok, PROMPTS, N_NEW)
+    for g, ref in zip(dropped, plain):
+        assert g.token_ids == (ref[: g.n_tokens] if g.stop_reason == "criterion" else ref)
+
+
+def test_dropping_finished_rows_calls_generate_in_chunks(smol_tok, tiny, monkeypatch):
+    """The chunked path really runs: with k = 4, a 12-token budget takes 3 generate calls on a shrinking batch."""
+    calls = []
+    orig = type(tiny).generate
+
+    def spy(self, *a, **kw):
+        calls.append((kw["input_ids"].shape[0], kw["generation_config"].max_new_tokens))
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny), "generate", spy)
+    model = copy.deepcopy(tiny)
+    free = _one_by_one(model, smol_tok, PROMPTS[:3], max_new_tokens=N_NEW)
+    calls.clear()
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, free[0].token_ids[1]]
+    G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=N_NEW, batch_size=3, progress=False, drop_finished_every=4)
+    assert [c[1] for c in calls] == [4, 4, 4]
+    assert calls[0][0] == 3 and calls[-1][0] < 3
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
+def test_drop_finished_every_validated(smol_tok, tiny, bad):
+    with pytest.raises(G.GenerationError, match="drop_finished_every"):
+        G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=2, progress=False, drop_finished_every=bad)

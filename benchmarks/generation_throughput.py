@@ -11,7 +11,8 @@ timestamps every decode step, so the decode rate excludes the prefill. Beside it
   (bytes read + written / time).
 - compute bound: B / (FLOPs per step / matmul FLOP/s). FLOPs per step = 2 x B x matmul weights + attention
   (4 x B x layers x heads x head_dim x mean context); the matmul rate is a 2048^2 matmul in the model's dtype.
-achieved / bound uses the lower (binding) bound. Qwen2.5-Coder-0.5B is read from /work/models/READY or --qwen.
+achieved / bound uses the lower (binding) bound. `same rows`: the rows shared with the previous (smaller)
+batch's run (its prompts come first) have the same tokens. Qwen2.5-Coder-0.5B is read from /work/models/READY or --qwen.
 """
 
 from __future__ import annotations
@@ -101,13 +102,17 @@ def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> 
     generation.generate(model, tok, prompts[:1], max_new_tokens=2, chat_template=True, progress=False)  # warm-up
     rows = [f"{name}: {model.dtype}, weights read per step {read / 1e6:.0f} MB, matmul FLOP/s {flops / 1e9:.1f} G, "
             f"prompt tokens {[len(t) for t in text.encode(tok, prompts, True)][:max(batches)]}"]
+    prev: list = []  # the previous (smaller) batch's generations: a larger batch must repeat them token for token
     for b in batches:
-        tps, ctx, _ = decode_rate(model, tok, prompts[:b], args.max_new_tokens, args.drop_finished_every)
+        tps, ctx, gens = decode_rate(model, tok, prompts[:b], args.max_new_tokens, args.drop_finished_every)
+        same = all(a.token_ids == g.token_ids for a, g in zip(prev, gens))
+        prev = gens
         mem_bound = b * bw / read
         compute_bound = b * flops / (2 * b * matmul + 4 * b * attn_width * ctx)
         bound = min(mem_bound, compute_bound)
         rows.append(f"  {name:<8}{b:>6}{tps:>11.2f}{mem_bound:>12.1f}{compute_bound:>14.1f}"
-                    f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}")
+                    f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}"
+                    f"{str(same):>11}")
     del model
     return rows
 
@@ -138,7 +143,7 @@ def main() -> None:
           f"max_new_tokens={args.max_new_tokens}, drop_finished_every={args.drop_finished_every}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  {'model':<8}{'batch':>6}{'decode t/s':>11}{'mem bound':>12}{'compute bound':>14}{'binding':>9}"
-          f"{'achieved':>10}{'context':>8}")
+          f"{'achieved':>10}{'context':>8}{'same rows':>11}")
     print("\n".join(lines))
 
 

@@ -242,3 +242,14 @@ def test_dropping_finished_rows_calls_generate_in_chunks(smol_tok, tiny, monkeyp
 def test_drop_finished_every_validated(smol_tok, tiny, bad):
     with pytest.raises(G.GenerationError, match="drop_finished_every"):
         G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=2, progress=False, drop_finished_every=bad)
+
+
+def test_dropping_rows_needs_a_dynamic_cache(smol_tok, tiny):
+    """A model whose generation config chooses a cache keeps it: the batch then runs in one call."""
+    model = copy.deepcopy(tiny)
+    plain = G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False)
+    for impl in ("static", "dynamic"):
+        model.generation_config.cache_implementation = impl
+        out = G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False,
+                         drop_finished_every=2)
+        assert [g.token_ids for g in out] == [g.token_ids for g in plain]

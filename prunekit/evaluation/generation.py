@@ -130,6 +130,11 @@ def _decode(model, input_ids, attention_mask, gen_cfg, criteria: list, eos: list
     the remaining rows keep their padding, cache and positions, so each row computes exactly what it would have
     in the full batch, while a long last row no longer drags the finished ones through every step. 0: one call.
     """
+    if drop_finished_every and gen_cfg.cache_implementation is not None:
+        # generate refuses a cache object beside a cache choice, and fills an unset choice from the model's own
+        log.info("drop_finished_every ignored: the model's generation config chooses cache_implementation=%r",
+                 gen_cfg.cache_implementation)
+        drop_finished_every = 0
     budget, rows = gen_cfg.max_new_tokens, list(range(input_ids.shape[0]))
     new: list[list[int]] = [[] for _ in rows]
     fired = [-1] * len(rows)

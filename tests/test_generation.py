@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StoppingCriteria
 
+from prunekit import text
 from prunekit.evaluation import generation as G
 from prunekit.text import TextError
 
@@ -253,3 +254,39 @@ def test_dropping_rows_needs_a_dynamic_cache(smol_tok, tiny):
         out = G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False,
                          drop_finished_every=2)
         assert [g.token_ids for g in out] == [g.token_ids for g in plain]
+
+
+def _throughput_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_throughput.py"
+    spec = importlib.util.spec_from_file_location("generation_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_throughput_bound_counts_each_weight_read_once(smol_tok, tied):
+    """Bytes per step: every weight once; the input embedding only when the output head is tied to it."""
+    bench = _throughput_benchmark()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    read, matmul, width = bench.step_costs(model)
+    emb = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())  # parameters() lists a tied weight once
+    assert read == 4 * (total if tied else total - emb)
+    linear = 2 * (32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64) + len(smol_tok) * 32
+    assert matmul == linear and width == 2 * 4 * 8
+
+
+def test_throughput_decode_rate_runs_the_engine(smol_tok, tiny):
+    bench = _throughput_benchmark()
+    tps, ctx, gens = bench.decode_rate(tiny, smol_tok, PROMPTS[:3], 5, 0)
+    ref = G.generate(tiny, smol_tok, PROMPTS[:3], max_new_tokens=5, batch_size=3, chat_template=True, progress=False)
+    assert [g.token_ids for g in gens] == [g.token_ids for g in ref] and tps > 0
+    longest = max(len(ids) for ids in text.encode(smol_tok, PROMPTS[:3], True))
+    assert longest < ctx < longest + 5  # mean padded context over the decode steps

@@ -93,15 +93,16 @@ def decode_rate(model, tok, prompts, max_new_tokens: int, drop_every: int) -> tu
     return made / seconds, sum(c for _, c in ticks) / len(ticks), gens
 
 
-def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> list[str]:
+def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> None:
+    """Print one model's header and a row per batch size as each is measured."""
     model, tok = models.load(models.resolve(source), os.path.expanduser("~/.cache/prunekit/models"), dtype=args.dtype)
     flops = matmul_flops(model.dtype)
     read, matmul, attn_width = step_costs(model)
     spec = {"path": "pip:humaneval", "split": None, "field": "prompt", "n": max(batches)}
     prompts = [r["prompt"] for r in data.load_records(spec, "benchmark")]
     generation.generate(model, tok, prompts[:1], max_new_tokens=2, chat_template=True, progress=False)  # warm-up
-    rows = [f"{name}: {model.dtype}, weights read per step {read / 1e6:.0f} MB, matmul FLOP/s {flops / 1e9:.1f} G, "
-            f"prompt tokens {[len(t) for t in text.encode(tok, prompts, True)][:max(batches)]}"]
+    print(f"{name}: {model.dtype}, weights read per step {read / 1e6:.0f} MB, matmul FLOP/s {flops / 1e9:.1f} G, "
+          f"prompt tokens {[len(t) for t in text.encode(tok, prompts, True)][:max(batches)]}", flush=True)
     prev: list = []  # the previous (smaller) batch's generations: a larger batch must repeat them token for token
     for b in batches:
         tps, ctx, gens = decode_rate(model, tok, prompts[:b], args.max_new_tokens, args.drop_finished_every)
@@ -110,11 +111,9 @@ def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> 
         mem_bound = b * bw / read
         compute_bound = b * flops / (2 * b * matmul + 4 * b * attn_width * ctx)
         bound = min(mem_bound, compute_bound)
-        rows.append(f"  {name:<8}{b:>6}{tps:>11.2f}{mem_bound:>12.1f}{compute_bound:>14.1f}"
-                    f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}"
-                    f"{str(same):>11}")
-    del model
-    return rows
+        print(f"  {name:<8}{b:>6}{tps:>11.2f}{mem_bound:>12.1f}{compute_bound:>14.1f}"
+              f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}"
+              f"{str(same):>11}", flush=True)
 
 
 def main() -> None:
@@ -132,19 +131,16 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     qwen = args.qwen or (READY.read_text().strip() if READY.exists() else None)
     sources = {**SOURCES, "qwen": qwen}
+    if "qwen" in args.models.split(",") and qwen is None:
+        ap.error("--models qwen: no Qwen2.5-Coder-0.5B directory; pass --qwen DIR")
     bw = copy_bandwidth()
-    lines = []
-    for name in args.models.split(","):
-        source = sources.get(name, name)
-        if source is None:
-            ap.error("--models qwen: no Qwen2.5-Coder-0.5B directory; pass --qwen DIR")
-        lines += bench_model(name, source, batches, args, bw)
     print(f"copy bandwidth {bw / 1e9:.2f} GB/s (read + write), threads={torch.get_num_threads()}, "
           f"max_new_tokens={args.max_new_tokens}, drop_finished_every={args.drop_finished_every}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  {'model':<8}{'batch':>6}{'decode t/s':>11}{'mem bound':>12}{'compute bound':>14}{'binding':>9}"
-          f"{'achieved':>10}{'context':>8}{'same rows':>11}")
-    print("\n".join(lines))
+          f"{'achieved':>10}{'context':>8}{'same rows':>11}", flush=True)
+    for name in args.models.split(","):
+        bench_model(name, sources.get(name, name), batches, args, bw)
 
 
 if __name__ == "__main__":

@@ -1,116 +1,146 @@
-"""Tokens/s of the generation engine: length-sorted batches vs unsorted batches vs batch 1, same prompts, one run.
+"""Greedy decode tokens/s of the evaluation's generation path next to this machine's physical bounds, one run.
 
-    python benchmarks/generation_throughput.py                      # the offline default, SmolLM2-135M (pip)
-    python benchmarks/generation_throughput.py --model tiny         # a small random Llama + SmolLM2 tokenizer (fast)
+    python benchmarks/generation_throughput.py                                   # SmolLM2 + Qwen, batch 1 8 16
+    python benchmarks/generation_throughput.py --models smollm2 --batches 1,8 --max-new-tokens 16   # short
 
-Prompts are GSM8K test questions from ../shared/data when present (real, varied lengths), else built-in ones.
-A random model never emits EOS, so every prompt runs to --max-new-tokens; the real model may stop earlier.
-Measured here (2 cores, SmolLM2, 32 GSM8K questions, 64 new tokens, chat template): batch 1 23.3 tok/s, unsorted
-batch 8 87.9 (3.77x), length-sorted batch 8 96.7 (4.15x), outputs identical to batch 1.
+Per model and batch size B the first B HumanEval prompts (pip:humaneval, chat template) run through
+prunekit.evaluation.generation.generate with the loop detector, as the evaluation runs them; a clock criterion
+timestamps every decode step, so the decode rate excludes the prefill. Beside it, measured in the same run:
+- memory bound: B / (weight bytes read per decode step / copy bandwidth). A step reads every weight once (the
+  input embedding only when the output head is tied to it); the copy benchmark moves a 512 MiB tensor
+  (bytes read + written / time).
+- compute bound: B / (FLOPs per step / matmul FLOP/s). FLOPs per step = 2 x B x matmul weights + attention
+  (4 x B x layers x heads x head_dim x mean context); the matmul rate is a 2048^2 matmul in the model's dtype.
+achieved / bound uses the lower (binding) bound. `same rows`: the rows shared with the previous (smaller)
+batch's run (its prompts come first) have the same tokens. Qwen2.5-Coder-0.5B is read from /work/models/READY or --qwen.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import StoppingCriteria
 
-from prunekit import models, text
-from prunekit.evaluation.generation import generate
+from prunekit import data, models, text
+from prunekit.evaluation import generation, traps
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
-FALLBACK = [
-    "What is 2 + 2?",
-    "Write a short poem about the sea.",
-    "A farmer has 17 sheep. All but 9 run away. How many sheep does the farmer have left? Explain step by step.",
-    "Name three prime numbers.",
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
-    "clips did Natalia sell altogether in April and May? Think carefully and show all of your work.",
-    "Hi!",
-]
+SOURCES = {"smollm2": "pip:smollm2-135m-instruct"}
+READY = Path("/work/models/READY")
 
 
-def prompts(n: int) -> list[str]:
-    """n prompts of varied lengths: GSM8K questions (short and long mixed), else the built-in list repeated."""
-    if DATA.exists():
-        with open(DATA) as f:
-            return [json.loads(line)["question"] for _, line in zip(range(n), f)]
-    return [FALLBACK[i % len(FALLBACK)] * (1 + i % 3) for i in range(n)]
+class StepClock(StoppingCriteria):
+    """Never stops a row; records when each decoding step's token arrived (called once per step)."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.log.append((time.perf_counter(), input_ids.shape[1]))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def load(which: str):
-    """The offline default through prunekit's loader (converted once, cached), or a small random Llama."""
-    model, tok = models.load(models.resolve("pip:smollm2-135m-instruct"), "~/.cache/prunekit/models")
-    if which == "smollm2":
-        return model, tok
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    return AutoModelForCausalLM.from_config(cfg).eval(), tok
+def copy_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write), best of `repeats`."""
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * 4 / best
 
 
-def run(model, tok, ps, **kw):
-    """(tokens/s, generated tokens, seconds, outputs) of one engine setting; EOS counts as a generated token."""
+def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of an n x n matmul in `dtype`, best of `repeats`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    return 2 * n**3 / min(_timed(lambda: a @ b) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    gens = generate(model, tok, ps, progress=False, **kw)
-    dt = time.perf_counter() - t0
-    n = sum(g.n_tokens + (g.stop_reason == "eos") for g in gens)
-    return n / dt, n, dt, gens
+    fn()
+    return time.perf_counter() - t0
 
 
-def pad_tokens(lengths, batch_size, sort_by_length=True) -> int:
-    """Prompt padding tokens the batches carry (deterministic, unlike the timings)."""
-    batches = text.length_batches(lengths, batch_size, order="longest" if sort_by_length else "given")
-    return sum(max(lengths[i] for i in b) - lengths[i] for b in batches
-               for i in b)
+def step_costs(model) -> tuple[int, int, int]:
+    """(weight bytes read per decode step, matmul weights per row, attention width layers x heads x head_dim)."""
+    emb = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    params = [p for p in model.parameters() if tied or p.data_ptr() != emb.data_ptr()]
+    read = sum(p.numel() * p.element_size() for p in params)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.config.get_text_config(decoder=True)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return read, matmul, cfg.num_hidden_layers * cfg.num_attention_heads * head_dim
 
 
-def best(results):
-    """Fastest of repeated runs: on a shared machine the minimum time is the least disturbed one."""
-    return max(results, key=lambda r: r[0])
+def decode_rate(model, tok, prompts, max_new_tokens: int, drop_every: int) -> tuple[float, float, list]:
+    """(decode tokens/s, mean context length, generations) of one batch through the evaluation's engine."""
+    ticks: list = []
+    eos = generation.eos_ids(model, tok)
+
+    def criteria(prompt_len):
+        return [traps.LoopStoppingCriteria(prompt_len, eos_token_id=eos), StepClock(ticks)]
+
+    gens = generation.generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts),
+                               chat_template=True, stopping_criteria_factory=criteria, progress=False,
+                               drop_finished_every=drop_every)
+    made = sum(g.n_tokens + (g.stop_reason == "eos") for g in gens) - len(prompts)  # after the prefill's token
+    seconds = ticks[-1][0] - ticks[0][0]
+    return made / seconds, sum(c for _, c in ticks) / len(ticks), gens
+
+
+def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> None:
+    """Print one model's header and a row per batch size as each is measured."""
+    model, tok = models.load(models.resolve(source), os.path.expanduser("~/.cache/prunekit/models"), dtype=args.dtype)
+    flops = matmul_flops(model.dtype)
+    read, matmul, attn_width = step_costs(model)
+    spec = {"path": "pip:humaneval", "split": None, "field": "prompt", "n": max(batches)}
+    prompts = [r["prompt"] for r in data.load_records(spec, "benchmark")]
+    generation.generate(model, tok, prompts[:1], max_new_tokens=2, chat_template=True, progress=False)  # warm-up
+    print(f"{name}: {model.dtype}, weights read per step {read / 1e6:.0f} MB, matmul FLOP/s {flops / 1e9:.1f} G, "
+          f"prompt tokens {[len(t) for t in text.encode(tok, prompts, True)][:max(batches)]}", flush=True)
+    prev: list = []  # the previous (smaller) batch's generations: a larger batch must repeat them token for token
+    for b in batches:
+        tps, ctx, gens = decode_rate(model, tok, prompts[:b], args.max_new_tokens, args.drop_finished_every)
+        same = all(a.token_ids == g.token_ids for a, g in zip(prev, gens))
+        prev = gens
+        mem_bound = b * bw / read
+        compute_bound = b * flops / (2 * b * matmul + 4 * b * attn_width * ctx)
+        bound = min(mem_bound, compute_bound)
+        print(f"  {name:<8}{b:>6}{tps:>11.2f}{mem_bound:>12.1f}{compute_bound:>14.1f}"
+              f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}"
+              f"{str(same):>11}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
-    ap.add_argument("--n", type=int, default=32, help="number of prompts")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--models", default="smollm2,qwen", help="comma-separated: smollm2, qwen, or a model directory")
+    ap.add_argument("--qwen", default=None, help="Qwen2.5-Coder-0.5B-Instruct directory (default: /work/models/READY)")
+    ap.add_argument("--batches", default="1,8,16")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    # Evaluation wraps prompts in the chat template (eval.chat_template=true); raw prompts make SmolLM2 stop
-    # after a few tokens, which measures the batch's idle rows more than the engine.
-    ap.add_argument("--raw", dest="chat_template", action="store_false", help="raw prompts, no chat template")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats per setting; the fastest is kept")
+    ap.add_argument("--dtype", default="auto", help="model.dtype: auto | float32 | bfloat16")
+    ap.add_argument("--drop-finished-every", type=int, default=0, help="eval.drop_finished_every (0: off)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    model, tok = load(args.model)
-    ps = prompts(args.n)
-    kw = dict(max_new_tokens=args.max_new_tokens, chat_template=args.chat_template)
-    generate(model, tok, ps[:2], batch_size=2, progress=False, **kw)  # warm-up
-    settings = {
-        "batch 1": dict(batch_size=1),
-        f"unsorted batch {args.batch_size}": dict(batch_size=args.batch_size, sort_by_length=False),
-        f"sorted batch {args.batch_size}": dict(batch_size=args.batch_size),
-    }
-    runs = {name: [] for name in settings}
-    for _ in range(args.repeats):  # interleaved so load changes on the machine hit every setting alike
-        for name, s in settings.items():
-            runs[name].append(run(model, tok, ps, **s, **kw))
-    rows = {name: best(r) for name, r in runs.items()}
-    base = rows["batch 1"][0]
-    lengths = [len(t) for t in text.encode(tok, ps, args.chat_template)]
-    print(f"model={args.model} prompts={len(ps)} prompt tokens min/max/sum={min(lengths)}/{max(lengths)}/"
-          f"{sum(lengths)} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} "
-          f"best of {args.repeats}")
-    print(f"{'setting':<20}{'tokens':>8}{'pad tok':>9}{'seconds':>10}{'tokens/s':>10}{'vs batch 1':>12}")
-    for (name, (tps, n, dt, _)), s in zip(rows.items(), settings.values()):
-        pads = pad_tokens(lengths, s["batch_size"], s.get("sort_by_length", True))
-        print(f"{name:<20}{n:>8}{pads:>9}{dt:>10.2f}{tps:>10.1f}{tps / base:>11.2f}x")
-    same = all(a.token_ids == b.token_ids for r in list(rows.values())[1:] for a, b in zip(rows["batch 1"][3], r[3]))
-    print(f"batched outputs identical to batch 1: {same}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    qwen = args.qwen or (READY.read_text().strip() if READY.exists() else None)
+    sources = {**SOURCES, "qwen": qwen}
+    if "qwen" in args.models.split(",") and qwen is None:
+        ap.error("--models qwen: no Qwen2.5-Coder-0.5B directory; pass --qwen DIR")
+    bw = copy_bandwidth()
+    print(f"copy bandwidth {bw / 1e9:.2f} GB/s (read + write), threads={torch.get_num_threads()}, "
+          f"max_new_tokens={args.max_new_tokens}, drop_finished_every={args.drop_finished_every}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"  {'model':<8}{'batch':>6}{'decode t/s':>11}{'mem bound':>12}{'compute bound':>14}{'binding':>9}"
+          f"{'achieved':>10}{'context':>8}{'same rows':>11}", flush=True)
+    for name in args.models.split(","):
+        bench_model(name, sources.get(name, name), batches, args, bw)
 
 
 if __name__ == "__main__":

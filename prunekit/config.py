@@ -222,6 +222,7 @@ class EvalConfig(_Checked):
     parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
     batch_size: int = 8                    # prompts per generation batch (greedy; length-sorted, left padded)
     max_batch_tokens: int | None = 4096    # and at most this many padded prompt tokens per batch; null: no cap
+    drop_finished_every: int = 0           # >0: every k new tokens, rows that are done leave the batch; 0: off
     chat_template: Any = True              # true: prompts in the model's chat template (paper); false; auto
     max_new_tokens: int | None = None      # null: the task's (GSM8K 1024, the paper's "unconstrained"; HumanEval 512)
     loop_detection: bool = True            # a looping sample stops early and is recorded as a trap

@@ -238,6 +238,8 @@ SOURCE_EVAL_VERSION = 1
 SOURCE_METRICS_VERSION = 2
 # Evaluation settings that do not change the source model's target generations (left out of their cache key).
 NOT_GENERATION = ("parts", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
+# Settings added after the keys were pinned, at their off value: left out, so the keys made before them still hold.
+ADDED_OFF = (("drop_finished_every", 0),)
 
 
 def _source_dir(cfg, model, source, settings: dict) -> Path:
@@ -253,7 +255,7 @@ def source_key(cfg, source, dtype: str, settings: dict) -> str:
     key_of = {"version": SOURCE_EVAL_VERSION, "model": models.identity(source, cfg.model.revision),
               "dtype": dtype,
               "task": {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"},
-              "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION},
+              "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION and (k, v) not in ADDED_OFF},
               "code_timeout_s": settings["code"]["timeout_s"]}
     # The content of local evaluation files (target, its exclude sets): an edited file is new questions. Added only
     # when there are any, so the keys of pip/hub presets stay what they were.

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StoppingCriteria
 
+from prunekit import text
 from prunekit.evaluation import generation as G
 from prunekit.text import TextError
 
@@ -185,3 +186,107 @@ def test_write_generations_atomic_jsonl(tmp_path, smol_tok, tiny):
         G.write_generations(path, [{"id": 0}, {"id": object()}])
     assert path.read_text() == before  # old file intact, no partial write
     assert [p.name for p in path.parent.iterdir()] == ["generations.jsonl"]  # temp file cleaned up
+
+
+def _plain_generate(model, tok, prompts, n_new):
+    """Reference: each prompt alone through plain `model.generate` (greedy), new tokens cut at the first EOS."""
+    eos = G.eos_ids(model, tok)
+    out = []
+    for p in prompts:
+        ids = torch.tensor([tok(p)["input_ids"]])
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n_new,
+                             eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        out.append(G.split_row(gen[0, ids.shape[1]:].tolist(), eos)[0])
+    return out
+
+
+@pytest.mark.parametrize("every", [1, 3, 5])
+def test_dropping_finished_rows_keeps_every_token(smol_tok, tiny, every):
+    """Rows that finish early (EOS, a criterion) leave the batch between chunks; every row's tokens, reasons and
+    criterion positions stay those of plain `model.generate` / the one-call batch."""
+    free = _one_by_one(tiny, smol_tok, PROMPTS, max_new_tokens=N_NEW)
+    model = copy.deepcopy(tiny)
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, free[0].token_ids[3], free[4].token_ids[6]]
+    crit_tok = free[1].token_ids[7]
+    kw = dict(max_new_tokens=N_NEW, batch_size=len(PROMPTS), progress=False,
+              stopping_criteria_factory=lambda n: [StopOnToken(crit_tok, n, [])])
+    whole = G.generate(model, smol_tok, PROMPTS, **kw)
+    dropped = G.generate(model, smol_tok, PROMPTS, drop_finished_every=every, **kw)
+    assert [g.stop_reason for g in whole] == [g.stop_reason for g in dropped]
+    assert {"eos", "criterion", "length"} <= {g.stop_reason for g in dropped}  # rows finish at different steps
+    assert [g.token_ids for g in whole] == [g.token_ids for g in dropped]
+    plain = _plain_generate(model, smol_tok, PROMPTS, N_NEW)
+    for g, ref in zip(dropped, plain):
+        assert g.token_ids == (ref[: g.n_tokens] if g.stop_reason == "criterion" else ref)
+
+
+def test_dropping_finished_rows_calls_generate_in_chunks(smol_tok, tiny, monkeypatch):
+    """The chunked path really runs: with k = 4, a 12-token budget takes 3 generate calls on a shrinking batch."""
+    calls = []
+    orig = type(tiny).generate
+
+    def spy(self, *a, **kw):
+        calls.append((kw["input_ids"].shape[0], kw["generation_config"].max_new_tokens))
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny), "generate", spy)
+    model = copy.deepcopy(tiny)
+    free = _one_by_one(model, smol_tok, PROMPTS[:3], max_new_tokens=N_NEW)
+    calls.clear()
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, free[0].token_ids[1]]
+    G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=N_NEW, batch_size=3, progress=False, drop_finished_every=4)
+    assert [c[1] for c in calls] == [4, 4, 4]
+    assert calls[0][0] == 3 and calls[-1][0] < 3
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
+def test_drop_finished_every_validated(smol_tok, tiny, bad):
+    with pytest.raises(G.GenerationError, match="drop_finished_every"):
+        G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=2, progress=False, drop_finished_every=bad)
+
+
+def test_dropping_rows_needs_a_dynamic_cache(smol_tok, tiny):
+    """A model whose generation config chooses a cache keeps it: the batch then runs in one call."""
+    model = copy.deepcopy(tiny)
+    plain = G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False)
+    for impl in ("static", "dynamic"):
+        model.generation_config.cache_implementation = impl
+        out = G.generate(model, smol_tok, PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False,
+                         drop_finished_every=2)
+        assert [g.token_ids for g in out] == [g.token_ids for g in plain]
+
+
+def _throughput_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_throughput.py"
+    spec = importlib.util.spec_from_file_location("generation_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_throughput_bound_counts_each_weight_read_once(smol_tok, tied):
+    """Bytes per step: every weight once; the input embedding only when the output head is tied to it."""
+    bench = _throughput_benchmark()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    read, matmul, width = bench.step_costs(model)
+    emb = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())  # parameters() lists a tied weight once
+    assert read == 4 * (total if tied else total - emb)
+    linear = 2 * (32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64) + len(smol_tok) * 32
+    assert matmul == linear and width == 2 * 4 * 8
+
+
+def test_throughput_decode_rate_runs_the_engine(smol_tok, tiny):
+    bench = _throughput_benchmark()
+    tps, ctx, gens = bench.decode_rate(tiny, smol_tok, PROMPTS[:3], 5, 0)
+    ref = G.generate(tiny, smol_tok, PROMPTS[:3], max_new_tokens=5, batch_size=3, chat_template=True, progress=False)
+    assert [g.token_ids for g in gens] == [g.token_ids for g in ref] and tps > 0
+    longest = max(len(ids) for ids in text.encode(smol_tok, PROMPTS[:3], True))
+    assert longest < ctx < longest + 5  # mean padded context over the decode steps

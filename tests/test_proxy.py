@@ -194,3 +194,20 @@ def test_fidelity_qwen_runs_each_job_in_order_with_the_extra_overrides(tmp_path)
     assert "strategy=random ++strategy.seed=33 ratio=0.05" in calls[1] and calls[1].endswith("random_s33_r0.05")
     assert "strategy=contrastive ++strategy.seed=42 ratio=0.15" in calls[2]
     assert out.stdout.count("done in") == 3
+
+
+def test_drop_finished_every_keys_the_source_cache_only_when_on():
+    """Off (0) the pinned keys above hold; on, the batch changes shape mid-decode (other rounding on some
+    devices), so the source model's generations get their own cache entry."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    keys = []
+    for drop in (0, 16):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("prune", overrides=["data_dir=/D", "cache_dir=/C", f"eval.drop_finished_every={drop}"])
+        settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
+        keys.append(pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings))
+    assert keys[0] == "6449b65ddf27a92a417f" and keys[1] != keys[0]

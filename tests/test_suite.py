@@ -217,6 +217,8 @@ def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
     ({"parts": "task"}, None, "must be a list"),
     ({"max_new_tokens": 0}, None, r"eval.max_new_tokens=0: must be an integer >= 1"),
     ({"batch_size": 0}, None, r"eval.batch_size=0"),
+    ({"drop_finished_every": -1}, None, r"eval.drop_finished_every=-1: must be an integer >= 0 \(0: off\)"),
+    ({"drop_finished_every": "16"}, None, r"eval.drop_finished_every='16'"),
     ({"n": -1}, None, r"eval.n=-1"),
     ({"chat_template": "yes"}, None, "allowed: true, false, auto"),
     ({"throughput": {"prompts": 0}}, None, r"eval.throughput.prompts=0"),
@@ -274,3 +276,12 @@ def test_the_eval_preset_is_the_schema_plus_its_reference_cache(monkeypatch):
 def test_task_presets_name_their_metric(name, metric):
     ev = yaml.safe_load((REPO / "conf" / "task" / f"{name}.yaml").read_text())["eval"]
     assert ev["metric"] == metric and ev["max_new_tokens"] >= 1 and ev["target"]["gold_field"]
+
+
+def test_drop_finished_every_reaches_the_engine(tiny, tokenizer, monkeypatch):
+    seen = []
+    real = suite.generation.generate
+    monkeypatch.setattr(suite.generation, "generate", lambda *a, **k: seen.append(k["drop_finished_every"]) or real(*a, **k))
+    settings = suite.resolve_settings({"drop_finished_every": 4, "chat_template": False})
+    gens = suite._generate(tiny, tokenizer, ["a b", "c"], settings, 3, stop_on_answer=False, desc="t")
+    assert seen == [4] and len(gens) == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from prunekit import text
 from prunekit.checkpoint import atomic_write_text
@@ -109,14 +109,57 @@ def greedy_config(model, max_new_tokens: int, pad_id: int, eos: list[int]):
     return cfg
 
 
-def _check(prompts, max_new_tokens, batch_size) -> None:
+def _check(prompts, max_new_tokens, batch_size, drop_finished_every=0) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(drop_finished_every, int) or isinstance(drop_finished_every, bool) or drop_finished_every < 0:
+        raise GenerationError(f"drop_finished_every must be an integer >= 0 (0: off), got {drop_finished_every!r}")
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
         raise GenerationError(f"prompts must be strings; items {bad[:5]} are not")
+
+
+def _decode(model, input_ids, attention_mask, gen_cfg, criteria: list, eos: list[int],
+            drop_finished_every: int) -> tuple[list[list[int]], list[int]]:
+    """New token ids per row (padding after a row's stop included) and where a criterion first fired (-1: never).
+
+    With ``drop_finished_every`` = k > 0 the batch is decoded k tokens per `generate` call, and between calls the
+    rows that are done (EOS or a criterion) leave the batch and the KV cache (`DynamicCache.batch_select_indices`):
+    the remaining rows keep their padding, cache and positions, so each row computes exactly what it would have
+    in the full batch, while a long last row no longer drags the finished ones through every step. 0: one call.
+    """
+    if drop_finished_every and gen_cfg.cache_implementation is not None:
+        # generate refuses a cache object beside a cache choice, and fills an unset choice from the model's own
+        log.info("drop_finished_every ignored: the model's generation config chooses cache_implementation=%r",
+                 gen_cfg.cache_implementation)
+        drop_finished_every = 0
+    budget, rows = gen_cfg.max_new_tokens, list(range(input_ids.shape[0]))
+    new: list[list[int]] = [[] for _ in rows]
+    fired = [-1] * len(rows)
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True)) if drop_finished_every else None
+    step_cfg, done_tokens, eos_t = copy.copy(gen_cfg), 0, torch.tensor(eos)
+    while rows:
+        step_cfg.max_new_tokens = min(drop_finished_every or budget, budget - done_tokens)
+        first_stop = _FirstStop(criteria, input_ids.shape[1] - done_tokens, len(rows))
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=step_cfg,
+                             stopping_criteria=StoppingCriteriaList([first_stop]) if criteria else None,
+                             **({"cache": cache} if cache is not None else {}))
+        chunk = out[:, input_ids.shape[1]:].cpu()
+        done_tokens += chunk.shape[1]
+        finished = torch.isin(chunk, eos_t).any(1) | (first_stop.fired_at >= 0)
+        for r, row in enumerate(rows):
+            new[row] += chunk[r].tolist()
+            fired[row] = int(first_stop.fired_at[r])
+        if done_tokens >= budget or bool(finished.all()):
+            break
+        keep = (~finished).nonzero().flatten()
+        rows = [rows[r] for r in keep.tolist()]
+        input_ids = out[keep.to(out.device)]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(chunk.shape)], 1)[keep.to(out.device)]
+        cache.batch_select_indices(keep.to(out.device))
+    return new, fired
 
 
 @torch.inference_mode()
@@ -133,6 +176,7 @@ def generate(
     sort_by_length: bool = True,
     progress: bool = True,
     desc: str = "generate",
+    drop_finished_every: int = 0,
 ) -> list[Generation]:
     """Greedy continuations of `prompts` (original order), batched with left padding and KV cache.
 
@@ -140,8 +184,9 @@ def generate(
     stop string) get stop_reason "criterion", and keep the tokens up to and including the triggering one.
     Under `accelerate launch` the batches are shared out whole across processes and the generations gathered,
     so every process returns exactly what one process would.
+    `drop_finished_every`: see `_decode` (0: each batch in one `model.generate` call).
     """
-    _check(prompts, max_new_tokens, batch_size)
+    _check(prompts, max_new_tokens, batch_size, drop_finished_every)
     if not prompts:
         return []
     eos = eos_ids(model, tokenizer)
@@ -168,16 +213,9 @@ def generate(
         extra = list(stopping_criteria_factory(prompt_len)) if stopping_criteria_factory else []
         if stop_crit is not None:
             extra.append(stop_crit)
-        first_stop = _FirstStop(extra, prompt_len, len(idx))
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=gen_cfg,
-            stopping_criteria=StoppingCriteriaList([first_stop]) if extra else None,
-        )
-        new = out[:, prompt_len:].cpu()
+        new, fired_at = _decode(model, input_ids, attention_mask, gen_cfg, extra, eos, drop_finished_every)
         for row, i in enumerate(idx):
-            ids, reason = split_row(new[row].tolist(), eos, int(first_stop.fired_at[row]))
+            ids, reason = split_row(new[row], eos, fired_at[row])
             decoded = tokenizer.decode(ids, skip_special_tokens=True)
             results[i] = Generation(prompts[i], decoded, ids, len(ids), reason)
             n_new += len(ids)

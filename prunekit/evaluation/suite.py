@@ -138,6 +138,9 @@ def check_settings(settings: Mapping | None, task: Mapping) -> dict:
             raise SuiteError(f"eval.parts: unknown part {p!r}; allowed: {', '.join(PARTS)}")
     _positive_int(s["batch_size"], "eval.batch_size")
     _positive_int(s["max_batch_tokens"], "eval.max_batch_tokens", allow_none=True)
+    drop = s["drop_finished_every"]
+    if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
+        raise SuiteError(f"eval.drop_finished_every={drop!r}: must be an integer >= 0 (0: off)")
     _positive_int(s["max_new_tokens"], "eval.max_new_tokens", allow_none=True)
     _positive_int(ev.get("max_new_tokens"), "task.eval.max_new_tokens", allow_none=True)
     _positive_int(s["n"], "eval.n", allow_none=True)
@@ -345,7 +348,8 @@ def _generate(model, tokenizer, prompts: list[str], settings: dict, budget: int,
             idx = [todo[j] for j in group]
             gens = generation.generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=budget,
                                        batch_size=len(idx), chat_template=chat, progress=False,
-                                       stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc)
+                                       stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc,
+                                       drop_finished_every=settings["drop_finished_every"])
             for i, g in zip(idx, gens):
                 results[i] = g
                 n_new += g.n_tokens

@@ -6,14 +6,15 @@ spawned process, so peak memory is not shared between them, and on the same exam
     grouped   length-grouped batches (training.LengthBucketBatchSampler, the default), per-device batch B
     random    the same examples in randomly ordered batches of B (what grouping saves: padded tokens)
     pd1       the same examples one by one (per-device batch 1: no padding at all), same effective batch
-    bf16-ac   grouped, first optimizer step only, bf16 autocast (lora.mixed_precision=bf16), fp32 weights
-    bf16-w    grouped, first optimizer step only, bf16 base weights (LoRA parameters stay fp32, peft's default)
+    fp32-1    one optimizer step on the last --short-tokens tokens of ONE example, fp32: the bf16 rows' reference
+    bf16-ac   the same example, bf16 autocast (lora.mixed_precision=bf16), fp32 weights
+    bf16-w    the same example, bf16 base weights (LoRA parameters stay fp32, peft's default)
     full      (--compare-full) full fine-tuning of every weight on the grouped batches: the memory baseline
 
 The timed batches (`steps x effective batch / B` of them) are a random sample of one epoch over `--pool` examples
 in each batching's own order, so they carry its padding; the padding fraction of the whole epoch is printed beside
-them (no compute: it needs only the lengths), and is the figure to trust when the timed sample is small. The bf16 variants are
-compared with the fp32 `grouped` variant's first step (same batch, both the first step of a fresh process).
+them (no compute: it needs only the lengths), and is the figure to trust when the timed sample is small. The bf16
+rows are short on purpose (bf16 matmuls are emulated on CPUs without native bf16 and can be >10x slower).
 Default data: the offline CodeIO recovery rows of task=code_offline (its `train:` section, from pip); `--data
 <gsm8k train.jsonl>` keeps the old GSM8K path. Tokens/s counts real (non-pad) tokens; CPU seconds per 1k tokens
 (all threads) is the steadier figure when other jobs share the cores.
@@ -28,6 +29,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import queue
 import random
 import statistics
 import sys
@@ -38,7 +40,8 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K_TEMPLATE = "### Question: {question}\n### Answer: "
-VARIANTS = ("grouped", "random", "pd1", "bf16-ac", "bf16-w", "full")
+VARIANTS = ("grouped", "random", "pd1", "fp32-1", "bf16-ac", "bf16-w", "full")
+SHORT = ("fp32-1", "bf16-ac", "bf16-w")  # one short example each
 log = logging.getLogger("train_throughput")
 
 
@@ -113,11 +116,10 @@ def plan(lengths: list[int], *, per_device: int, effective: int, steps: int, see
                          f"(--steps x --effective-batch-size / --per-device-batch-size): raise --pool")
     shuffled = random_batches(range(len(lengths)), per_device, seed)
     # Each batching's timed batches are a random sample of its own epoch (so they carry its padding); pd1 trains
-    # the grouped sample's examples one by one, and the bf16 variants grouped's first optimizer step.
+    # the grouped sample's examples one by one; the short variants its first example (cut in run_variant).
     grouped = random.Random(seed).sample(epoch, k)
-    first = grouped[:effective // per_device]
     batches = {"grouped": grouped, "random": shuffled[:k], "pd1": [[i] for b in grouped for i in b],
-               "bf16-ac": first, "bf16-w": first, "full": grouped}
+               "full": grouped, **{v: [[grouped[0][0]]] for v in SHORT}}
     epoch_padding = {"grouped": padded_fraction(lengths, epoch), "random": padded_fraction(lengths, shuffled),
                      "pd1": 0.0}
     return {"batches": batches, "epoch_padding": epoch_padding}
@@ -178,13 +180,17 @@ def run_variant(variant: str, args: dict, out: mp.Queue) -> None:
     torch.set_num_threads(args["threads"])
     dtype = "bfloat16" if variant == "bf16-w" else "float32"
     model, tok = models.load(models.resolve(args["model"]), args["cache_dir"], dtype=dtype)
-    per_device = 1 if variant == "pd1" else args["per_device_batch_size"]
+    examples, batches = args["examples"], args["batches"][variant]
+    per_device, effective = (1, args["effective_batch_size"]) if variant == "pd1" else \
+        (args["per_device_batch_size"], args["effective_batch_size"])
+    if variant in SHORT:  # one example's last short_tokens tokens: answer tokens (its head is the masked prompt)
+        n, ex = args["short_tokens"], examples[batches[0][0]]
+        examples, batches, per_device, effective = [{k: v[-n:] for k, v in ex.items()}], [[0]], 1, 1
     lora = yaml.safe_load(Path(args["lora"]).read_text())
     lora.pop("defaults", None)
-    lora.update(epochs=1, per_device_batch_size=per_device, effective_batch_size=args["effective_batch_size"],
+    lora.update(epochs=1, per_device_batch_size=per_device, effective_batch_size=effective,
                 max_length=args["max_length"], save_every_steps=0,
                 mixed_precision="bf16" if variant == "bf16-ac" else "no")
-    examples, batches = args["examples"], args["batches"][variant]
     lengths = [len(e["input_ids"]) for e in examples]
     step_rates = []
     cpu0 = time.process_time()
@@ -216,7 +222,13 @@ def measure(variants: list[str], args: dict, repeats: int) -> dict[str, list[dic
             q = ctx.Queue()
             proc = ctx.Process(target=run_variant, args=(v, args, q))
             proc.start()
-            res[v].append(q.get())
+            while True:  # a child that dies (e.g. out of memory) puts nothing: do not wait for it forever
+                try:
+                    res[v].append(q.get(timeout=5))
+                    break
+                except queue.Empty:
+                    if not proc.is_alive():
+                        raise SystemExit(f"error: variant {v} died with exit code {proc.exitcode}") from None
             proc.join()
             log.info("repeat %d %s: %s", rep + 1, v, res[v][-1])
     return res
@@ -230,17 +242,16 @@ def report(res: dict[str, list[dict]], epoch_padding: dict, header: str) -> None
     print(f"\n{header}")
     print(f"{'variant':10}{'steps':>6}{'tokens':>8}{'pad (steps)':>12}{'pad (epoch)':>12}{'tok/s':>9}"
           f"{'CPU s/1k tok':>13}{'peak RSS GB':>12}{'+train GB':>10}{'vs grouped':>11}")
-    base = res.get("grouped")
     for v, rows in res.items():
-        first_only = v.startswith("bf16")
-        rate = median(rows, "first_step_tokens_per_s" if first_only else "tokens_per_s")
-        ref = median(base, "first_step_tokens_per_s" if first_only else "tokens_per_s") if base else float("nan")
+        rate = median(rows, "tokens_per_s")
+        base = res.get("fp32-1" if v in SHORT else "grouped")
+        ref = median(base, "tokens_per_s") if base else float("nan")
         pad_epoch = epoch_padding.get(v)
         print(f"{v:10}{rows[0]['steps']:>6}{rows[0]['tokens']:>8}{rows[0]['padding']:>12.3f}"
               f"{'' if pad_epoch is None else f'{pad_epoch:.3f}':>12}{rate:>9.1f}{median(rows, 'cpu_s_per_1k_tokens'):>13.1f}"
               f"{median(rows, 'peak_rss_gb'):>12.2f}{median(rows, 'train_rss_gb'):>10.2f}{rate / ref:>10.2f}x")
-    print("tok/s = real (non-pad) tokens per wall second, median over repeats; bf16 rows: the first optimizer step, "
-          "compared with grouped's first step (same batch); 'vs grouped' > 1 = faster than the default.")
+    print("tok/s = real (non-pad) tokens per wall second, median over repeats; 'vs grouped' > 1 = faster than the "
+          "default; the bf16 rows are compared with fp32-1 (the same single short example) instead.")
 
 
 def main(argv=None) -> None:
@@ -250,9 +261,10 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="code_offline", help="task preset whose `train:` section is the data")
     p.add_argument("--data", default="task", help="'task' (the task's train rows) or a GSM8K-style JSONL")
     p.add_argument("--lora", default="code", help="preset name in conf/lora (math|code) or a YAML path")
-    p.add_argument("--variants", default="grouped,random,pd1,bf16-ac,bf16-w", help=f"comma list of {VARIANTS}")
+    p.add_argument("--variants", default="grouped,random,pd1,fp32-1,bf16-ac,bf16-w", help=f"comma list of {VARIANTS}")
     p.add_argument("--compare-full", action="store_true", help="also full fine-tuning (LoRA vs full memory)")
-    p.add_argument("--steps", type=int, default=2, help="optimizer steps per variant (bf16 variants: 1)")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps per variant (short ones: 1)")
+    p.add_argument("--short-tokens", type=int, default=64, help="length of the fp32-1/bf16 rows' one example")
     p.add_argument("--per-device-batch-size", type=int, default=4)
     p.add_argument("--effective-batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=384)
@@ -284,7 +296,7 @@ def main(argv=None) -> None:
     args = {"model": a.model, "cache_dir": a.cache_dir, "lora": str(preset), "examples": list(examples),
             "batches": p_["batches"], "per_device_batch_size": a.per_device_batch_size,
             "effective_batch_size": a.effective_batch_size, "max_length": a.max_length, "threads": a.threads,
-            "out_dir": a.out_dir}
+            "short_tokens": a.short_tokens, "out_dir": a.out_dir}
     res = measure(variants, args, a.repeats)
     header = (f"model {a.model}; data {a.data if a.data != 'task' else 'task=' + a.task + ' train'}: pool of "
               f"{len(examples)} examples, mean {statistics.mean(lengths):.0f} tokens ({examples.truncated} cut at "

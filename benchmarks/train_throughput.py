@@ -251,7 +251,8 @@ def report(res: dict[str, list[dict]], epoch_padding: dict, header: str) -> None
               f"{'' if pad_epoch is None else f'{pad_epoch:.3f}':>12}{rate:>9.1f}{median(rows, 'cpu_s_per_1k_tokens'):>13.1f}"
               f"{median(rows, 'peak_rss_gb'):>12.2f}{median(rows, 'train_rss_gb'):>10.2f}{rate / ref:>10.2f}x")
     print("tok/s = real (non-pad) tokens per wall second, median over repeats; 'vs grouped' > 1 = faster than the "
-          "default; the bf16 rows are compared with fp32-1 (the same single short example) instead.")
+          "default; the bf16 rows are compared with fp32-1 (the same single short example) instead. On a shared machine "
+          "wall time drifts with the load: compare CPU s per 1k tokens.")
 
 
 def main(argv=None) -> None:

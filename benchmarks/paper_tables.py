@@ -204,8 +204,11 @@ def main() -> None:
     ap.add_argument("--tables", default="3,4,5")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in PAPER_RATIOS))
-    ap.add_argument("--recovery", default="task.train.n=1000 lora.epochs=1 lora.max_length=512",
-                    help="train.py overrides of the recovery budget (README: measured speed, why this budget)")
+    # 80 examples x 1 epoch at 512 tokens, batch 1 x 16 accumulation: 5 optimizer steps, ~38k tokens, estimated
+    # 38-44 min on 2 idle AVX2 cores from benchmarks/train_throughput.py (120-140 CPU s per 1k tokens); batch 4 at
+    # 512 tokens peaked at 15 GB RSS (151k-vocabulary fp32 logits), batch 1 fits beside other jobs.
+    ap.add_argument("--recovery", default="task.train.n=80 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1",
+                    help="train.py overrides of the recovery budget")
     ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
     ap.add_argument("--print", action="store_true", help="only print the tables from the journal")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (they change the job ids' "

@@ -1,0 +1,55 @@
+"""benchmarks/paper_tables.py: the job order, the journal that lets a rerun skip finished cells, and the printed
+tables, with the pipeline replaced by a recorder (the real jobs take hours)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_runner(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("paper_tables", REPO / "benchmarks" / "paper_tables.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    monkeypatch.setattr(runner, "JOURNAL", tmp_path / "journal.jsonl")
+    return runner
+
+
+def test_jobs_put_cheap_cells_first_and_recovery_after_its_pass_cells(tmp_path, monkeypatch):
+    runner = load_runner(tmp_path, monkeypatch)
+    jobs = runner.jobs(["3", "4", "5"], list(runner.STRATEGIES), list(runner.PAPER_RATIOS), ["lora.epochs=1"])
+    ids = [job for job, _, _ in jobs]
+    assert len(ids) == len(set(ids)) == 5 * 7 + 6 + 1
+    cheap = [j for j, _, o in jobs if "eval.parts=[similarity,nll]" in o]
+    assert ids[:len(cheap)] == cheap and "t3/random_s33_r0.05" in cheap and "t3/selective_r0.05" not in cheap
+    assert ids.index("t4/selective_r0.15") > ids.index("t3/selective_r0.15")
+    assert ids.index("t4/selective_r0.15") < ids.index("t3/selective_r0.2") < ids.index("t4/selective_r0.25")
+    assert ids[-1] == "t5"
+    overrides = dict(jobs[ids.index("t3/random_s42_r0.1")][2][i].split("=", 1) for i in range(2))
+    assert overrides == {"strategy": "random", "strategy.seed": "42"}
+
+
+def test_a_rerun_skips_journaled_jobs(tmp_path, monkeypatch):
+    runner = load_runner(tmp_path, monkeypatch)
+    calls = []
+
+    def fake_prune(cfg, run_dir, sweep_dir=None):
+        calls.append(Path(run_dir).name)
+        return {"humaneval/pass@1": 0.5, "humaneval/nll": 0.2, "distractor/sss": 0.7, "prune/real_ratio": 0.0526,
+                "original/humaneval/pass@1": 0.55, "time/eval": 1.0}
+
+    monkeypatch.setattr(runner.pipeline, "prune", fake_prune)
+    monkeypatch.setattr(runner, "compose_job", lambda job, overrides: overrides)
+    monkeypatch.setattr(runner.pipeline, "release_memory", lambda: None)
+    args = type("Args", (), {"tables": "3", "strategies": "selective,reverse", "ratios": "0.05", "recovery": "",
+                             "out": str(tmp_path / "runs")})
+    runner.run(args)
+    assert sorted(calls) == ["reverse_r0.05", "selective_r0.05"]
+    rows = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert {r["job"] for r in rows} == {"t3/selective_r0.05", "t3/reverse_r0.05"}
+    assert all("time/eval" not in r and r["humaneval/pass@1"] == 0.5 for r in rows)
+    runner.run(args)  # everything is journaled: nothing runs again
+    assert len(calls) == 2
+    table = runner.print_tables(runner.read_journal())
+    assert "| 5% (5.3%) | 50.00 (-) / 0.200 / 0.700 |" in table and "47.56 (0.0)" in table

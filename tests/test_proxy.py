@@ -114,7 +114,8 @@ def test_proxy_agreement_counts_pairs_against_the_task_metric():
 
 
 @pytest.mark.parametrize("task, key", [("math_offline", "6449b65ddf27a92a417f"), ("code_local", "eb15d7b5f1e47de71336"),
-                                       ("math", "d2977cb57f4be22601fa")])
+                                       ("math", "d2977cb57f4be22601fa"),
+                                       ("code_offline", "1e04ce01147fb1a4c905")])  # the default since stop 17
 def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
     """A new key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B on 2 cores). These are the keys
     of the stop-13 code; a deliberate change bumps pipeline.SOURCE_EVAL_VERSION and updates them here."""
@@ -207,7 +208,8 @@ def test_drop_finished_every_keys_the_source_cache_only_when_on():
     keys = []
     for drop in (0, 16):
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose("prune", overrides=["data_dir=/D", "cache_dir=/C", f"eval.drop_finished_every={drop}"])
+            cfg = compose("prune", overrides=["task=math_offline", "data_dir=/D", "cache_dir=/C",
+                                                  f"eval.drop_finished_every={drop}"])
         settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
         keys.append(pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings))
     assert keys[0] == "6449b65ddf27a92a417f" and keys[1] != keys[0]

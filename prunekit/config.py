@@ -370,7 +370,8 @@ def _check_directory(value, option: str) -> None:
     while not path.exists() and path != path.parent:
         path = path.parent
     if not path.is_dir():
-        env = " (from $PRUNEKIT_CACHE)" if os.environ.get("PRUNEKIT_CACHE") and option == "cache_dir" else ""
+        from_env = option == "cache_dir" and os.environ.get("PRUNEKIT_CACHE") == str(value)  # not a CLI value
+        env = " (from $PRUNEKIT_CACHE)" if from_env else ""
         raise ConfigError(f"{option}={value}{env}: {path} is a file, not a directory; point it at a directory")
 
 

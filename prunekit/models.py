@@ -288,16 +288,23 @@ def load_stored(source: Source, cache_dir: str | Path, dtype: torch.dtype | None
     if source.kind == "tiny":
         vocab = len(load_tokenizer(TOKENIZER_SOURCE, cache_dir))
         return tiny_model(source.value, vocab).to(dtype=dtype or torch.float32)
-    kwargs = dict(dtype=dtype or "auto", revision=revision, trust_remote_code=trust_remote_code)
+    as_stored = torch.float32 if source.kind == "gguf" else "auto"
+    return _weights(source, cache_dir, dtype=dtype or as_stored, revision=revision,
+                    trust_remote_code=trust_remote_code).eval()
+
+
+def _weights(source: Source, cache_dir: str | Path, **kwargs):
+    """``from_pretrained`` of a hub, directory, GGUF or converted pip model; a GGUF is dequantized and its
+    quantization config dropped, so it saves as a stock checkpoint."""
     path = materialize(source, cache_dir)
     if source.kind == "gguf":
-        kwargs.update(gguf_file=Path(path).name, dtype=dtype or torch.float32)
+        kwargs["gguf_file"] = Path(path).name
         path = Path(path).parent
     with _readable(source, "weights"):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if getattr(model, "hf_quantizer", None) is not None and source.kind == "gguf":
         model.hf_quantizer.remove_quantization_config(model)
-    return model.eval()
+    return model
 
 
 def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_map: str | None = None,
@@ -309,17 +316,9 @@ def load(source: Source, cache_dir: str | Path, *, dtype: str = "auto", device_m
     if source.kind == "tiny":
         model = tiny_model(source.value, len(tokenizer)).to(dtype=torch_dtype)
     else:
-        kwargs = dict(dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code)
-        path = materialize(source, cache_dir)
-        if source.kind == "gguf":
-            kwargs["gguf_file"] = Path(path).name
-            path = Path(path).parent
-        if device_map:
-            kwargs["device_map"] = device_map  # Accelerate's big-model placement (e.g. "auto" over GPUs)
-        with _readable(source, "weights"):
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        if getattr(model, "hf_quantizer", None) is not None and source.kind == "gguf":
-            model.hf_quantizer.remove_quantization_config(model)  # dequantized: saves as a stock checkpoint
+        placement = {"device_map": device_map} if device_map else {}  # Accelerate's big-model placement
+        model = _weights(source, cache_dir, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code,
+                         **placement)
     if not device_map:
         model.to(on)
     model.eval()

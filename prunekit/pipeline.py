@@ -252,14 +252,15 @@ def source_key(cfg, source, dtype: str, settings: dict) -> str:
     """Key of a source model's cached evaluation: model + dtype + task eval data + generation settings. A change
     of this key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B here): bump SOURCE_EVAL_VERSION
     for it on purpose, never by accident (tests pin the default's key)."""
+    task_eval = {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"}
     key_of = {"version": SOURCE_EVAL_VERSION, "model": models.identity(source, cfg.model.revision),
               "dtype": dtype,
-              "task": {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"},
+              "task": task_eval,
               "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION and (k, v) not in ADDED_OFF},
               "code_timeout_s": settings["code"]["timeout_s"]}
     # The content of local evaluation files (target, its exclude sets): an edited file is new questions. Added only
     # when there are any, so the keys of pip/hub presets stay what they were.
-    files = data.local_inputs({k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"})
+    files = data.local_inputs(task_eval)
     if files:
         key_of["files"] = files
     return hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -356,8 +357,6 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         name = strategy.name
         align = prune_align(cfg)
         if strategy.physical:
-            if cfg.ratio is None:  # the schema allows null (jobs without a ratio), physical pruning does not
-                raise surgery.RatioError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
             surgery.kept_width(1, cfg.ratio, align)  # range check of ratio, before anything else
         settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
                                                                            "skip_first")})

@@ -30,6 +30,8 @@ def check_align(align) -> int:
 
 
 def _check_range(ratio: float) -> Fraction:
+    if ratio is None:  # the schema allows null (jobs without a ratio), physical pruning does not
+        raise RatioError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise RatioError(f"ratio={ratio}: must be in the open interval (0, 1)")
     return Fraction(str(ratio))

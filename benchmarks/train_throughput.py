@@ -258,7 +258,8 @@ def report(res: dict[str, list[dict]], epoch_padding: dict, header: str) -> None
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="pip:qwen2.5-coder-0.5b-instruct", help="model.name_or_path (dir, hub id, pip:)")
-    p.add_argument("--cache-dir", default=str(Path("~/.cache/prunekit").expanduser()), help="model.cache_dir")
+    p.add_argument("--cache-dir", default=str(Path("~/.cache/prunekit/models").expanduser()),
+                   help="model.cache_dir (the default is the configs' ${cache_dir}/models: no second conversion)")
     p.add_argument("--task", default="code_offline", help="task preset whose `train:` section is the data")
     p.add_argument("--data", default="task", help="'task' (the task's train rows) or a GSM8K-style JSONL")
     p.add_argument("--lora", default="code", help="preset name in conf/lora (math|code) or a YAML path")

@@ -1,4 +1,5 @@
 """Prompt sets: a spec (hub dataset id, local JSONL/JSON/CSV file, or a pip-shipped source) -> records -> prompts.
+The rows come from ``readers`` (local files, hub datasets) and ``pip_datasets`` (the ``pip:<name>`` registry).
 
 A spec is a plain mapping (an OmegaConf DictConfig works too):
   path            hub id (``openai/gsm8k``), local file (``.jsonl``/``.json``/``.csv``, optionally ``.gz``) or

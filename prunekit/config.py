@@ -269,7 +269,7 @@ class LoraConfig(_Checked):
 
 @dataclass
 class PromptSetSpec(_Checked):
-    """One prompt set of a task preset (prunekit/data.py normalises and checks it; the `prompt_set` schema every
+    """One prompt set of a task preset (prunekit/data/__init__.py normalises and checks it; the `prompt_set` schema every
     set in conf/task/ extends, so each states only what differs). Consumers' keys (gold_field, prompt_template,
     response_field) and pip:gsm_symbolic's `seed` are stated where they are used."""
 

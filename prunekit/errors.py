@@ -4,3 +4,11 @@ report catch this class (and only it) and print one line, `error: <message>`, wi
 
 class PrunekitError(ValueError):
     """Bad input the user can fix; the message names the option or file and what is allowed."""
+
+
+class ModelError(PrunekitError):
+    """A model option that cannot be resolved or loaded."""
+
+
+class DataError(PrunekitError):
+    """A prompt-set spec or its data is unusable; the one-line message names the config option."""

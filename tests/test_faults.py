@@ -353,15 +353,16 @@ def test_two_prunes_sharing_a_cache_capture_once(tmp_path, model_cache):
 
 
 MATERIALIZE = """
-import logging, sys, time
+import importlib, logging, sys, time
 from prunekit import models
 logging.basicConfig(level=logging.INFO)
 if sys.argv[2] == "slow":
-    real = models._gguf_to_dir
+    conversion = importlib.import_module("prunekit.models.load")  # the module (models.load is the function)
+    real = conversion._gguf_to_dir
     def slow(gguf, out):
         time.sleep(4)
         real(gguf, out)
-    models._gguf_to_dir = slow
+    conversion._gguf_to_dir = slow
 print(models.materialize(models.resolve("pip:smollm2-135m-instruct"), sys.argv[1]), flush=True)
 """
 
@@ -383,7 +384,7 @@ def test_two_processes_materialising_one_pip_model_convert_it_once(tmp_path, cap
     logs = err + second.stderr
     assert logs.count("(one time)") == 1 and "damaged" not in logs  # converted once, never taken for damaged
     assert not list(cache.glob("*.bad-*")) and not _litter(cache)
-    from prunekit.models import _converted_ok
+    from prunekit.models.load import _converted_ok
     assert _converted_ok(Path(out.strip()))
 
 

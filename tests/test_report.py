@@ -246,3 +246,21 @@ def test_detrimental_grid_picks_the_best_setting(tmp_path):
     md = Path(result["markdown"]).read_text()
     assert "Best setting: layer 7, percent 0.1" in md
     assert f"evaluate.py model.name_or_path={tmp_path / 'grid' / 'layer=7,percent=0.1'}/model" in md
+
+
+def test_paper_yaml_is_complete_and_its_table2_is_our_arithmetic():
+    """paper.yaml (package data) holds one row per nominal ratio (+ the original in Tables 3 and 5), and its
+    Table 2 is what the 128-aligned width arithmetic gives for the paper's two widths."""
+    from prunekit import surgery
+
+    ratios = report.PAPER_RATIOS
+    assert ratios == (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35)
+    assert all(len(rows) == len(ratios) + 1 for rows in report.PAPER_TABLE3.values())
+    assert all(len(rows) == len(ratios) for rows in report.PAPER_TABLE4.values())
+    assert set(report.PAPER_TABLE3) == set(report.PAPER_TABLE4) == {
+        f"Qwen-{size} {domain}" for size in report.PAPER_SIZES.values() for domain in ("Math", "Code")}
+    assert all(len(v) == len(ratios) + 1 for pair in report.PAPER_TABLE5.values() for v in pair)
+    for d_ff, real in report.PAPER_TABLE2.items():
+        assert [round(100 * surgery.check_ratio(d_ff, r) / d_ff, 2) for r in ratios] == list(real)
+    assert report.paper_column(8960, "humaneval/pass@1") == "Qwen-1.5B Code"
+    assert report.PAPER_TABLE3["Qwen-1.5B Code"][0] == (62.80, 0.0)  # the original model's row comes first

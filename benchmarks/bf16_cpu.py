@@ -45,15 +45,15 @@ def main() -> None:
                                    chat_template=True, progress=False)
         t_gen = time.perf_counter() - t
         d_ff = mlp_layers(model)[0].d_ff
-        removed = strategies.pruned_indices("selective", scoring.selectivity(stats["target"], [stats["squad"]]),
-                                            surgery.check_ratio(d_ff, args.ratio), d_ff=d_ff,
-                                            layers=len(mlp_layers(model)))
+        plan = strategies.get({"name": "selective"}).plan(
+            strategies.Scores(selectivity=scoring.selectivity(stats["target"], [stats["squad"]])),
+            n_prune=surgery.check_ratio(d_ff, args.ratio), d_ff=d_ff, layers=len(mlp_layers(model)), seed=0)
         out[dtype] = dict(model=model, tok=tok, capture=t_capture, tps=sum(g.n_tokens for g in gens) / t_gen,
-                          outputs=[g.output for g in gens], removed=removed, d_ff=d_ff)
+                          outputs=[g.output for g in gens], plan=plan, removed=plan.removed())
     pairs = [(p, o) for p, o in zip(prompts, out["float32"]["outputs"]) if o.strip()]  # fp32 answers: the reference
     for o in out.values():
         o["nll"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)
-        surgery.prune_mlp(o["model"], strategies.kept_indices(o["removed"], o["d_ff"]))
+        o["plan"].apply(o["model"])
         o["nll_pruned"] = nll.target_nll(o["model"], o["tok"], pairs, chat_template=True, progress=False)
     a, b = out["float32"]["removed"], out["bfloat16"]["removed"]
     jaccard = [len(set(x.tolist()) & set(y.tolist())) / len(set(x.tolist()) | set(y.tolist())) for x, y in zip(a, b)]

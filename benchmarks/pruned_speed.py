@@ -1,6 +1,6 @@
 """Pruned-model speed (paper Table 5): batch-1 greedy tokens/s of the unpruned model and of physically pruned copies.
 
-Each ratio removes `surgery.pruned_count` neurons (128-aligned) from every MLP layer, picked at random (which
+Each ratio removes `surgery.check_ratio` neurons (128-aligned) from every MLP layer, picked at random (which
 neurons go does not change the speed), via `surgery.prune_mlp`. Timing reuses `resources.throughput` (the
 evaluation's own Table 5 metric, chat template, greedy) on the same GSM8K-style prompts for every model.
 Repeats are interleaved (each repeat times every model in turn) so background load hits all models alike;
@@ -36,9 +36,9 @@ def pruned_copy(model, ratio: float, seed: int):
     pruned = copy.deepcopy(model)
     layers = mlp_layers(pruned)
     d_ff = layers[0].d_ff
-    kept = strategies.choose("random", None, surgery.check_ratio(d_ff, ratio), d_ff=d_ff, layers=len(layers),
-                             seed=seed)
-    surgery.prune_mlp(pruned, kept)
+    strategies.get({"name": "random", "seed": seed}).plan(
+        strategies.Scores(), n_prune=surgery.check_ratio(d_ff, ratio), d_ff=d_ff, layers=len(layers), seed=seed
+    ).apply(pruned)
     return pruned
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     peaks = {r: peak_of(args, r) if args.memory else None for r in tps}
     rows = []
     for r in tps:
-        real = surgery.real_ratio(d_ff, r) if r else 0.0
+        real = surgery.check_ratio(d_ff, r) / d_ff if r else 0.0
         speedup, ideal = med[r] / med[0.0], params[0.0] / params[r]
         rows.append({"ratio": r, "real": real, "params": params[r], "peak_rss_gb": peaks[r], "tokens_per_s": med[r],
                      "decode_tokens_per_s": statistics.median(decode[r]), "speedup": speedup, "ideal": ideal})

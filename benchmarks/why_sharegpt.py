@@ -58,9 +58,9 @@ def own_nll(model, tokenizer, pairs) -> float:
     return nll.target_nll(model, tokenizer, pairs, batch_size=8, max_length=1024, chat_template=True, progress=False)
 
 
-def pruned(model, kept):
+def pruned(model, plan):
     copy_ = copy.deepcopy(model)
-    surgery.prune_mlp(copy_, kept)
+    plan.apply(copy_)
     return copy_
 
 
@@ -99,8 +99,8 @@ def main() -> None:
 
     for ratio in map(float, args.ratios.split(",")):
         k = surgery.check_ratio(d_ff, ratio)
-        rand = [own_nll(pruned(model, strategies.choose("random", None, k, d_ff=d_ff, layers=len(layers), seed=s)),
-                        tokenizer, pairs) for s in (42, 33)]
+        rand = [own_nll(pruned(model, strategies.get({"name": "random", "seed": s}).plan(
+            strategies.Scores(), n_prune=k, d_ff=d_ff, layers=len(layers), seed=s)), tokenizer, pairs) for s in (42, 33)]
         print(f"\nratio {ratio} (real {k / d_ff:.3f}); random seeds 42/33: NLL {rand[0]:.3f} / {rand[1]:.3f}")
         print(f"{'distractor set':44} {'prompts':>7} {'tokens':>7} {'code %':>7} {'selective NLL':>14} "
               f"{'vs random':>10} {'removed in top-half target imp. %':>34}")
@@ -109,9 +109,11 @@ def main() -> None:
                 continue
             pair = stats[name] if isinstance(stats[name], tuple) else (stats["target"], stats[name])
             s = scoring.selectivity(pair[0], [pair[1]])
-            removed = strategies.pruned_indices("selective", s, k, d_ff=d_ff, layers=len(layers))
+            plan = strategies.get({"name": "selective"}).plan(strategies.Scores(selectivity=s), n_prune=k, d_ff=d_ff,
+                                                              layers=len(layers), seed=0)
+            removed = plan.removed()
             in_top = float(torch.gather(top_half, 1, removed).float().mean()) * 100
-            value = own_nll(pruned(model, strategies.kept_indices(removed, d_ff)), tokenizer, pairs)
+            value = own_nll(pruned(model, plan), tokenizer, pairs)
             tokens = sum(min(len(t), 1024) for t in tokenizer(prompts)["input_ids"]) / len(prompts)
             code = 100 * sum(bool(CODE.search(p)) for p in prompts) / len(prompts)
             print(f"{name:44} {len(prompts):>7} {tokens:>7.0f} {code:>7.0f} {value:>14.3f} "

@@ -159,54 +159,6 @@ def save_model(model, tokenizer, path: Path) -> None:
             tokenizer.save_pretrained(tmp)
 
 
-WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # what save_pretrained writes
-
-
-def checkpoint_problem(model_dir) -> str | None:
-    """Why ``model_dir`` is not a loadable stock checkpoint (None when it is): config.json must be a JSON object,
-    and the safetensors weights (one file, or every shard its index names) must have a whole header and data
-    (safetensors' own reader checks that the file covers what its header declares; no tensor is read)."""
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
-    try:
-        config = read_json(model_dir / "config.json")
-    except (OSError, ValueError) as exc:
-        return f"{model_dir / 'config.json'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if not isinstance(config, dict):
-        return f"{model_dir / 'config.json'}: not a JSON object"
-    if (model_dir / WEIGHTS_INDEX).is_file():
-        try:
-            shards = sorted(set(read_json(model_dir / WEIGHTS_INDEX)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            return f"{model_dir / WEIGHTS_INDEX}: unreadable ({type(exc).__name__})"
-    else:
-        shards = [WEIGHTS_FILE]
-    for shard in shards:
-        try:
-            with safe_open(str(model_dir / shard), framework="pt"):
-                pass
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type, OSError, ...
-            return f"{model_dir / shard}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return None
-
-
 def read_json(path: Path):
     with open(path) as f:
         return json.load(f)
-
-
-def pruning_record_of(model_path) -> dict | None:
-    """``pruning.json`` of a checkpoint written by prune.py/train.py (beside its ``model/``, or in the dir given)."""
-    text = str(model_path) if isinstance(model_path, (str, os.PathLike)) else ""
-    if not text or text.startswith(("pip:", "tiny:")):
-        return None
-    path = Path(model_path).expanduser()
-    # Our checkpoints are `<run>/model` (the records stay readable after the weights are deleted); any other path
-    # must be an existing directory: a hub id such as Qwen/Qwen2.5-Math-1.5B-Instruct is never read as a run.
-    if not path.is_dir() and path.name != "model":
-        return None
-    for base in (path.parent, path):
-        if (base / "pruning.json").is_file():
-            return read_json(base / "pruning.json")
-    return None

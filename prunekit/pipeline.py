@@ -17,13 +17,12 @@ import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, text, tracking, training
+from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, text, training
 from prunekit.checkpoint import (
     DiskFullError,
     atomic_write_json,
     atomic_write_text,
     clean_stale_temps,
-    pruning_record_of,
     read_json,
     save_model,
 )
@@ -31,6 +30,8 @@ from prunekit.config import check as check_config
 from prunekit.evaluation import benchmarks, suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture, mlp_layers
+from prunekit.runs import layout, store, wandb
+from prunekit.runs.store import pruning_record_of
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,13 @@ def tracked(cfg, job_type: str, run_dir: Path, sweep_dir, record: dict | None = 
     """A W&B run around one job on the main process (never fails the job); the caller writes the local record.
     ``record``: the evaluated/trained checkpoint's pruning.json, which names the run (None: an unpruned model)."""
     if not dist.process_state().is_main_process:
-        yield tracking.Tracker(None, "disabled")
+        yield wandb.Tracker(None, "disabled")
         return
     config = plain(cfg)
-    group = cfg.wandb.group or tracking.group(config, sweep_dir, run_dir)
-    with tracking.start(config, job_type=job_type, run_dir=run_dir, mode=cfg.wandb.mode, project=cfg.wandb.project,
-                        entity=cfg.wandb.entity, group=group, name=tracking.run_name(config, record, job_type),
-                        tags=tracking.tags(config, record, job_type) + list(cfg.wandb.tags)) as tracker:
+    group = cfg.wandb.group or wandb.group(config, sweep_dir, run_dir)
+    with wandb.start(config, job_type=job_type, run_dir=run_dir, mode=cfg.wandb.mode, project=cfg.wandb.project,
+                        entity=cfg.wandb.entity, group=group, name=wandb.run_name(config, record, job_type),
+                        tags=wandb.tags(config, record, job_type) + list(cfg.wandb.tags)) as tracker:
         yield tracker
 
 
@@ -82,14 +83,15 @@ def finish_record(cfg, job_type: str, run_dir: Path, sweep_dir, metrics: dict, r
     """metrics.json + config.yaml, then the completion marker LAST, then the sweep's runs.jsonl line (main process)."""
     if not dist.process_state().is_main_process:
         return
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    tracking.mark_complete(run_dir, job_type)
+    atomic_write_text(run_dir / layout.CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(run_dir / layout.METRICS_FILE, metrics)
+    store.mark_complete(run_dir, job_type)
     try:  # the job is complete; a failing sweep index (full disk) is a warning, not a failed job
-        tracking.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type, record)
+        store.record_run(sweep_dir or run_dir.parent, run_dir, metrics, plain(cfg), "complete", job_type,
+                         wandb.run_name(plain(cfg), record, job_type))
     except (OSError, DiskFullError) as e:
         log.warning("could not append this run to %s (%s); the run itself is complete",
-                    Path(sweep_dir or run_dir.parent) / tracking.INDEX_FILE, e)
+                    Path(sweep_dir or run_dir.parent) / layout.INDEX_FILE, e)
 
 
 def run_inputs(cfg, config: dict) -> dict:
@@ -107,13 +109,13 @@ def skip_if_complete(cfg, job_type: str, run_dir: Path) -> dict | None:
     (another config there is a one-line error); else None, after clearing the earlier attempt's results."""
     config = plain(cfg)
     inputs = run_inputs(cfg, config)
-    if tracking.check_resume(run_dir, job_type, config, cfg.resume, inputs):
+    if store.check_resume(run_dir, job_type, config, cfg.resume, inputs):
         log.info("%s job already complete in %s with the same settings (resume=true): skipping", job_type, run_dir)
-        return read_json(run_dir / "metrics.json")
+        return read_json(run_dir / layout.METRICS_FILE)
     if dist.process_state().is_main_process:
-        tracking.begin(run_dir, job_type)
+        store.begin(run_dir, job_type)
         run_dir.mkdir(parents=True, exist_ok=True)
-        tracking.record_config(run_dir, config, job_type, inputs)
+        store.record_config(run_dir, config, job_type, inputs)
         capture_cache = cfg.capture.cache_dir if "capture" in cfg else None  # prune.py's only
         for folder in filter(None, (capture_cache, cfg.model.cache_dir, cfg.eval.reference_cache_dir,
                                     Path(cfg.cache_dir).expanduser() / "sources")):
@@ -332,7 +334,7 @@ def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, ch
     generations = run_dir / "generations.jsonl"  # prompt, output and verdict of every target sample
     if generations.exists():
         rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
-        tracking.log_generations(tracker, rows, limit=cfg.wandb.log_generations)
+        wandb.log_generations(tracker, rows, limit=cfg.wandb.log_generations)
     return metrics
 
 
@@ -351,7 +353,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     # 1. Check everything cheap before any weight is loaded.
     with timer("checks"):
         check_config(cfg, "prune")
-        tracking.check_mode(cfg.wandb.mode)
+        wandb.check_mode(cfg.wandb.mode)
         options = plain(cfg.strategy)
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
         name = strategy.name
@@ -422,9 +424,9 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             state = dist.process_state()
             if state.is_main_process:
                 save_model(checkpoint_model(cfg, source, config, model, plan), tokenizer, run_dir / "model")
-                atomic_write_json(run_dir / "pruning.json", record)
+                atomic_write_json(run_dir / layout.PRUNING_FILE, record)
             state.wait_for_everyone()
-        tracking.log_selectivity(tracker, record)
+        wandb.log_selectivity(tracker, record)
         log.info("%s: real ratio %.4f, params %d -> %d; saved %s", name, record["real_ratio"], params_before,
                  params_after, run_dir / "model")
 
@@ -451,7 +453,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     """Evaluate any checkpoint (original, pruned or recovered), or re-score a generations file without a model."""
     run_dir = Path(run_dir)
     check_config(cfg, "evaluate")
-    tracking.check_mode(cfg.wandb.mode)
+    wandb.check_mode(cfg.wandb.mode)
     task, settings = plain(cfg.task), plain(cfg.eval)
     generations = cfg.get("generations")  # re-score this file of {id, output} lines: no model is loaded
     suite.check_data(suite.check_settings(settings, task), task, generations)
@@ -535,7 +537,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     """LoRA recovery of a (pruned) checkpoint -> adapter + merged stock checkpoint, training.json, metrics."""
     run_dir = Path(run_dir)
     check_config(cfg, "train")
-    tracking.check_mode(cfg.wandb.mode)
+    wandb.check_mode(cfg.wandb.mode)
     task, lora = plain(cfg.task), plain(cfg.lora)
     source = models.resolve(cfg.model.name_or_path)
     if "train" not in task:
@@ -573,13 +575,13 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)
         if main:
             if record is not None:
-                atomic_write_json(run_dir / "pruning.json", record)
-            atomic_write_json(run_dir / "training.json", {"source_model": cfg.model.name_or_path, "lora": lora,
+                atomic_write_json(run_dir / layout.PRUNING_FILE, record)
+            atomic_write_json(run_dir / layout.TRAINING_FILE, {"source_model": cfg.model.name_or_path, "lora": lora,
                                                           "recovered_from": recovered_from, "examples": len(examples),
                                                           **summary})
         scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
                             source_rows) if cfg.evaluate else {}
-        before_path = model_dir.parent / "metrics.json"
+        before_path = model_dir.parent / layout.METRICS_FILE
         before = read_json(before_path) if model_dir.name == "model" and before_path.is_file() else {}
         metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
                    **scores, **relative_gain(before, scores)}

@@ -58,6 +58,13 @@ class PhysicalPlan:
     def apply(self, model) -> None:
         surgery.prune_mlp(model, self.kept)
 
+    def removed(self) -> torch.Tensor:
+        """[layers, pruned per layer]: the indices every layer loses, sorted (for analyses of what a plan takes)."""
+        keep = torch.zeros(len(self.kept), self.d_ff, dtype=torch.bool)
+        for row, kept in zip(keep, self.kept):
+            row[kept] = True
+        return torch.stack([(~row).nonzero().squeeze(1) for row in keep])
+
     def record(self, ratio: float) -> dict:
         n_prune = self.d_ff - int(self.kept[0].numel())
         return {"ratio": ratio, "real_ratio": n_prune / self.d_ff, "pruned_per_layer": n_prune,
@@ -264,26 +271,3 @@ class DetrimentalRandom(_OneLayer):
 
     def neurons(self, s, d_ff):
         return ig.random_neurons(d_ff, self.options["percent"], self.options["seed"])
-
-
-# ---------------------------------------------------------------------------------------------- by name
-def ranking(name: str, selectivity=None, attribution=None, *, stats=None, down_weights=None, **options):
-    """The scores whose lowest values strategy `name` removes first (for analyses and tests)."""
-    return get({"name": name, **options}).scores(Scores(stats, selectivity, attribution, down_weights))
-
-
-def pruned_indices(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
-    """[layers, n_prune] indices strategy `name` removes, given its ranking `scores` (random: seeded)."""
-    if name == "random":
-        return _random(n_prune, d_ff, layers, seed)
-    strategy = get({"name": name})
-    if not strategy.physical:
-        raise StrategyError(f"strategy.name='{name}' deactivates one layer; it has no uniform pruning set")
-    if scores is None:
-        raise StrategyError(f"strategy.name='{name}' needs scores")
-    return _lowest(scores, n_prune)
-
-
-def choose(name: str, scores: torch.Tensor | None, n_prune: int, *, d_ff: int, layers: int, seed: int = 42):
-    """Kept indices per layer (sorted LongTensors) for a physical strategy, given its ranking scores."""
-    return kept_indices(pruned_indices(name, scores, n_prune, d_ff=d_ff, layers=layers, seed=seed), d_ff)

@@ -47,11 +47,6 @@ def kept_width(d_ff: int, ratio: float, align: int = ALIGN) -> int:
     return math.floor((1 - _check_range(ratio)) * d_ff / align) * align
 
 
-def pruned_count(d_ff: int, ratio: float, align: int = ALIGN) -> int:
-    """Neurons removed per layer: ``d_ff - kept_width``."""
-    return d_ff - kept_width(d_ff, ratio, align)
-
-
 def max_ratio(d_ff: int, align: int = ALIGN) -> Fraction | None:
     """The largest ratio that still keeps ``align`` neurons (``1 - align / d_ff``); None when no ratio in (0, 1)
     can keep a positive multiple of ``align`` below ``d_ff`` (``d_ff <= align``)."""
@@ -73,11 +68,6 @@ def check_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> int:
         raise RatioError(f"ratio={ratio}: keeps {kept} of {d_ff} neurons per layer; the kept width must be a positive "
                          f"multiple of prune.align={align}; allowed ratios for this model are in (0, {float(shown):.4f}]{exact}")
     return d_ff - kept
-
-
-def real_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> float:
-    """The ratio actually removed after alignment (paper Table 2)."""
-    return pruned_count(d_ff, ratio, align) / d_ff
 
 
 def prune_mlp(model, kept: list[torch.Tensor]) -> None:

@@ -55,7 +55,8 @@ def _pruned_run(root: Path, arch: str, tokenizer, ratio: float = 0.3,
     the tiny models' tokenizer comes from."""
     model = models.tiny_model(arch, len(tokenizer), d_ff=384)
     n_prune = surgery.check_ratio(384, ratio)
-    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=384, layers=2))
+    strategies.get({"name": "random", "seed": 42}).plan(
+        strategies.Scores(), n_prune=n_prune, d_ff=384, layers=2, seed=42).apply(model)
     run = root / arch
     model.save_pretrained(run / "model")
     tokenizer.save_pretrained(run / "model")
@@ -139,7 +140,8 @@ def _wide_run(root: Path, tokenizer, align: int) -> Path:
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(config)
     n_prune = surgery.check_ratio(512, 0.2, align)
-    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=512, layers=1))
+    strategies.get({"name": "random", "seed": 42}).plan(
+        strategies.Scores(), n_prune=n_prune, d_ff=512, layers=1, seed=42).apply(model)
     run = root / f"align{align}"
     model.save_pretrained(run / "model")
     tokenizer.save_pretrained(run / "model")
@@ -213,7 +215,8 @@ def test_gguf_sourced_model_keeps_the_source_metadata(tmp_path, model_cache):
     source = models.resolve("pip:smollm2-135m-instruct")
     model, tokenizer = models.load(source, model_cache, dtype="float32")
     n_prune = surgery.check_ratio(1536, 0.05)
-    surgery.prune_mlp(model, strategies.choose("random", None, n_prune, d_ff=1536, layers=30))
+    strategies.get({"name": "random", "seed": 42}).plan(
+        strategies.Scores(), n_prune=n_prune, d_ff=1536, layers=30, seed=42).apply(model)
     run = tmp_path / "run"
     model.save_pretrained(run / "model")
     (run / "pruning.json").write_text(json.dumps({"source_model": "pip:smollm2-135m-instruct"}))
@@ -236,7 +239,8 @@ def test_gguf_sourced_model_starts_from_the_source_files_metadata(runs, tmp_path
     is the new kept width, and a source that does not describe the checkpoint is refused."""
     source = _export(runs["llama"][0], "f16", model_cache).path  # a llama GGUF of d_ff 256 to prune again
     model, tokenizer = models.load(models.resolve(str(source)), model_cache, dtype="float32")
-    surgery.prune_mlp(model, strategies.choose("random", None, surgery.check_ratio(256, 0.5), d_ff=256, layers=2))
+    strategies.get({"name": "random", "seed": 42}).plan(
+        strategies.Scores(), n_prune=surgery.check_ratio(256, 0.5), d_ff=256, layers=2, seed=42).apply(model)
     run = tmp_path / "again"
     model.save_pretrained(run / "model")
     (run / "pruning.json").write_text(json.dumps({"source_model": str(source)}))

@@ -104,13 +104,13 @@ def test_damaged_activation_cache_is_moved_aside_and_rebuilt(kind, clean, tmp_pa
 def test_resume_refuses_a_changed_config_and_resume_false_redoes_it(clean, tmp_path, model_cache):
     import shutil
 
-    from prunekit.tracking import TrackingError
+    from prunekit.runs.store import RunError
 
     shutil.copytree(clean[0] / "cache", tmp_path / "cache")
     run = tmp_path / "run"
     first = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
     assert pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run) == first  # same settings: skipped
-    with pytest.raises(TrackingError, match=r"other settings \(ratio: 0.1 -> 0.5; strategy.name: 'selective' -> "
+    with pytest.raises(RunError, match=r"other settings \(ratio: 0.1 -> 0.5; strategy.name: 'selective' -> "
                                             r"'reverse'\).*resume=false"):
         pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse"), run)
     assert json.loads((run / "pruning.json").read_text())["ratio"] == 0.1  # untouched

@@ -85,9 +85,10 @@ def test_strategy_prunes_its_lowest_scores(tmp_path, model_cache, name):
                                 {"sets": counts, "layers": 2, "d_ff": 384})
     source, _ = models.load(models.resolve("tiny:llama"), model_cache)  # the same seeded weights the run pruned
     down = [m.down.weight for m in mlp_layers(source)]
-    scores = strategies.ranking(name, stats=stats, down_weights=down, weight=0.5)
-    expected = strategies.choose(name, scores, 128, d_ff=384, layers=len(down))
-    assert record["kept_indices"] == [k.tolist() for k in expected]
+    # the lowest 128 of the strategy's own scores go in every layer; survivors keep their order
+    scores = strategies.get({"name": name, "weight": 0.5}).scores(strategies.Scores(stats=stats, down_weights=down))
+    lowest = [set(torch.argsort(row, stable=True)[:128].tolist()) for row in scores]
+    assert record["kept_indices"] == [sorted(set(range(384)) - low) for low in lowest]
     assert record["kept_width"] == 256
 
 

@@ -27,7 +27,8 @@ def test_smollm2_prunes_to_a_stock_checkpoint_with_identical_logits(tmp_path, mo
     n_prune = surgery.check_ratio(1536, 0.1)
     assert n_prune == 256  # ceil(153.6 / 128) * 128
     before = sum(p.numel() for p in model.parameters())
-    surgery.prune_mlp(model, strategies.choose("selective", s, n_prune, d_ff=1536, layers=30))
+    strategies.get({"name": "selective"}).plan(strategies.Scores(selectivity=s), n_prune=n_prune, d_ff=1536, layers=30,
+                                               seed=0).apply(model)
     assert before - sum(p.numel() for p in model.parameters()) == 30 * 256 * 576 * 3
 
     ids = tokenizer(target[:2], return_tensors="pt", padding=True)

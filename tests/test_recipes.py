@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from prunekit import pipeline
 from prunekit.data import DataError
 from prunekit.evaluation import suite
-from tests.test_tracking import inspect_run
+from tests.test_runs import inspect_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
@@ -178,7 +178,7 @@ def test_detrimental_grid_then_best_setting_on_the_test_split(tmp_path, model_ca
 
 
 def test_a_hub_id_is_never_read_as_a_local_run(tmp_path, monkeypatch):
-    from prunekit.checkpoint import pruning_record_of
+    from prunekit.runs.store import pruning_record_of
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Qwen").mkdir()

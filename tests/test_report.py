@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunekit import report, tracking
-from tests.test_tracking import write_checkpoint
+from prunekit import report
+from prunekit.runs import store
+from tests.test_runs import write_checkpoint
 
 D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
 EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
@@ -121,13 +122,13 @@ def test_finished_runs_are_reported_without_their_checkpoint_and_unfinished_ones
         (run / "complete-evaluate.json").unlink()
         write_checkpoint(run / "model")
     for run in (kept, deleted):
-        tracking.mark_complete(run, "prune")
+        store.mark_complete(run, "prune")
     shutil.rmtree(deleted / "model")  # the user freed disk after the run finished
-    assert not tracking.is_complete(deleted, "prune")  # so resume redoes it ...
+    assert not store.is_complete(deleted, "prune")  # so resume redoes it ...
     found = report.find_run_dirs(sweep)
     assert kept in found and deleted in found  # ... but its results are still complete for the report
     assert unfinished not in found  # no marker: killed before its last step
-    tracking.begin(kept, "prune")  # a redo that then fails drops the marker and the old metrics
+    store.begin(kept, "prune")  # a redo that then fails drops the marker and the old metrics
     assert kept not in report.find_run_dirs(sweep)
 
 
@@ -245,3 +246,21 @@ def test_detrimental_grid_picks_the_best_setting(tmp_path):
     md = Path(result["markdown"]).read_text()
     assert "Best setting: layer 7, percent 0.1" in md
     assert f"evaluate.py model.name_or_path={tmp_path / 'grid' / 'layer=7,percent=0.1'}/model" in md
+
+
+def test_paper_yaml_is_complete_and_its_table2_is_our_arithmetic():
+    """paper.yaml (package data) holds one row per nominal ratio (+ the original in Tables 3 and 5), and its
+    Table 2 is what the 128-aligned width arithmetic gives for the paper's two widths."""
+    from prunekit import surgery
+
+    ratios = report.PAPER_RATIOS
+    assert ratios == (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35)
+    assert all(len(rows) == len(ratios) + 1 for rows in report.PAPER_TABLE3.values())
+    assert all(len(rows) == len(ratios) for rows in report.PAPER_TABLE4.values())
+    assert set(report.PAPER_TABLE3) == set(report.PAPER_TABLE4) == {
+        f"Qwen-{size} {domain}" for size in report.PAPER_SIZES.values() for domain in ("Math", "Code")}
+    assert all(len(v) == len(ratios) + 1 for pair in report.PAPER_TABLE5.values() for v in pair)
+    for d_ff, real in report.PAPER_TABLE2.items():
+        assert [round(100 * surgery.check_ratio(d_ff, r) / d_ff, 2) for r in ratios] == list(real)
+    assert report.paper_column(8960, "humaneval/pass@1") == "Qwen-1.5B Code"
+    assert report.PAPER_TABLE3["Qwen-1.5B Code"][0] == (62.80, 0.0)  # the original model's row comes first

@@ -12,13 +12,14 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM
 
-from prunekit import cli, data, models, pipeline, report, tracking, training
+from prunekit import cli, data, models, pipeline, report, training
 from prunekit.config import ConfigError
 from prunekit.evaluation import suite
+from prunekit.runs import store
 from prunekit.surgery import RatioError
 from tests.test_recipes import _cfg
 from tests.test_report import make_sweep
-from tests.test_tracking import write_checkpoint
+from tests.test_runs import write_checkpoint
 
 REPO = pipeline.Path(__file__).resolve().parents[1]
 
@@ -51,18 +52,18 @@ def test_another_jobs_run_directory_is_refused_and_left_intact(pruned_run, model
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     gens = tmp / f"g-{resume}.jsonl"
     _answers(tmp, model_cache, gens, right=2)
-    with pytest.raises(tracking.TrackingError, match=r"holds a prune run, not a evaluate run"):
+    with pytest.raises(store.RunError, match=r"holds a prune run, not a evaluate run"):
         pipeline.evaluate(_rescore_cfg(tmp, model_cache, gens, f"resume={str(resume).lower()}"), run)
-    with pytest.raises(tracking.TrackingError, match=r"holds a prune run, not a train run"):
-        tracking.check_resume(run, "train", {"lora": {"r": 8}}, resume)
+    with pytest.raises(store.RunError, match=r"holds a prune run, not a train run"):
+        store.check_resume(run, "train", {"lora": {"r": 8}}, resume)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing overwritten or deleted
 
 
 def test_an_unfinished_run_of_another_job_is_refused_too(tmp_path):
-    tracking.record_config(tmp_path, {"ratio": 0.1}, "prune")  # a prune killed before its marker
-    with pytest.raises(tracking.TrackingError, match="holds a prune run"):
-        tracking.check_resume(tmp_path, "train", {"ratio": 0.1}, resume=False)
-    assert tracking.check_resume(tmp_path, "prune", {"ratio": 0.1}, resume=True) is False  # its own job redoes it
+    store.record_config(tmp_path, {"ratio": 0.1}, "prune")  # a prune killed before its marker
+    with pytest.raises(store.RunError, match="holds a prune run"):
+        store.check_resume(tmp_path, "train", {"ratio": 0.1}, resume=False)
+    assert store.check_resume(tmp_path, "prune", {"ratio": 0.1}, resume=True) is False  # its own job redoes it
 
 
 # ---------------------------------------------------------------------------------- 5. content, not paths
@@ -113,13 +114,13 @@ def test_a_damaged_checkpoint_is_not_complete(tmp_path, damage):
     write_checkpoint(run / "model")
     for name in ("pruning.json", "metrics.json"):
         (run / name).write_text("{}")
-    tracking.mark_complete(run, "prune")
-    assert tracking.is_complete(run, "prune")
+    store.mark_complete(run, "prune")
+    assert store.is_complete(run, "prune")
     damage(run / "model")
-    assert not tracking.is_complete(run, "prune")
-    assert tracking.is_complete(run, "prune", checkpoint=False)  # the results are still there for the report
+    assert not store.is_complete(run, "prune")
+    assert store.is_complete(run, "prune", checkpoint=False)  # the results are still there for the report
     with pytest.raises(RuntimeError, match="model"):
-        tracking.mark_complete(run, "prune")
+        store.mark_complete(run, "prune")
 
 
 def test_a_run_without_its_weights_is_redone_by_resume(tmp_path, model_cache):
@@ -315,7 +316,7 @@ def test_a_source_that_writes_only_whitespace_still_saves_the_prune_and_counts_p
     with caplog.at_level(logging.WARNING):
         metrics = pipeline.prune(_cfg(tmp_path, model_cache, f"task.target.path={target}", "task.target.split=null"),
                                  run)
-    assert tracking.is_complete(run, "prune") and AutoModelForCausalLM.from_pretrained(run / "model")
+    assert store.is_complete(run, "prune") and AutoModelForCausalLM.from_pretrained(run / "model")
     assert "gsm8k/nll" not in metrics and "gsm8k/nll_gold" in metrics and "gsm8k/em" in metrics
     assert any("gsm8k/nll skipped" in r.getMessage() for r in caplog.records)
     checks = json.loads((run / "pruning.json").read_text())["prompt_checks"]["target"]

@@ -10,10 +10,21 @@ def _scores(layers=3, d_ff=512, seed=0):
     return torch.randn(layers, d_ff, generator=torch.Generator().manual_seed(seed))
 
 
+def _plan(options, scores=None, n_prune=128, d_ff=512, layers=3, seed=42, **given):
+    """The plan strategy ``options`` makes, as the pipeline asks for it."""
+    scores = scores if scores is not None else strategies.Scores(**given)
+    return strategies.get(options).plan(scores, n_prune=n_prune, d_ff=d_ff, layers=layers, seed=seed)
+
+
+def _lowest(scores, n):
+    """The n lowest scores' indices per layer, ties to the lower index (what a physical strategy removes)."""
+    return [set(torch.argsort(row, stable=True)[:n].tolist()) for row in scores]
+
+
 def test_selective_and_reverse_pick_opposite_ends():
     scores = _scores()
-    sel = strategies.pruned_indices("selective", strategies.ranking("selective", scores), 128, d_ff=512, layers=3)
-    rev = strategies.pruned_indices("reverse", strategies.ranking("reverse", scores), 128, d_ff=512, layers=3)
+    sel = _plan({"name": "selective"}, selectivity=scores).removed()
+    rev = _plan({"name": "reverse"}, selectivity=scores).removed()
     for layer in range(3):
         s = scores[layer]
         assert s[sel[layer]].max() < s[rev[layer]].min()
@@ -23,26 +34,25 @@ def test_selective_and_reverse_pick_opposite_ends():
 
 def test_kept_indices_are_sorted_complement():
     scores = _scores()
-    kept = strategies.choose("selective", scores, 128, d_ff=512, layers=3)
-    pruned = strategies.pruned_indices("selective", scores, 128, d_ff=512, layers=3)
-    for k, p in zip(kept, pruned):
+    plan = _plan({"name": "selective"}, selectivity=scores)
+    for k, p, lowest in zip(plan.kept, plan.removed(), _lowest(scores, 128)):
         assert k.numel() == 384
         assert torch.equal(k, torch.sort(k).values)
-        assert set(k.tolist()).isdisjoint(p.tolist())
+        assert set(k.tolist()).isdisjoint(p.tolist()) and set(p.tolist()) == lowest
         assert len(set(k.tolist()) | set(p.tolist())) == 512
 
 
 def test_ties_broken_by_index():
     scores = torch.zeros(1, 256)
-    assert strategies.pruned_indices("selective", scores, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
-    rev = strategies.ranking("reverse", scores)
-    assert strategies.pruned_indices("reverse", rev, 128, d_ff=256, layers=1)[0].tolist() == list(range(128))
+    for name in ("selective", "reverse"):
+        plan = _plan({"name": name}, selectivity=scores, d_ff=256, layers=1)
+        assert plan.removed()[0].tolist() == list(range(128)) and plan.kept[0].tolist() == list(range(128, 256))
 
 
 def test_random_is_reproducible_per_seed_and_differs_across_seeds():
-    a = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=42)
-    b = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=42)
-    c = strategies.choose("random", None, 128, d_ff=512, layers=2, seed=33)
+    a = _plan({"name": "random", "seed": 42}, layers=2).kept
+    b = _plan({"name": "random"}, layers=2, seed=42).kept  # strategy.seed unset: the run's seed
+    c = _plan({"name": "random", "seed": 33}, layers=2, seed=42).kept  # strategy.seed wins over the run's
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert not torch.equal(a[0], a[1])  # layers draw different sets
@@ -50,20 +60,27 @@ def test_random_is_reproducible_per_seed_and_differs_across_seeds():
 
 def test_unknown_strategy_is_named():
     with pytest.raises(strategies.StrategyError, match="strategy.name='best'.*allowed: selective, reverse, random, attribution"):
-        strategies.choose("best", _scores(), 128, d_ff=512, layers=3)
+        strategies.get({"name": "best"})
 
 
 def test_attribution_rankings():
     s, a = _scores(seed=1), _scores(seed=2)
-    assert torch.equal(strategies.ranking("attribution", attribution=a), a)
-    assert torch.equal(strategies.ranking("attribution", attribution=a, rank_by="abs"), a.abs())
-    both = strategies.ranking("selective_attribution", s, a, weight=0.0)
-    assert torch.equal(torch.argsort(both, dim=1, stable=True), torch.argsort(s, dim=1, stable=True))
+    assert [set(r.tolist()) for r in _plan({"name": "attribution"}, attribution=a).removed()] == _lowest(a, 128)
+    removed = _plan({"name": "attribution", "rank_by": "abs"}, attribution=a).removed()
+    assert [set(r.tolist()) for r in removed] == _lowest(a.abs(), 128)
+    both = _plan({"name": "selective_attribution", "weight": 0.0}, selectivity=s, attribution=a)
+    assert torch.equal(both.removed(), _plan({"name": "selective"}, selectivity=s).removed())
 
 
 def test_deactivation_strategies_have_no_uniform_set():
-    with pytest.raises(strategies.StrategyError, match="deactivates one layer"):
-        strategies.choose("detrimental", _scores(), 128, d_ff=512, layers=3)
+    """detrimental zeroes the top-attributed neurons of one layer: a ZeroPlan, the width unchanged."""
+    a = _scores(layers=1, seed=3)  # attribution of the one layer asked for
+    strategy = strategies.get({"name": "detrimental", "layer": 2, "percent": 0.25, "where": "gate"})
+    assert not strategy.physical and strategy.attribution_layers(3) == [2]
+    plan = strategy.plan(strategies.Scores(attribution=a), n_prune=0, d_ff=512, layers=3, seed=0)
+    assert isinstance(plan, strategies.ZeroPlan) and plan.layer == 2
+    assert set(plan.neurons.tolist()) == set(torch.argsort(a[0], descending=True)[:128].tolist())
+    assert plan.record(0.0)["kept_width"] == 512 and plan.record(0.0)["real_ratio"] == 0.0
 
 
 def test_every_registered_strategy_has_a_config_and_declares_its_needs():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prunekit import surgery
+from prunekit import strategies, surgery
 from prunekit.mlp import UnsupportedArchitecture, check_architecture, mlp_layers
 from prunekit.models import tiny_config, tiny_model
 
@@ -15,23 +15,24 @@ TABLE2_1_5B = [5.71, 10.00, 15.71, 20.00, 25.71, 30.00, 35.71]
 
 @pytest.mark.parametrize("d_ff, expected", [(18944, TABLE2_7B), (8960, TABLE2_1_5B)])
 def test_real_ratios_reproduce_table2(d_ff, expected):
-    got = [round(100 * surgery.real_ratio(d_ff, r), 2) for r in NOMINAL]
-    assert got == expected
-    for r in NOMINAL:
-        assert (d_ff - surgery.pruned_count(d_ff, r)) % 128 == 0
+    """The real ratio a prune run records in pruning.json: check_ratio's count, planned and recorded."""
+    records = [strategies.get({"name": "random", "seed": 0}).plan(
+        strategies.Scores(), n_prune=surgery.check_ratio(d_ff, r), d_ff=d_ff, layers=1, seed=0).record(r) for r in NOMINAL]
+    assert [round(100 * rec["real_ratio"], 2) for rec in records] == expected
+    assert all(rec["kept_width"] % 128 == 0 for rec in records)
 
 
 def test_float_error_guard():
     # 0.14 * 6400 / 128 == 7.000000000000001 in floats; the exact answer is 7 blocks, not 8.
     assert 0.14 * 6400 / 128 > 7
-    assert surgery.pruned_count(6400, 0.14) == 7 * 128
-    assert surgery.pruned_count(8960, 0.1) == 7 * 128
+    assert surgery.check_ratio(6400, 0.14) == 7 * 128
+    assert surgery.check_ratio(8960, 0.1) == 7 * 128
 
 
 @pytest.mark.parametrize("ratio", [0, 1, -0.1, 1.5])
 def test_ratio_out_of_range(ratio):
     with pytest.raises(surgery.RatioError, match=r"ratio=.*\(0, 1\)"):
-        surgery.pruned_count(1536, ratio)
+        surgery.check_ratio(1536, ratio)
 
 
 def test_ratio_leaving_too_few_neurons():
@@ -47,7 +48,7 @@ def test_kept_width_is_a_multiple_of_align_for_any_d_ff(d_ff, ratio, kept):
     # 128 not above (1 - ratio) * d_ff, so at least `ratio` of the neurons go
     assert surgery.kept_width(d_ff, ratio) == kept
     assert surgery.check_ratio(d_ff, ratio) == d_ff - kept
-    assert surgery.real_ratio(d_ff, ratio) >= ratio
+    assert surgery.check_ratio(d_ff, ratio) / d_ff >= ratio
 
 
 @pytest.mark.parametrize("d_ff, bad, top, shown", [(320, 0.61, 0.6, r"\(0, 0\.6000\]$"),

@@ -25,11 +25,12 @@ from statistics import fmean
 
 from tqdm.auto import tqdm
 
-from prunekit import config, data, text, tracking
+from prunekit import config, data, text
 from prunekit.checkpoint import DiskFullError, atomic_write_json, move_aside
 from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
+from prunekit.runs.layout import JOURNAL_FILE  # finished batches of an evaluation still under way (resumable)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ KINDS = ("qna", "dialogue")
 GENERATIONS_FILE = "generations.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 DISTRACTOR_FILE = "distractor_generations.jsonl"
-JOURNAL_FILE = tracking.JOURNAL_FILE  # finished batches of an evaluation still under way (resumable)
 # Bumped when the reference generation recipe changes, so old cached references are not reused.
 REFERENCE_VERSION = 1
 

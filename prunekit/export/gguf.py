@@ -287,6 +287,7 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     from transformers import AutoConfig
 
     from prunekit.checkpoint import read_json
+    from prunekit.runs.layout import PRUNING_FILE
 
     config = AutoConfig.from_pretrained(model_dir)
     model_type = config.model_type
@@ -300,7 +301,7 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     out = Path(out).expanduser() if out else default_out(model_dir, type_name)
     if out.suffix != ".gguf":
         raise ExportError(f"--out {out}: must end in .gguf")
-    record_file = model_dir.parent / "pruning.json"
+    record_file = model_dir.parent / PRUNING_FILE
     record = read_json(record_file) if record_file.is_file() else None
     cache_dir = cache_dir or os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")
     source, own = _source_gguf(record, Path(cache_dir).expanduser() / "models")

@@ -1,4 +1,5 @@
-"""Tracking: W&B offline read-back, disabled mode, failures that never fail a run, runs.jsonl, resume."""
+"""Run directories (layout, store) and their W&B mirror: offline read-back, disabled mode, failures that never fail
+a run, runs.jsonl, resume."""
 
 import json
 import logging
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit import tracking
+from prunekit.runs import layout, store
+from prunekit.runs import wandb as mirror
 
 CFG = {"model": {"name": "smollm2-135m", "name_or_path": "pip:smollm2-135m-instruct"},
        "task": {"name": "math_offline", "target": {"path": "gsm8k.jsonl", "n": 8}},
@@ -53,38 +55,38 @@ def inspect_run(run_dir: Path) -> dict:
 
 
 def test_names_tags_group(tmp_path):
-    assert tracking.run_name(CFG) == "smollm2-135m/selective/r0.10"
+    assert mirror.run_name(CFG) == "smollm2-135m/selective/r0.10"
     rnd = {**CFG, "strategy": {"name": "random", "seed": 33}, "ratio": 0.35}
-    assert tracking.run_name(rnd) == "smollm2-135m/random-s33/r0.35"
-    assert tracking.tags(CFG) == ["model:smollm2-135m", "task:math_offline", "strategy:selective", "ratio:0.10",
+    assert mirror.run_name(rnd) == "smollm2-135m/random-s33/r0.35"
+    assert mirror.tags(CFG) == ["model:smollm2-135m", "task:math_offline", "strategy:selective", "ratio:0.10",
                                   "job:prune"]
     # evaluate/train runs are named after what their checkpoint is, never after the config's ratio/strategy defaults
-    assert tracking.run_name(CFG, None, "evaluate") == "smollm2-135m/unpruned/evaluate"
-    assert tracking.tags(CFG, None, "evaluate")[2:] == ["strategy:unpruned", "ratio:none", "job:evaluate"]
+    assert mirror.run_name(CFG, None, "evaluate") == "smollm2-135m/unpruned/evaluate"
+    assert mirror.tags(CFG, None, "evaluate")[2:] == ["strategy:unpruned", "ratio:none", "job:evaluate"]
     record = {"source_model": "pip:smollm2-135m-instruct", "strategy": "reverse", "ratio": 0.3, "seed": 42}
-    assert tracking.run_name(CFG, record, "train") == "smollm2-135m-instruct/reverse/r0.30/train"
-    assert "strategy:reverse" in tracking.tags(CFG, record, "train") and "ratio:0.30" in tracking.tags(CFG, record, "train")
+    assert mirror.run_name(CFG, record, "train") == "smollm2-135m-instruct/reverse/r0.30/train"
+    assert "strategy:reverse" in mirror.tags(CFG, record, "train") and "ratio:0.30" in mirror.tags(CFG, record, "train")
     sweep = tmp_path / "multirun" / "prune" / "2026-01-01_00-00-00"
     # every job of one sweep (whatever its overrides) shares the group; another sweep or a single run does not
-    assert tracking.group(CFG, sweep, sweep / "ratio=0.1") == tracking.group(rnd, sweep, sweep / "ratio=0.35")
-    assert tracking.group(CFG, sweep).startswith("sweep/prune/2026-01-01_00-00-00-")
-    assert tracking.group(CFG, tmp_path / "other") != tracking.group(CFG, sweep)
-    assert tracking.group(CFG, None, tmp_path / "run1") != tracking.group(CFG, None, tmp_path / "run2")
-    assert tracking.flatten(CFG)["task.target.n"] == 8
-    assert tracking.flatten(CFG)["model.name_or_path"] == "pip:smollm2-135m-instruct"
+    assert mirror.group(CFG, sweep, sweep / "ratio=0.1") == mirror.group(rnd, sweep, sweep / "ratio=0.35")
+    assert mirror.group(CFG, sweep).startswith("sweep/prune/2026-01-01_00-00-00-")
+    assert mirror.group(CFG, tmp_path / "other") != mirror.group(CFG, sweep)
+    assert mirror.group(CFG, None, tmp_path / "run1") != mirror.group(CFG, None, tmp_path / "run2")
+    assert store.flatten(CFG)["task.target.n"] == 8
+    assert store.flatten(CFG)["model.name_or_path"] == "pip:smollm2-135m-instruct"
 
 
 def test_unknown_mode_errors_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"wandb.mode='cloud'.*online, offline, disabled"):
-        tracking.start(CFG, job_type="prune", run_dir=tmp_path / "r", mode="cloud")
+        mirror.start(CFG, job_type="prune", run_dir=tmp_path / "r", mode="cloud")
     with pytest.raises(ValueError, match=r"job_type='fit'.*prune, train, evaluate"):
-        tracking.start(CFG, job_type="fit", run_dir=tmp_path / "r", mode="offline")
+        mirror.start(CFG, job_type="fit", run_dir=tmp_path / "r", mode="offline")
     assert not (tmp_path / "r").exists()
 
 
 def test_disabled_writes_no_files(tmp_path):
     run_dir = tmp_path / "run"
-    with tracking.start(CFG, job_type="prune", run_dir=run_dir, mode="disabled") as t:
+    with mirror.start(CFG, job_type="prune", run_dir=run_dir, mode="disabled") as t:
         assert not t.active
         t.log({"gsm8k/em": 0.5})
         t.log_table("x", ["a"], [[1]])
@@ -100,43 +102,43 @@ def test_offline_two_runs_in_one_process_are_distinct(tmp_path):
          {"humaneval/pass@1": 0.25, "resources/params": 12345}),
     ]
     for run_dir, cfg, metrics in jobs:
-        with tracking.start(cfg, job_type="prune", run_dir=run_dir, mode="offline", project="prunekit-test",
-                            group=tracking.group(cfg, sweep), name=tracking.run_name(cfg), tags=tracking.tags(cfg),
+        with mirror.start(cfg, job_type="prune", run_dir=run_dir, mode="offline", project="prunekit-test",
+                            group=mirror.group(cfg, sweep), name=mirror.run_name(cfg), tags=mirror.tags(cfg),
                             settings={"console": "off", "x_disable_stats": True}) as t:
             assert t.active and t.mode == "offline"
             t.log(metrics)
             t.summary({"final/marker": cfg["ratio"]})
 
-    group = tracking.group(CFG, sweep)
+    group = mirror.group(CFG, sweep)
     seen_ids = set()
     for (run_dir, cfg, metrics), other in zip(jobs, reversed(jobs)):
         run = inspect_run(run_dir)
         assert run["exit_code"] == 0, "run was not finished"
-        assert run["display_name"] == tracking.run_name(cfg)
+        assert run["display_name"] == mirror.run_name(cfg)
         for key, value in metrics.items():
             assert run["summary"][key] == pytest.approx(value)
         for key in set(other[2]) - set(metrics):
             assert key not in run["summary"], f"metric {key} leaked from the other run"
         assert run["summary"]["final/marker"] == cfg["ratio"]
-        for key, value in tracking.flatten(cfg).items():
+        for key, value in store.flatten(cfg).items():
             assert run["config"][key] == value, key
         assert run["job_type"] == "prune" and run["run_group"] == group
-        assert set(run["tags"]) == set(tracking.tags(cfg))
+        assert set(run["tags"]) == set(mirror.tags(cfg))
         seen_ids.add(run["run_id"])
     assert len(seen_ids) == 2
 
 
 def test_error_inside_run_still_finishes_and_next_run_is_clean(tmp_path):
     with pytest.raises(RuntimeError):
-        with tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "a", mode="offline",
+        with mirror.start(CFG, job_type="evaluate", run_dir=tmp_path / "a", mode="offline",
                             settings={"console": "off", "x_disable_stats": True}) as t:
             t.log({"first/only": 1.0})
             raise RuntimeError("job crashed")
     # a run opened without the context manager and never finished is closed by the next start
-    leftover = tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "b", mode="offline",
+    leftover = mirror.start(CFG, job_type="evaluate", run_dir=tmp_path / "b", mode="offline",
                               settings={"console": "off", "x_disable_stats": True})
     leftover.log({"second/only": 2.0})
-    with tracking.start(CFG, job_type="evaluate", run_dir=tmp_path / "c", mode="offline",
+    with mirror.start(CFG, job_type="evaluate", run_dir=tmp_path / "c", mode="offline",
                         settings={"console": "off", "x_disable_stats": True}) as t:
         assert t.run is not leftover.run
         t.log({"third/only": 3.0})
@@ -148,15 +150,15 @@ def test_error_inside_run_still_finishes_and_next_run_is_clean(tmp_path):
 
 
 def test_online_without_key_falls_back_to_offline_once(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tracking, "_offline_fallback_logged", False)
-    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
-    assert not tracking.has_api_key()
-    assert tracking.effective_mode("online") == "offline"
-    assert tracking.effective_mode("online") == "offline"
+    monkeypatch.setattr(mirror, "_offline_fallback_logged", False)
+    caplog.set_level(logging.WARNING, logger="prunekit.runs.wandb")
+    assert not mirror.has_api_key()
+    assert mirror.effective_mode("online") == "offline"
+    assert mirror.effective_mode("online") == "offline"
     assert sum("no W&B API key" in r.getMessage() for r in caplog.records) == 1
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert tracking.effective_mode("online") == "online"
-    assert tracking.effective_mode("disabled") == "disabled"
+    assert mirror.effective_mode("online") == "online"
+    assert mirror.effective_mode("disabled") == "disabled"
 
 
 def test_wandb_failures_never_fail_the_run(tmp_path, monkeypatch, caplog):
@@ -166,17 +168,18 @@ def test_wandb_failures_never_fail_the_run(tmp_path, monkeypatch, caplog):
         raise ConnectionError("network is down")
 
     monkeypatch.setattr(wandb, "init", broken_init)
-    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
+    caplog.set_level(logging.WARNING, logger="prunekit.runs.wandb")
     run_dir, sweep = tmp_path / "sweep" / "job0", tmp_path / "sweep"
-    with tracking.start(CFG, job_type="prune", run_dir=run_dir, mode="offline") as t:
+    with mirror.start(CFG, job_type="prune", run_dir=run_dir, mode="offline") as t:
         assert not t.active
         t.log({"gsm8k/em": 0.5})
-        tracking.log_selectivity(t, {"selectivity_summary": [{"layer": 0, "target_dominant": 1,
+        mirror.log_selectivity(t, {"selectivity_summary": [{"layer": 0, "target_dominant": 1,
                                                                "distractor_dominant": 2}]})
     assert any("W&B init failed" in r.getMessage() for r in caplog.records)
-    tracking.record_run(sweep, run_dir, {"gsm8k/em": 0.5}, CFG, "complete", job_type="prune")
-    (entry,) = [json.loads(line) for line in (sweep / tracking.INDEX_FILE).read_text().splitlines()]
+    store.record_run(sweep, run_dir, {"gsm8k/em": 0.5}, CFG, "complete", job_type="prune", name=mirror.run_name(CFG))
+    (entry,) = [json.loads(line) for line in (sweep / layout.INDEX_FILE).read_text().splitlines()]
     assert entry["metrics"] == {"gsm8k/em": 0.5} and entry["run_dir"] == "job0" and entry["status"] == "complete"
+    assert entry["name"] == "smollm2-135m/selective/r0.10" and entry["config"] == CFG
 
 
 def test_exception_while_logging_is_a_warning(caplog):
@@ -189,8 +192,8 @@ def test_exception_while_logging_is_a_warning(caplog):
         def finish(self, exit_code=None):
             raise OSError("connection reset")
 
-    caplog.set_level(logging.WARNING, logger="prunekit.tracking")
-    with tracking.Tracker(FlakyRun(), "online") as t:
+    caplog.set_level(logging.WARNING, logger="prunekit.runs.wandb")
+    with mirror.Tracker(FlakyRun(), "online") as t:
         t.log({"a": 1})
         t.log_table("k", ["a"], [[1]])
     msgs = [r.getMessage() for r in caplog.records]
@@ -219,15 +222,15 @@ def test_log_selectivity_and_generations_tables():
     spy = _TableSpy()
     summary = [{"layer": i, "mean": 0.1 * i, "std": 1.0, "min": -1.0, "max": 2.0, "target_dominant": 10 + i,
                 "distractor_dominant": 20 - i} for i in range(3)]
-    tracking.log_selectivity(spy, {"selectivity_summary": summary})
+    mirror.log_selectivity(spy, {"selectivity_summary": summary})
     cols, rows = spy.tables["selectivity/layers"]
-    assert cols == tracking.SELECTIVITY_COLUMNS and rows[2][5:] == [12, 18]
+    assert cols == mirror.SELECTIVITY_COLUMNS and rows[2][5:] == [12, 18]
     assert spy.summaries[-1] == {"selectivity/target_dominant": 33, "selectivity/distractor_dominant": 57}
     assert "selectivity/layer_distribution#chart" in spy.tables
 
     gens = [{"id": i, "output": f"out{i}", "correct": True} for i in range(20)]
     gens += [{"id": 100 + i, "output": "loop " * 5, "trap_type": 2} for i in range(3)]
-    tracking.log_generations(spy, gens, limit=6)
+    mirror.log_generations(spy, gens, limit=6)
     cols, rows = spy.tables["samples/generations"]
     assert len(rows) == 6
     assert {r[0] for r in rows if r[4]} == {"100", "101", "102"}
@@ -236,7 +239,7 @@ def test_log_selectivity_and_generations_tables():
 def _append_many(args):
     path, worker, n = args
     for i in range(n):
-        tracking._append_line(Path(path), json.dumps({"w": worker, "i": i, "pad": "x" * 20000}))
+        store._append_line(Path(path), json.dumps({"w": worker, "i": i, "pad": "x" * 20000}))
 
 
 def test_runs_jsonl_concurrent_appends_stay_whole_lines(tmp_path):
@@ -270,36 +273,36 @@ def _write_prune_outputs(run_dir: Path, em: float) -> None:
 def run_job(run_dir: Path, em: float, resume: bool = True) -> bool:
     """The resume protocol the pipeline follows: skip, or begin -> record config -> write outputs -> mark_complete.
     True if run."""
-    if tracking.check_resume(run_dir, "prune", CFG, resume):
+    if store.check_resume(run_dir, "prune", CFG, resume):
         return False
-    tracking.begin(run_dir, "prune")
-    tracking.record_config(run_dir, CFG)
+    store.begin(run_dir, "prune")
+    store.record_config(run_dir, CFG)
     _write_prune_outputs(run_dir, em)
-    tracking.mark_complete(run_dir, "prune")
+    store.mark_complete(run_dir, "prune")
     return True
 
 
 def test_is_complete_requires_marker_and_parseable_files(tmp_path):
     run = tmp_path / "r"
-    assert not tracking.is_complete(run, "prune")
+    assert not store.is_complete(run, "prune")
     _write_prune_outputs(run, 0.5)
-    assert not tracking.is_complete(run, "prune")  # no marker yet: a job killed before its last step
-    tracking.mark_complete(run, "prune")
-    assert tracking.is_complete(run, "prune")
-    assert not tracking.is_complete(run, "train")
+    assert not store.is_complete(run, "prune")  # no marker yet: a job killed before its last step
+    store.mark_complete(run, "prune")
+    assert store.is_complete(run, "prune")
+    assert not store.is_complete(run, "train")
     (run / "metrics.json").write_text('{"gsm8k/em": 0.')  # truncated by hand: not complete any more
-    assert not tracking.is_complete(run, "prune")
+    assert not store.is_complete(run, "prune")
     with pytest.raises(RuntimeError, match="metrics.json"):
-        tracking.mark_complete(run, "prune")
+        store.mark_complete(run, "prune")
 
 
 KILLED_JOB = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from prunekit import tracking
     from prunekit.checkpoint import atomic_write_json
+    from prunekit.runs import store
     run = Path(sys.argv[1])
-    tracking.begin(run, "prune")
+    store.begin(run, "prune")
     atomic_write_json(run / "model" / "config.json", {"intermediate_size": 256})
     (run / ".metrics.json.half.tmp").write_text('{"gsm8k/em"')   # an atomic write cut short
     print("ready", flush=True)
@@ -320,14 +323,14 @@ def test_killed_job_is_redone_and_finished_jobs_are_kept(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not tracking.is_complete(killed, "prune")
+    assert not store.is_complete(killed, "prune")
     assert (killed / ".metrics.json.half.tmp").exists()
 
     # re-running the same sweep: the finished job is skipped, the killed one redone and cleaned
     time.sleep(0.01)
     ran = {d.name: run_job(d, em=0.5) for d in (done, killed)}
     assert ran == {"ratio=0.1": False, "ratio=0.2": True}
-    assert tracking.is_complete(killed, "prune")
+    assert store.is_complete(killed, "prune")
     assert not list(killed.rglob(".*.tmp"))
     assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == before
     assert {p: p.stat().st_mtime_ns for p in before} == mtimes
@@ -349,11 +352,11 @@ def test_launcher_configs_compose(launcher, target, monkeypatch):
 def test_prune_align_at_its_default_keeps_earlier_runs_resumable(tmp_path):
     # a run recorded before prune.align existed is the same job as prune.align=128; another align is not
     before = {"ratio": 0.1, "model": {"name_or_path": "tiny:llama"}}
-    tracking.record_config(tmp_path, before)
-    assert tracking.config_hash({**before, "prune": {"align": 128}})[0] == tracking.config_hash(before)[0]
-    tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 128}}, resume=True)  # not refused
-    with pytest.raises(tracking.TrackingError, match="prune.align: None -> 256"):
-        tracking.check_resume(tmp_path, "prune", {**before, "prune": {"align": 256}}, resume=True)
+    store.record_config(tmp_path, before)
+    assert store.config_hash({**before, "prune": {"align": 128}})[0] == store.config_hash(before)[0]
+    store.check_resume(tmp_path, "prune", {**before, "prune": {"align": 128}}, resume=True)  # not refused
+    with pytest.raises(store.RunError, match="prune.align: None -> 256"):
+        store.check_resume(tmp_path, "prune", {**before, "prune": {"align": 256}}, resume=True)
 
 
 def test_keys_added_later_at_their_default_keep_an_old_runs_hash():
@@ -362,6 +365,13 @@ def test_keys_added_later_at_their_default_keep_an_old_runs_hash():
            "task": {"target": {"n": 200}}}
     new = {"model": {"name_or_path": "tiny:llama", "dtype": "auto", "save_dtype": None},
            "capture": {"n": None, "max_length": 48}, "task": {"target": {"n": 200}}}
-    assert tracking.config_hash(new)[0] == tracking.config_hash(old)[0]
+    assert store.config_hash(new)[0] == store.config_hash(old)[0]
     asked = {**new, "model": {**new["model"], "save_dtype": "bfloat16"}}
-    assert tracking.config_hash(asked)[0] != tracking.config_hash(old)[0]  # another saved dtype is another run
+    assert store.config_hash(asked)[0] != store.config_hash(old)[0]  # another saved dtype is another run
+
+
+def test_config_hash_is_pinned():
+    """The hash decides whether a finished run is skipped on resume: a changed hash would refuse every recorded run
+    (resume=true) with 'other settings'."""
+    assert store.config_hash(CFG)[0] == "2c573e1b9d58e7bd"
+    assert store.config_hash({**CFG, "wandb": {"mode": "offline"}, "resume": True})[0] == "2c573e1b9d58e7bd"

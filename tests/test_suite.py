@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from prunekit import data, models
-from prunekit.evaluation import generation, math, suite
+from prunekit.evaluation import generation, suite
+from prunekit.evaluation.benchmarks import gsm8k
 from prunekit.evaluation.generation import Generation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,12 +73,12 @@ def test_evaluate_math_end_to_end(tiny, tokenizer, math_task, tmp_path):
     assert m["gsm8k/nll"] > 0
     rows = generation.read_generations(tmp_path / "run" / "generations.jsonl")
     assert [r["id"] for r in rows] == [1, 2, 3, 4]  # position in the eval set, offset included
-    assert [r["prompt"] for r in rows] == [math.build_prompt(q) for q, _ in QUESTIONS[1:]]
+    assert [r["prompt"] for r in rows] == [gsm8k.build_prompt(q) for q, _ in QUESTIONS[1:]]
     for r in rows:
         assert {"output", "n_tokens", "stop_reason", "correct", "extracted", "trap", "trap_type"} <= set(r)
         assert 0 < r["n_tokens"] <= 24 or r["stop_reason"] == "eos"
-    golds = {i: math.gold_answer(a) for i, (_, a) in enumerate(QUESTIONS)}
-    recomputed = sum(math.score(r["output"], golds[r["id"]])["correct"] for r in rows) / len(rows)
+    golds = {i: gsm8k.gold_answer(a) for i, (_, a) in enumerate(QUESTIONS)}
+    recomputed = sum(gsm8k.score(r["output"], golds[r["id"]])["correct"] for r in rows) / len(rows)
     assert m["gsm8k/em"] == recomputed
     assert m["gsm8k/traps"] == sum(r["trap"] for r in rows)
     assert m["gsm8k/new_tokens"] == sum(r["n_tokens"] for r in rows)
@@ -104,7 +105,7 @@ LOOP = "Step: add the numbers again.\n"
 
 def test_evaluate_scores_known_outputs(tokenizer, tiny, math_task, tmp_path, monkeypatch):
     """With fixed outputs the suite's EM, Type 1 / Type 2 counts are exact (Type 1 answers count as correct)."""
-    prompts = [math.build_prompt(q) for q, _ in QUESTIONS[1:]]
+    prompts = [gsm8k.build_prompt(q) for q, _ in QUESTIONS[1:]]
     outputs = {
         prompts[0]: ("2 boxes of 12 is \\boxed{24}.", "eos"),               # right
         prompts[1]: ("That makes \\boxed{31}.", "eos"),                      # wrong

@@ -19,8 +19,8 @@ from prunekit.evaluation.benchmarks.sandbox import run_python
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "CodeEvalError", "HumanEval", "MBPP", "build_prompt", "check", "has_complete_function", "pass_at_1",
-    "sanitize",
+    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "CodeEvalError", "HumanEval", "MBPP", "build_prompt", "check",
+    "has_complete_function", "pass_at_1", "sanitize",
 ]
 
 # The paper's setup (Table 8): an instruction that asks for top-level function definitions only.

@@ -412,7 +412,8 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
             model, tokenizer = load_model(cfg, source)
         if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
             for name in baseline.not_on_source(settings["parts"]):
-                log.info("%s skipped: an unpruned model against its own outputs is 1 by definition", name)
+                log.info("%s skipped: not measured on an unpruned model (similarity to its own outputs is 1 by "
+                         "definition)", name)
             metrics, rows = source_evaluation(cfg, model, tokenizer, source)
             suite.write_target_files(run_dir, rows)
         else:

@@ -14,7 +14,8 @@ import time
 import torch
 
 from prunekit import capture, data, dist, models, scoring, strategies, surgery
-from prunekit.evaluation import generation, math, nll
+from prunekit.evaluation import generation, nll
+from prunekit.evaluation.benchmarks import gsm8k
 from prunekit.mlp import mlp_layers
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     distractors = data.load_prompts({"path": "pip:squad", "template": "{context}\n{question}", "n": args.n}, "squad")
     questions = data.load_prompts({"path": "pip:gsm_symbolic", "field": "question", "n": args.gen,
                                    "offset": 10000}, "eval")
-    prompts = [math.build_prompt(q) for q in questions]
+    prompts = [gsm8k.build_prompt(q) for q in questions]
     settings = capture.CaptureSettings(max_length=512, batch_size=8)
     out = {}
     for dtype in ("float32", "bfloat16"):

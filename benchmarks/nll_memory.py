@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from prunekit import data, models
-from prunekit.evaluation import math, nll
+from prunekit.evaluation import nll
+from prunekit.evaluation.benchmarks import gsm8k
 
 
 @torch.inference_mode()
@@ -38,7 +39,7 @@ def run_variant(args) -> dict:
     """One variant in this (fresh) process: seconds, peak RSS above the loaded model (GB), mean NLL."""
     model, tok = models.load(models.resolve(args.model), "~/.cache/prunekit/models", dtype=args.dtype)
     records = data.load_records({"path": "pip:gsm_symbolic", "field": "question", "n": args.n}, "nll")
-    pairs = [(math.build_prompt(r["question"]), r["metadata"]["answer_cot"]) for r in records]
+    pairs = [(gsm8k.build_prompt(r["question"]), r["metadata"]["answer_cot"]) for r in records]
     examples = [nll.build_example(tok, p, a, chat_template=True) for p, a in pairs]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = [nll.collate(examples[i : i + args.batch_size], pad) for i in range(0, len(examples), args.batch_size)]

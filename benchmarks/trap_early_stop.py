@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from prunekit import data, models
-from prunekit.evaluation import generation, math, suite, traps
+from prunekit.evaluation import generation, suite, traps
+from prunekit.evaluation.benchmarks import gsm8k
 
 log = logging.getLogger("trap_early_stop")
 
@@ -66,8 +67,8 @@ def main() -> None:
     model, tokenizer = models.load(models.resolve(args.model), Path(args.cache_dir).expanduser() / "models")
     spec = {"path": args.data, "field": "question", "n": args.n, "offset": args.offset}
     records = data.load_records(spec, "--data")
-    prompts = [math.build_prompt(r["question"]) for r in records]
-    golds = [math.gold_of(r.get("answer", "")) for r in records]
+    prompts = [gsm8k.build_prompt(r["question"]) for r in records]
+    golds = [gsm8k.gold_of(r.get("answer", "")) for r in records]
 
     early, t_early = run(model, tokenizer, prompts, args, detector=True)
     full, t_full = run(model, tokenizer, prompts, args, detector=False)

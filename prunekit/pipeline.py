@@ -6,8 +6,6 @@ and, in a multirun, the sweep directory; Hydra itself stays in the entry scripts
 
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -27,7 +25,7 @@ from prunekit.checkpoint import (
     save_model,
 )
 from prunekit.config import check as check_config
-from prunekit.evaluation import benchmarks, suite
+from prunekit.evaluation import baseline, benchmarks, suite
 from prunekit.evaluation.resources import count_parameters
 from prunekit.mlp import check_architecture, mlp_layers
 from prunekit.runs import layout, store, wandb
@@ -224,83 +222,22 @@ def attribution_scores(cfg, strategy, model, tokenizer, source, prompts, layers=
 
 
 def reference_outputs(cfg, model, tokenizer, source) -> dict | None:
-    """The unpruned source model's distractor outputs (cached per model + prompts + settings), for similarity."""
-    if "similarity" not in cfg.eval.parts:
-        return None
-    # The dtype is part of the identity: bf16 and fp32 greedy outputs differ (an fp32 reference reused for a bf16
-    # run moved the default's similarity from 0.567 to 0.558).
-    identity = {**models.identity(source, cfg.model.revision), "dtype": weights_dtype(model)}
-    model_id = json.dumps(identity, sort_keys=True)
-    return suite.reference_generations(model, tokenizer, plain(cfg.task), plain(cfg.eval), model_id=model_id)
-
-
-# Bumped when the source model's cached target generations (SOURCE_EVAL_VERSION) or the metrics computed from them
-# (SOURCE_METRICS_VERSION, e.g. the rule choosing which own answers the NLL proxy scores) change meaning.
-SOURCE_EVAL_VERSION = 1
-SOURCE_METRICS_VERSION = 2
-# Evaluation settings that do not change the source model's target generations (left out of their cache key).
-NOT_GENERATION = ("parts", "reference_cache_dir", "similarity", "lm_eval", "throughput", "nll", "code")
-# Settings added after the keys were pinned, at their off value: left out, so the keys made before them still hold.
-ADDED_OFF = (("drop_finished_every", 0),)
-
-
-def _source_dir(cfg, model, source, settings: dict) -> Path:
-    """Cache directory of a source model's evaluation (see ``source_key``)."""
-    key = source_key(cfg, source, weights_dtype(model), settings)
-    return Path(cfg.cache_dir).expanduser() / "sources" / key
+    """The unpruned source model's distractor outputs (cached per model + dtype + prompts + settings), for similarity."""
+    return baseline.reference_outputs(model, tokenizer, plain(cfg.task), plain(cfg.eval),
+                                      identity=models.identity(source, cfg.model.revision), dtype=weights_dtype(model))
 
 
 def source_key(cfg, source, dtype: str, settings: dict) -> str:
-    """Key of a source model's cached evaluation: model + dtype + task eval data + generation settings. A change
-    of this key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B here): bump SOURCE_EVAL_VERSION
-    for it on purpose, never by accident (tests pin the default's key)."""
-    task_eval = {k: v for k, v in (plain(cfg.task).get("eval") or {}).items() if k != "distractors"}
-    key_of = {"version": SOURCE_EVAL_VERSION, "model": models.identity(source, cfg.model.revision),
-              "dtype": dtype,
-              "task": task_eval,
-              "settings": {k: v for k, v in settings.items() if k not in NOT_GENERATION and (k, v) not in ADDED_OFF},
-              "code_timeout_s": settings["code"]["timeout_s"]}
-    # The content of local evaluation files (target, its exclude sets): an edited file is new questions. Added only
-    # when there are any, so the keys of pip/hub presets stay what they were.
-    files = data.local_inputs(task_eval)
-    if files:
-        key_of["files"] = files
-    return hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """Key of a source model's cached evaluation (baseline.source_key)."""
+    return baseline.source_key(models.identity(source, cfg.model.revision), dtype, plain(cfg.task), settings)
 
 
 def source_evaluation(cfg, model, tokenizer, source) -> tuple[dict, list[dict]]:
-    """The unpruned source model's metrics and target generations (with verdicts), cached on disk.
-
-    The generations are keyed by model + task evaluation data + generation settings, so every run of a sweep and
-    every later run of the same default reuses them; the metrics of the other parts are cached beside them per
-    set of parts, except the speed (tokens/s), which is measured again in every run. Similarity is left out: the
-    source against its own outputs is 1 by definition (its distractor outputs are the similarity reference,
-    generated once by ``reference_outputs``).
-    """
-    settings = suite.check_settings(plain(cfg.eval), plain(cfg.task))
-    task = plain(cfg.task)
-    out = _source_dir(cfg, model, source, settings)
-    gen_done = out / "target.json"
-    if not gen_done.is_file():  # generations.jsonl + task/trap metrics; a killed run resumes from its journal
-        log.info("evaluating the unpruned source model once (cached in %s)", out)
-        metrics = suite.evaluate(model, tokenizer, task, {**settings, "parts": ["task", "traps"]}, run_dir=out)
-        atomic_write_json(gen_done, metrics)
-    rows = [json.loads(line) for line in (out / suite.GENERATIONS_FILE).read_text().splitlines() if line.strip()]
-    metrics = {k: v for k, v in read_json(gen_done).items() if not k.startswith("time/")}
-    rest = [p for p in settings["parts"] if p in ("nll", "resources", "lm_eval")]
-    if rest:
-        parts_file = out / f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}.json"
-        cached = parts_file.is_file()
-        if not cached:
-            atomic_write_json(parts_file, suite.evaluate(model, tokenizer, task, {**settings, "parts": rest},
-                                                         run_dir=out, source_rows=rows))
-        metrics.update({k: v for k, v in read_json(parts_file).items() if not k.startswith("time/")})
-        if cached and "resources" in rest:
-            # Speed depends on the machine's load at the time: a cached unpruned tokens/s (measured on another
-            # day, maybe beside another job) against the pruned model's fresh one would compare two loads, not
-            # two models. So it is measured again in every run, seconds before the pruned model's.
-            metrics.update(suite.speed(model, tokenizer, suite.target_samples(task, settings), settings))
-    return metrics, rows
+    """The unpruned source model's metrics and target generations (with verdicts), cached under cache_dir/sources
+    (baseline.source_evaluation)."""
+    return baseline.source_evaluation(model, tokenizer, plain(cfg.task), plain(cfg.eval),
+                                      identity=models.identity(source, cfg.model.revision),
+                                      dtype=weights_dtype(model), cache_dir=Path(cfg.cache_dir).expanduser() / "sources")
 
 
 def before_after(metrics: dict) -> str:
@@ -329,13 +266,11 @@ def before_after(metrics: dict) -> str:
 def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, checkpoint_dir=None,
                source_rows=None) -> dict:
     """The evaluation suite on an in-memory model; its sample generations also go to W&B."""
-    metrics = suite.evaluate(model, tokenizer, plain(cfg.task), plain(cfg.eval), run_dir=run_dir,
-                             reference_outputs=reference, checkpoint_dir=checkpoint_dir, source_rows=source_rows)
-    generations = run_dir / "generations.jsonl"  # prompt, output and verdict of every target sample
-    if generations.exists():
-        rows = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
-        wandb.log_generations(tracker, rows, limit=cfg.wandb.log_generations)
-    return metrics
+    result = suite.evaluate(model, tokenizer, plain(cfg.task), plain(cfg.eval), run_dir=run_dir,
+                            reference_outputs=reference, checkpoint_dir=checkpoint_dir, source_rows=source_rows)
+    if result.rows is not None:  # prompt, output and verdict of every target sample
+        wandb.log_generations(tracker, result.rows, limit=cfg.wandb.log_generations)
+    return result.metrics
 
 
 # ---------------------------------------------------------------------------------------------- prune
@@ -472,14 +407,15 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
                 return suite.rescore(task, settings, generations, run_dir)
         reference = source_rows = None
         original: dict = {}
-        if record is not None and {"similarity", "nll"} & set(settings["parts"]):
+        if record is not None and baseline.needs_source(settings["parts"]):
             with timer("source"):  # the unpruned model the checkpoint came from (cached results)
                 reference, original, source_rows = _source_results(cfg, record, settings["parts"])
         with timer("load"):
             model, tokenizer = load_model(cfg, source)
         if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
-            if "similarity" in settings["parts"]:
-                log.info("similarity skipped: an unpruned model against its own outputs is 1 by definition")
+            for name in baseline.not_on_source(settings["parts"]):
+                log.info("%s skipped: not measured on an unpruned model (similarity to its own outputs is 1 by "
+                         "definition)", name)
             metrics, rows = source_evaluation(cfg, model, tokenizer, source)
             suite.write_target_files(run_dir, rows)
         else:
@@ -509,14 +445,15 @@ def best_of_grid(sweep_dir) -> dict:
 
 
 def _source_results(cfg, record: dict, parts) -> tuple[dict | None, dict, list[dict] | None]:
-    """From the unpruned model a checkpoint came from: similarity reference outputs (when `similarity` is on),
-    and its cached evaluation metrics and target generations (when `nll` is on). The model is loaded for these
-    (its tokenizer decides the cache keys); a cache hit then costs no generation."""
+    """From the unpruned model a checkpoint came from: similarity reference outputs (when a part compares against
+    them), and its cached evaluation metrics and target generations (when a part reads them: nll). The model is
+    loaded for these (its tokenizer decides the cache keys); a cache hit then costs no generation."""
     source = models.resolve(record["source_model"])
     model, tokenizer = load_model(cfg, source)
     try:
         reference = reference_outputs(cfg, model, tokenizer, source)
-        original, rows = source_evaluation(cfg, model, tokenizer, source) if "nll" in parts else ({}, None)
+        original, rows = (source_evaluation(cfg, model, tokenizer, source) if baseline.needs_source_rows(parts)
+                          else ({}, None))
         return reference, original, rows
     finally:
         del model, tokenizer
@@ -555,7 +492,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     def body(tracker) -> dict:
         reference = source_rows = None
-        if cfg.evaluate and {"similarity", "nll"} & set(cfg.eval.parts):
+        if cfg.evaluate and baseline.needs_source(cfg.eval.parts):
             with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
                 reference, _, source_rows = _source_results(
                     cfg, record or {"source_model": cfg.model.name_or_path}, cfg.eval.parts)

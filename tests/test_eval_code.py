@@ -8,7 +8,7 @@ import pytest
 
 from prunekit.data import load_records
 from prunekit.evaluation.benchmarks import BenchmarkError
-from prunekit.evaluation.code import (
+from prunekit.evaluation.benchmarks.humaneval import (
     HUMANEVAL_INSTRUCTION,
     CodeEvalError,
     HumanEval,
@@ -265,16 +265,17 @@ def test_mbpp_sample_prompt_has_text_and_first_test_only():
 
 
 def test_mbpp_reference_solutions_pass_and_mutants_fail():
-    from prunekit.evaluation import benchmarks, code
+    from prunekit.evaluation import benchmarks
+    from prunekit.evaluation.benchmarks import humaneval
 
     bench = benchmarks.get("mbpp")
     recs = _mbpp_records(40)
     samples = [bench.sample(i, r, r["text"], r["test_list"]) for i, r in enumerate(recs)]
-    good = code.pass_at_1([s["record"] for s in samples], [f"```python\n{r['code']}\n```" for r in recs])
+    good = humaneval.pass_at_1([s["record"] for s in samples], [f"```python\n{r['code']}\n```" for r in recs])
     assert good["humaneval/passed"] == len(recs)  # the reference code passes every test, wrapped in a fence
     broken = [r["code"].replace("return ", "return None and ", 1) for r in recs if "return " in r["code"]]
     bad_samples = [s for s, r in zip(samples, recs) if "return " in r["code"]]
-    bad = code.pass_at_1([s["record"] for s in bad_samples], broken)
+    bad = humaneval.pass_at_1([s["record"] for s in bad_samples], broken)
     assert bad["humaneval/passed"] <= len(broken) // 10
 
 

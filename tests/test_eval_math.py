@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.evaluation.math import (
+from prunekit.evaluation.benchmarks.gsm8k import (
     PROMPT_SUFFIX,
     Extraction,
     build_prompt,

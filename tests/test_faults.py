@@ -509,7 +509,7 @@ def test_damaged_reference_outputs_are_moved_aside_and_generated_again(kind, ref
                                                                        caplog):
     path, metrics, warnings = _prune_over_damage(
         referenced[0], REFERENCE_DAMAGE[kind], lambda t: next((t / "cache" / "references").glob("*.json")),
-        SIMILARITY, "prunekit.evaluation.suite", tmp_path, model_cache, caplog)
+        SIMILARITY, "prunekit.evaluation.baseline", tmp_path, model_cache, caplog)
     assert any(str(path) in w and "generating again" in w for w in warnings), warnings
     assert metrics["distractor/sss"] == referenced[1]["distractor/sss"]  # rebuilt reference, same similarity
     assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.evaluation.sandbox import SandboxError, isolation, run_python
+from prunekit.evaluation.benchmarks.sandbox import SandboxError, isolation, run_python
 
 ISO = isolation()
 needs_namespaces = pytest.mark.skipif(not ISO["namespaces"], reason="no mount/net/pid namespaces here "

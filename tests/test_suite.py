@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from prunekit import data, models
-from prunekit.evaluation import generation, math, suite
+from prunekit.evaluation import baseline, generation, parts, suite
+from prunekit.evaluation.benchmarks import gsm8k
 from prunekit.evaluation.generation import Generation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ FAST = {"batch_size": 2, "throughput": {"prompts": 1, "max_new_tokens": 4}, "sim
 
 def test_evaluate_math_end_to_end(tiny, tokenizer, math_task, tmp_path):
     settings = {**FAST, "parts": ["task", "traps", "resources", "nll"]}
-    m = suite.evaluate(tiny, tokenizer, math_task, settings, run_dir=tmp_path / "run")
+    m = suite.evaluate(tiny, tokenizer, math_task, settings, run_dir=tmp_path / "run").metrics
     for key in ("gsm8k/em", "gsm8k/em_strict", "gsm8k/n", "gsm8k/boxed_rate", "gsm8k/fallback_number",
                 "gsm8k/no_answer", "gsm8k/trap_rate", "gsm8k/trap_type1", "gsm8k/trap_type2", "gsm8k/nll",
                 "gsm8k/new_tokens", "resources/params", "resources/peak_mem_gb", "resources/tokens_per_s",
@@ -72,12 +73,12 @@ def test_evaluate_math_end_to_end(tiny, tokenizer, math_task, tmp_path):
     assert m["gsm8k/nll"] > 0
     rows = generation.read_generations(tmp_path / "run" / "generations.jsonl")
     assert [r["id"] for r in rows] == [1, 2, 3, 4]  # position in the eval set, offset included
-    assert [r["prompt"] for r in rows] == [math.build_prompt(q) for q, _ in QUESTIONS[1:]]
+    assert [r["prompt"] for r in rows] == [gsm8k.build_prompt(q) for q, _ in QUESTIONS[1:]]
     for r in rows:
         assert {"output", "n_tokens", "stop_reason", "correct", "extracted", "trap", "trap_type"} <= set(r)
         assert 0 < r["n_tokens"] <= 24 or r["stop_reason"] == "eos"
-    golds = {i: math.gold_answer(a) for i, (_, a) in enumerate(QUESTIONS)}
-    recomputed = sum(math.score(r["output"], golds[r["id"]])["correct"] for r in rows) / len(rows)
+    golds = {i: gsm8k.gold_answer(a) for i, (_, a) in enumerate(QUESTIONS)}
+    recomputed = sum(gsm8k.score(r["output"], golds[r["id"]])["correct"] for r in rows) / len(rows)
     assert m["gsm8k/em"] == recomputed
     assert m["gsm8k/traps"] == sum(r["trap"] for r in rows)
     assert m["gsm8k/new_tokens"] == sum(r["n_tokens"] for r in rows)
@@ -104,7 +105,7 @@ LOOP = "Step: add the numbers again.\n"
 
 def test_evaluate_scores_known_outputs(tokenizer, tiny, math_task, tmp_path, monkeypatch):
     """With fixed outputs the suite's EM, Type 1 / Type 2 counts are exact (Type 1 answers count as correct)."""
-    prompts = [math.build_prompt(q) for q, _ in QUESTIONS[1:]]
+    prompts = [gsm8k.build_prompt(q) for q, _ in QUESTIONS[1:]]
     outputs = {
         prompts[0]: ("2 boxes of 12 is \\boxed{24}.", "eos"),               # right
         prompts[1]: ("That makes \\boxed{31}.", "eos"),                      # wrong
@@ -112,10 +113,80 @@ def test_evaluate_scores_known_outputs(tokenizer, tiny, math_task, tmp_path, mon
         prompts[3]: ("Let me think.\n" + LOOP * 6, "criterion"),            # Type 2 trap
     }
     monkeypatch.setattr(suite.generation, "generate", _fake_generate(outputs))
-    m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["task", "traps"]}, run_dir=tmp_path)
+    m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["task", "traps"]}, run_dir=tmp_path).metrics
     assert m["gsm8k/em"] == 0.5 and m["gsm8k/em_strict"] == 0.25
     assert (m["gsm8k/traps"], m["gsm8k/trap_type1"], m["gsm8k/trap_type2"]) == (2, 1, 1)
     assert m["gsm8k/boxed_rate"] == 0.75 and m["gsm8k/stop_criterion"] == 2
+
+
+def test_evaluate_returns_the_rows_it_writes(tokenizer, tiny, math_task, tmp_path):
+    result = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["task", "traps"]}, run_dir=tmp_path)
+    assert result.rows == generation.read_generations(tmp_path / "generations.jsonl")
+    assert [r["id"] for r in result.rows] == [1, 2, 3, 4] and all("correct" in r and "trap" in r for r in result.rows)
+    assert suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path).rows is None
+
+
+class PromptChars(parts.EvalPart):
+    """A part defined in a test: it needs no generations."""
+
+    name, order, data = "prompt_chars", 45, ("target",)
+    runs = 0
+
+    def run(self, ctx):
+        type(self).runs += 1
+        return {"prompt_chars/total": sum(len(s["prompt"]) for s in ctx.samples)}
+
+
+class OutputChars(parts.EvalPart):
+    """A part defined in a test that scores the target generations."""
+
+    name, order, data, scores_generations = "output_chars", 15, ("target",), True
+
+    def row_metrics(self, metric, rows):
+        return {f"{metric}/output_chars": sum(len(r["output"]) for r in rows)}
+
+
+@pytest.fixture
+def extra_parts(monkeypatch):
+    PromptChars.runs = 0
+    for cls in (PromptChars, OutputChars):
+        monkeypatch.setitem(parts.REGISTRY, cls.name, cls)  # registered for this test only
+
+
+def test_a_registered_part_is_run_by_the_suite(extra_parts, tokenizer, tiny, math_task, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite.generation, "generate", lambda *a, **k: pytest.fail("generation started"))
+    result = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["prompt_chars"]}, run_dir=tmp_path)
+    samples = suite.target_samples(math_task, suite.resolve_settings({}))
+    assert result.metrics["prompt_chars/total"] == sum(len(s["prompt"]) for s in samples) > 0
+    assert "time/eval_prompt_chars_s" in result.metrics and result.rows is None
+
+
+def test_a_registered_scoring_part_gets_the_generations(extra_parts, tokenizer, tiny, math_task, tmp_path):
+    result = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["output_chars"]}, run_dir=tmp_path)
+    assert result.metrics["gsm8k/output_chars"] == sum(len(r["output"]) for r in result.rows)
+    assert "gsm8k/em" not in result.metrics and "gsm8k/trap_rate" not in result.metrics
+
+
+def test_the_source_evaluation_caches_a_registered_part(extra_parts, tokenizer, tiny, math_task, tmp_path):
+    kw = dict(identity={"name": "tiny"}, dtype="torch.float32", cache_dir=tmp_path)
+    settings = {**FAST, "parts": ["task", "prompt_chars", "similarity"]}
+    first, rows = baseline.source_evaluation(tiny, tokenizer, math_task, settings, **kw)
+    again, rows_again = baseline.source_evaluation(tiny, tokenizer, math_task, settings, **kw)
+    assert PromptChars.runs == 1 and first == again and rows == rows_again and len(rows) == 4
+    assert "prompt_chars/total" in first and "gsm8k/em" in first and not any(k.startswith("distractor/") for k in first)
+    assert [p.name for p in (tmp_path).glob("*/metrics-v*-prompt_chars.json")] == ["metrics-v2-prompt_chars.json"]
+
+
+def test_an_unknown_part_is_one_line_naming_the_option_and_the_parts(math_task):
+    with pytest.raises(suite.SuiteError) as e:
+        suite.check_settings({"parts": ["task", "speed"]}, math_task)
+    assert str(e.value) == "eval.parts: unknown part 'speed'; allowed: task, traps, similarity, resources, nll, lm_eval"
+
+
+def test_the_parts_declare_what_stays_out_of_the_source_generation_key():
+    assert set(parts.not_generation()) == {"parts", "reference_cache_dir", "similarity", "lm_eval", "throughput",
+                                           "nll", "code"}
+    assert parts.generating() == ["task", "traps"]
 
 
 def test_rescore_math_known_outputs(math_task, tmp_path):
@@ -164,17 +235,17 @@ def test_rescore_humaneval_canonical_and_empty(code_task, tmp_path):
 
 def test_evaluate_humaneval_tiny(tiny, tokenizer, code_task, tmp_path):
     settings = {**FAST, "n": 2, "max_new_tokens": 8, "parts": ["task", "traps"]}
-    m = suite.evaluate(tiny, tokenizer, code_task, settings, run_dir=tmp_path)
+    m = suite.evaluate(tiny, tokenizer, code_task, settings, run_dir=tmp_path).metrics
     assert m["humaneval/n"] == 2 and m["humaneval/pass@1"] == 0.0 and "humaneval/trap_rate" in m
     rows = generation.read_generations(tmp_path / "generations.jsonl")
     assert [r["id"] for r in rows] == ["HumanEval/0", "HumanEval/1"] and "status" in rows[0]
 
 
 def test_similarity_against_identical_reference_and_cache(tiny, tokenizer, math_task, tmp_path, monkeypatch):
-    refs = suite.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-0")
+    refs = baseline.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-0")
     assert set(refs) == {"squad", "conversations"} and len(refs["squad"]["outputs"]) == 3
     m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path / "run",
-                       reference_outputs=refs)
+                       reference_outputs=refs).metrics
     assert m["distractor/sss"] == pytest.approx(1.0, abs=1e-4)
     assert m["distractor/squad_bertscore"] == pytest.approx(1.0, abs=1e-4)
     assert m["distractor/conversations_sbert"] == pytest.approx(1.0, abs=1e-4)
@@ -184,22 +255,22 @@ def test_similarity_against_identical_reference_and_cache(tiny, tokenizer, math_
         raise AssertionError("generation ran although the reference is cached")
 
     monkeypatch.setattr(suite.generation, "generate", boom)
-    assert suite.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-0") == refs
+    assert baseline.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-0") == refs
     with pytest.raises(AssertionError, match="cached"):  # another model identity is another key
-        suite.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-1")
+        baseline.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path / "cache", model_id="tiny-1")
 
 
 def test_similarity_against_different_reference_is_lower(tiny, tokenizer, math_task, tmp_path):
-    refs = suite.reference_generations(tiny, tokenizer, math_task, FAST)
+    refs = baseline.reference_generations(tiny, tokenizer, math_task, FAST)
     other = {k: {"prompts": v["prompts"], "outputs": ["The weather is sunny and warm today."] * len(v["outputs"])}
              for k, v in refs.items()}
     m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path,
-                       reference_outputs=other)
+                       reference_outputs=other).metrics
     assert m["distractor/sss"] < 0.9
 
 
 def test_similarity_skipped_without_reference_and_checked_with_one(tiny, tokenizer, math_task, tmp_path):
-    m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path)
+    m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path).metrics
     assert not any(k.startswith("distractor/") for k in m)
     wrong = {"squad": {"prompts": ["other"], "outputs": ["x"]}, "conversations": {"prompts": [], "outputs": []}}
     with pytest.raises(suite.SuiteError, match=r"reference_outputs\['squad'\]: prompts differ"):
@@ -209,7 +280,7 @@ def test_similarity_skipped_without_reference_and_checked_with_one(tiny, tokeniz
 
 def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
     with pytest.raises(suite.SuiteError, match="model_id"):
-        suite.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path)
+        baseline.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path)
 
 
 @pytest.mark.parametrize("settings, task_edit, match", [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from prunekit.evaluation.math import has_complete_answer
+from prunekit.evaluation.benchmarks.gsm8k import has_complete_answer
 from prunekit.evaluation.traps import (
     AnswerStoppingCriteria,
     LoopStoppingCriteria,

@@ -1,12 +1,15 @@
 """Shared generation engine: batched greedy decoding with left padding, length-sorted batches, stop reasons.
 
 Every generative metric (EM, pass@1, traps, distractor similarity) calls `generate`, so the slicing of
-new tokens per row is done once, here, and tested against one-prompt-at-a-time decoding.
+new tokens per row is done once, here, and tested against one-prompt-at-a-time decoding. `generate_journaled`
+adds the evaluation's batching by padded tokens, the loop and answer stops, and the journal a killed evaluation
+resumes from.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +25,7 @@ from prunekit import text
 from prunekit.checkpoint import atomic_write_text
 from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
+from prunekit.evaluation import traps
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +244,74 @@ def read_generations(path: str | Path) -> list[dict]:
     """Records of a generations JSONL file (blank lines skipped)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- journal
+def journal_key(prompt: str, budget: int, chat: bool, loop: bool, answer: bool) -> str:
+    """What decides one greedy generation (the model aside: a journal lives in one run directory)."""
+    blob = json.dumps([prompt, budget, chat, loop, answer])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def read_journal(path: Path | None) -> dict[str, Generation]:
+    """Generations a killed earlier attempt finished (a torn last line is ignored)."""
+    done: dict[str, Generation] = {}
+    if path is None or not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            key = rec.pop("key")
+            done[key] = Generation(**rec)
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue
+    return done
+
+
+def generate_journaled(model, tokenizer, prompts: list[str], budget: int, *, chat: bool, loop_detection: bool,
+                       stop_on_answer, batch_size: int, max_batch_tokens: int | None, drop_finished_every: int,
+                       desc: str, journal: Path | None = None) -> list[Generation]:
+    """Greedy generations in batches of at most `batch_size` prompts and `max_batch_tokens` padded prompt tokens,
+    with the online loop detector and the optional stop at the first complete answer (``stop_on_answer``: None or
+    False, or text -> whether it holds a complete answer).
+
+    With ``journal`` (a JSONL path), every finished batch is appended there and a re-run skips the prompts it
+    holds, so a killed hour-long evaluation resumes where it stopped; the caller deletes it when done.
+    """
+    eos = eos_ids(model, tokenizer)
+    loop, answer = loop_detection, stop_on_answer
+    keys = [journal_key(p, budget, chat, loop, bool(answer)) for p in prompts]
+    done = read_journal(journal) if process_state().num_processes == 1 else {}
+    if done:
+        log.info("%s: resuming, %d of %d prompts already generated (%s)", desc,
+                 sum(k in done for k in keys), len(prompts), journal)
+
+    def criteria(prompt_len: int) -> list:
+        crits = []
+        if loop:
+            crits.append(traps.LoopStoppingCriteria(prompt_len, eos_token_id=eos))
+        if answer:
+            crits.append(traps.AnswerStoppingCriteria(tokenizer, answer, prompt_len))
+        return crits
+
+    results: list = [done.get(k) for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    lengths = [len(ids) for ids in text.encode(tokenizer, [prompts[i] for i in todo], chat)]
+    groups = text.length_batches(lengths, batch_size, max_tokens=max_batch_tokens)
+    n_new = 0
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt") as bar:
+        for group in groups:  # one engine call per batch: the engine itself batches by count only
+            idx = [todo[j] for j in group]
+            gens = generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=budget,
+                            batch_size=len(idx), chat_template=chat, progress=False,
+                            stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc,
+                            drop_finished_every=drop_finished_every)
+            for i, g in zip(idx, gens):
+                results[i] = g
+                n_new += g.n_tokens
+            if journal is not None and process_state().is_main_process:
+                with open(journal, "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps({"key": keys[i], **asdict(results[i])}) + "\n" for i in idx)
+            bar.update(len(idx))
+            bar.set_postfix(new_tokens=n_new)
+    return results

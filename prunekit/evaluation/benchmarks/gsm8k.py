@@ -13,7 +13,7 @@ from typing import Literal
 # Imported here, not inside the check: a broken math-verify must fail loudly, not mark every non-numeric answer wrong.
 from math_verify import parse, verify
 
-from prunekit.evaluation.benchmarks import Benchmark, BenchmarkError, register
+from prunekit.evaluation.benchmarks.base import Benchmark, BenchmarkError, register
 
 logger = logging.getLogger(__name__)
 

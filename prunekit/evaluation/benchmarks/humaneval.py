@@ -1,4 +1,4 @@
-"""HumanEval pass@1: the paper's prompt, a sanitiser from model output to code, execution in the sandbox."""
+"""HumanEval and MBPP pass@1: the paper's prompt, a sanitiser from model output to code, execution in the sandbox."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import ast
 import logging
 import re
 import textwrap
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
 from prunekit.errors import PrunekitError
-from prunekit.evaluation.benchmarks import BenchmarkError, CodeBenchmark, register
-from prunekit.evaluation.sandbox import run_python
+from prunekit.evaluation.benchmarks.base import Benchmark, BenchmarkError, register
+from prunekit.evaluation.benchmarks.sandbox import run_python
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HUMANEVAL_INSTRUCTION", "CodeEvalError", "build_prompt", "check", "has_complete_function", "pass_at_1",
-    "sanitize",
+    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "CodeEvalError", "HumanEval", "MBPP", "build_prompt", "check",
+    "has_complete_function", "pass_at_1", "sanitize",
 ]
 
 # The paper's setup (Table 8): an instruction that asks for top-level function definitions only.
@@ -279,6 +280,30 @@ def pass_at_1(
 
 
 # ---------------------------------------------------------------------------------------------- the benchmarks
+class CodeBenchmark(Benchmark):
+    """Shared by benchmarks scored by running the output against tests in the sandbox."""
+
+    domain = "Code"
+    executes_code = True
+
+    def problem(self, record: Mapping, gold) -> dict:
+        """A HumanEval-shaped problem (task_id, prompt, entry_point, test) for check / pass_at_1."""
+        raise NotImplementedError
+
+    def has_answer(self, text: str, sample: dict) -> bool:
+        return has_complete_function(text, sample["record"]["entry_point"], truncated=True)
+
+    def score(self, samples: list[dict], rows: list[dict], settings: dict) -> None:
+        res = pass_at_1([s["record"] for s in samples], [r["output"] for r in rows],
+                             workers=settings["code"]["workers"], timeout_s=float(settings["code"]["timeout_s"]))
+        for row, r in zip(rows, res["results"]):
+            row["correct"], row["status"] = r["passed"], r["status"]
+
+    def extra_metrics(self, rows: list[dict]) -> dict:
+        statuses = Counter(r.get("status") for r in rows)
+        return {f"{self.name}/timeouts": statuses["timeout"], f"{self.name}/sandbox_errors": statuses["error"]}
+
+
 @register
 class HumanEval(CodeBenchmark):
     """HumanEval pass@1 (paper Table 8: the instruction + official prompt, 512 new tokens, 3 s per task);

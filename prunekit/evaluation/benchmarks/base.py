@@ -3,12 +3,12 @@ the suite, the report and the relative-gain code read everything benchmark-speci
 
 A benchmark turns an eval record into a sample (id, prompt, gold), scores generations, tells a complete answer
 from a trap, gives the (prompt, gold solution) pair for the gold NLL, and names its primary metric. A new benchmark
-is one subclass registered here plus a task file (conf/task/*.yaml); see `code.MBPP`.
+is one subclass registered with `register` plus a task file (conf/task/*.yaml); see `humaneval.MBPP`. The package
+`__init__` imports the built-in ones, so this module knows none of them (no import cycle).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 
 from prunekit.errors import PrunekitError
@@ -19,11 +19,7 @@ class BenchmarkError(PrunekitError):
     """Unknown benchmark name or an eval record it cannot use."""
 
 
-def _load_builtin() -> None:
-    from prunekit.evaluation import code, math  # noqa: F401 - importing registers GSM8K, HumanEval, MBPP
-
-
-REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, load=_load_builtin, sort=True)
+REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, sort=True)
 register = REGISTRY.register
 
 
@@ -78,31 +74,3 @@ class Benchmark:
     def extra_metrics(self, rows: list[dict]) -> dict:
         """Benchmark-specific counters beside the primary metric."""
         return {}
-
-
-class CodeBenchmark(Benchmark):
-    """Shared by benchmarks scored by running the output against tests in the sandbox."""
-
-    domain = "Code"
-    executes_code = True
-
-    def problem(self, record: Mapping, gold) -> dict:
-        """A HumanEval-shaped problem (task_id, prompt, entry_point, test) for code.check / code.pass_at_1."""
-        raise NotImplementedError
-
-    def has_answer(self, text: str, sample: dict) -> bool:
-        from prunekit.evaluation import code
-
-        return code.has_complete_function(text, sample["record"]["entry_point"], truncated=True)
-
-    def score(self, samples: list[dict], rows: list[dict], settings: dict) -> None:
-        from prunekit.evaluation import code
-
-        res = code.pass_at_1([s["record"] for s in samples], [r["output"] for r in rows],
-                             workers=settings["code"]["workers"], timeout_s=float(settings["code"]["timeout_s"]))
-        for row, r in zip(rows, res["results"]):
-            row["correct"], row["status"] = r["passed"], r["status"]
-
-    def extra_metrics(self, rows: list[dict]) -> dict:
-        statuses = Counter(r.get("status") for r in rows)
-        return {f"{self.name}/timeouts": statuses["timeout"], f"{self.name}/sandbox_errors": statuses["error"]}

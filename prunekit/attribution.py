@@ -12,13 +12,11 @@ seeded control; ``attribution`` physically prunes the least attributed neurons (
 ``selective_attribution`` ranks by a weighted sum of per-layer z-normalized selectivity and attribution.
 """
 
-import hashlib
-import json
 import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from captum.attr import IntegratedGradients
 from tqdm.auto import tqdm
 
 from prunekit import text
-from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
+from prunekit.cache import ArtifactCache, Damaged, digest
+from prunekit.checkpoint import atomic_torch_save
 from prunekit.errors import PrunekitError
 from prunekit.mlp import GatedMLP, mlp_layers
 from prunekit.surgery import WHERE
@@ -251,7 +250,7 @@ def cache_key(model_identity: dict, prompts: Sequence[str], *, steps: int, metho
     payload = {
         "kind": "ig",
         "model": model_identity,
-        "prompts": hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest(),
+        "prompts": digest(list(prompts), None),
         "steps": steps,
         "method": method,
         "max_length": max_length,
@@ -259,7 +258,48 @@ def cache_key(model_identity: dict, prompts: Sequence[str], *, steps: int, metho
         "dtype": dtype,
         **text.key_note(chat_template),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(payload)
+
+
+# Bumped when a cached layer file changes layout (1: a manifest beside the scores).
+CACHE_FORMAT = 1
+
+
+class LayerScores(ArtifactCache):
+    """``<cache_dir>/<key>/layerNNN.pt``: one layer's scores with a manifest (format, key, layer, width).
+
+    One entry per layer, not one per key: a ``detrimental`` grid needs one layer and a full ``attribution`` run
+    every layer, so each layer is looked up, verified, locked, moved aside and recomputed on its own (a damaged
+    file never costs the other layers, and jobs attributing different layers of one key do not wait on each other).
+    The key's folder is this cache's root.
+    """
+
+    kind = "attribution cache"
+    version = CACHE_FORMAT
+    suffix = ".pt"
+    again = "computing again"
+    log = log
+
+    @staticmethod
+    def name(layer: int) -> str:
+        return f"layer{layer:03d}"
+
+    def read(self, path: Path, expected: dict) -> torch.Tensor:
+        data = torch.load(path, weights_only=True)
+        if not isinstance(data, dict):
+            raise TypeError(f"a {type(data).__name__}, not a dict with a manifest")
+        manifest, row = data["_manifest"], data["scores"]
+        want = self.manifest(**expected)
+        if manifest != want:
+            raise Damaged(f"manifest {manifest} != {want}")
+        if tuple(row.shape) != (expected["d_ff"],):
+            raise Damaged(f"scores of shape {tuple(row.shape)}")
+        if not torch.isfinite(row).all():
+            raise Damaged("non-finite scores")
+        return row.float()
+
+    def write(self, path: Path, row: torch.Tensor, expected: dict) -> None:
+        atomic_torch_save({"_manifest": self.manifest(**expected), "scores": row.clone()}, path)
 
 
 def cached_ig_scores(model, tokenizer, prompts: Sequence[str], *, key: str, cache_dir: str | Path,
@@ -267,57 +307,38 @@ def cached_ig_scores(model, tokenizer, prompts: Sequence[str], *, key: str, cach
     """Like ``ig_scores`` but one cache file per layer (``<cache_dir>/<key>/layerNNN.pt``): only missing layers run.
 
     A ``detrimental`` grid over percents reuses its layer; a full ``attribution`` run fills every layer once.
-    Returns (scores [len(layers), d_ff], the layers read from the cache).
+    Parallel jobs needing the same layers wait on their locks (taken in layer order), so each layer is computed
+    once. Returns (scores [len(layers), d_ff], the layers read from the cache).
     """
     mlps = mlp_layers(model)
     layers = list(range(len(mlps))) if layers is None else [check_layer(layer, len(mlps)) for layer in layers]
-    folder = Path(cache_dir).expanduser() / key
-    rows = {}
-    for layer in layers:
-        row = _load_layer(folder / f"layer{layer:03d}.pt", key, layer, mlps[layer].d_ff)
-        if row is not None:
-            rows[layer] = row
+    cache = LayerScores(Path(cache_dir).expanduser() / key)
+    expected = {layer: {"key": key, "layer": layer, "d_ff": mlps[layer].d_ff} for layer in layers}
+
+    def lookup(wanted):
+        found = {layer: cache.load(cache.name(layer), expected[layer]) for layer in wanted}
+        return {layer: row for layer, row in found.items() if row is not None}
+
+    rows = lookup(layers)
     hit = sorted(rows)
     missing = [layer for layer in layers if layer not in rows]
-    if missing:
-        log.info("attribution cache %s: computing layers %s", key, missing)
-        fresh = ig_scores(model, tokenizer, prompts, layers=missing, **ig_kwargs)
-        for layer, row in zip(missing, fresh):
-            rows[layer] = row
-            manifest = {"format": CACHE_FORMAT, "key": key, "layer": layer, "d_ff": row.numel()}
-            try:
-                atomic_torch_save({"_manifest": manifest, "scores": row.clone()}, folder / f"layer{layer:03d}.pt")
-            except (OSError, DiskFullError) as e:  # the cache only saves time: the run goes on without it
-                log.warning("could not write the attribution cache %s (%s); continuing without it", folder, e)
-    else:
+    if not missing:
         log.info("attribution cache %s: all %d layers cached", key, len(layers))
+        return torch.stack([rows[layer] for layer in layers]), hit
+    with ExitStack() as held:
+        for layer in sorted(set(missing)):  # one order for every process: no two wait on each other
+            held.enter_context(cache.lock(cache.name(layer)))
+        waited = lookup(missing)  # computed by another process while this one waited
+        rows.update(waited)
+        hit = sorted(set(hit) | set(waited))
+        missing = [layer for layer in missing if layer not in rows]
+        if missing:
+            log.info("attribution cache %s: computing layers %s", key, missing)
+            fresh = ig_scores(model, tokenizer, prompts, layers=missing, **ig_kwargs)
+            for layer, row in zip(missing, fresh):
+                rows[layer] = row
+                cache.save(cache.name(layer), row, expected[layer])
     return torch.stack([rows[layer] for layer in layers]), hit
-
-
-# Bumped when a cached layer file changes layout (1: a manifest beside the scores).
-CACHE_FORMAT = 1
-
-
-def _load_layer(path: Path, key: str, layer: int, d_ff: int) -> torch.Tensor | None:
-    """One layer's cached scores, verified against its manifest (format, key, layer, width) and finite; a damaged
-    or mismatched file is logged with its path, moved aside and recomputed, so it can never change the pruning."""
-    if not path.exists():
-        return None
-    try:
-        data = torch.load(path, weights_only=True)
-        if not isinstance(data, dict):
-            raise TypeError(f"a {type(data).__name__}, not a dict with a manifest")
-        manifest, row = data["_manifest"], data["scores"]
-        expected = {"format": CACHE_FORMAT, "key": key, "layer": layer, "d_ff": d_ff}
-        problem = (f"manifest {manifest} != {expected}" if manifest != expected else
-                   f"scores of shape {tuple(row.shape)}" if tuple(row.shape) != (d_ff,) else
-                   "non-finite scores" if not torch.isfinite(row).all() else None)
-    except Exception as e:  # noqa: BLE001 - truncated, garbage, or not our layout: all mean "rebuild"
-        problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
-    if problem is None:
-        return row.float()
-    log.warning("attribution cache %s is damaged (%s): moved to %s, computing again", path, problem, move_aside(path))
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- strategies

@@ -5,8 +5,6 @@ decoder only (``model.get_decoder()``): the LM head's logits are never needed fo
 """
 
 import dataclasses
-import hashlib
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +15,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from prunekit import text
-from prunekit.checkpoint import DiskFullError, atomic_torch_save, move_aside
+from prunekit.cache import ArtifactCache, Damaged, digest
+from prunekit.checkpoint import atomic_torch_save
 from prunekit.dist import process_state
 from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
@@ -141,19 +140,18 @@ def statistics(model, tokenizer, prompt_sets: dict[str, list[str]], settings: Ca
 
 def cache_key(model_identity: dict, prompt_sets: dict[str, list[str]], specs: dict, settings: CaptureSettings, dtype: str) -> str:
     """Key of the activation cache: model identity + prompt-set specs and texts + capture settings."""
-    texts = hashlib.sha256(json.dumps(prompt_sets, sort_keys=True).encode()).hexdigest()
     payload = {
         "format": FORMAT,
         "model": model_identity,
         "specs": specs,
-        "texts": texts,
+        "texts": digest(prompt_sets, None),
         "max_length": settings.max_length,
         "chat_template": settings.chat_template,
         "skip_first": settings.skip_first,
         **text.key_note(settings.chat_template),
         "dtype": dtype,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(payload)
 
 
 def _problem(data, expected: dict) -> str | None:
@@ -185,33 +183,60 @@ def _problem(data, expected: dict) -> str | None:
     return None
 
 
-def load_cached(path: Path, expected: dict) -> dict[str, RunningStats] | None:
-    """Statistics saved under a cache key, verified against ``expected``; None when absent. A damaged or
-    mismatched entry is logged with its path, moved aside (``<name>.bad-<time>``) and None is returned, so the
-    caller captures again."""
-    if not path.exists():
-        return None
-    try:
+class ActivationCache(ArtifactCache):
+    """``<root>/<key>.pt``: the statistics of every prompt set, with a manifest (format, sets and counts, shape)."""
+
+    kind = "activation cache"
+    version = FORMAT
+    suffix = ".pt"
+    damaged = "is damaged or does not match this run"
+    again = "capturing again"
+    hit_message = "loaded activation statistics from cache %s"
+    saved_message = "saved activation statistics to cache %s"
+    log = log
+
+    def read(self, path: Path, expected: dict) -> dict[str, RunningStats]:
         data = torch.load(path, weights_only=True)
         problem = _problem(data, expected)
-    except Exception as e:  # noqa: BLE001 - any unreadable file (truncated zip, garbage, empty) is a damaged entry
-        problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    if problem is None:
-        log.info("loaded activation statistics from cache %s", path)
+        if problem is not None:
+            raise Damaged(problem)
         return {name: RunningStats.from_dict(d) for name, d in data.items() if name != "_manifest"}
-    log.warning("activation cache %s is damaged or does not match this run (%s): moved to %s, capturing again",
-                path, problem, move_aside(path))
-    return None
+
+    def write(self, path: Path, stats: dict[str, RunningStats], expected=None) -> None:
+        first = next(iter(stats.values()))
+        manifest = self.manifest(sets={n: s.count for n, s in stats.items()}, shape=list(first.mean.shape))
+        atomic_torch_save({"_manifest": manifest, **{name: s.to_dict() for name, s in stats.items()}}, path)
+
+
+def expected_entry(model, sets: dict[str, list[str]]) -> dict:
+    """What a cache entry for ``sets`` on ``model`` must hold: the sets with their prompt counts, and the shape."""
+    layers = mlp_layers(model)
+    return {"sets": {n: len(p) for n, p in sets.items()}, "layers": len(layers), "d_ff": layers[0].d_ff}
+
+
+def cached_statistics(model, tokenizer, sets: dict[str, list[str]], key: str, settings: CaptureSettings,
+                      cache_dir: str | Path) -> tuple[dict[str, RunningStats], bool]:
+    """``statistics`` from the activation cache when its entry for ``key`` is usable, else captured now and
+    cached. Returns (stats, was_cached). Parallel jobs of a sweep wait on the entry's lock, so a set is captured
+    once; under ``accelerate launch`` every rank takes part in the capture (no lock) and the main one writes."""
+    state = process_state()
+
+    def capture():
+        log.info("capturing activations (cache key %s)", key)
+        return statistics(model, tokenizer, sets, settings)
+
+    return ActivationCache(cache_dir).get(key, capture, expected_entry(model, sets), lock=state.num_processes == 1,
+                                          store=state.is_main_process)
+
+
+def load_cached(path: Path, expected: dict) -> dict[str, RunningStats] | None:
+    """Statistics saved at ``path`` (``<cache_dir>/<key>.pt``), verified against ``expected``; None when absent.
+    A damaged or mismatched entry is logged with its path, moved aside and None is returned."""
+    path = Path(path)
+    return ActivationCache(path.parent).load(path.name.removesuffix(ActivationCache.suffix), expected)
 
 
 def save_cached(path: Path, stats: dict[str, RunningStats]) -> None:
-    """Write the statistics with a manifest (format, sets and counts, shapes); a failed write (full disk) is logged
-    and leaves the run going: the cache only saves time."""
-    first = next(iter(stats.values()))
-    manifest = {"format": FORMAT, "sets": {n: s.count for n, s in stats.items()}, "shape": list(first.mean.shape)}
-    try:
-        atomic_torch_save({"_manifest": manifest, **{name: s.to_dict() for name, s in stats.items()}}, path)
-    except (OSError, DiskFullError) as e:
-        log.warning("could not write the activation cache %s (%s); continuing without it", path, e)
-        return
-    log.info("saved activation statistics to cache %s", path)
+    """Write the statistics at ``path``; a failed write (full disk) is logged and leaves the run going."""
+    path = Path(path)
+    ActivationCache(path.parent).save(path.name.removesuffix(ActivationCache.suffix), stats)

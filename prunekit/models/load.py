@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prunekit import dist
-from prunekit.checkpoint import atomic_dir, move_aside
+from prunekit.cache import ArtifactCache, Damaged
+from prunekit.checkpoint import atomic_dir
 from prunekit.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -162,20 +162,35 @@ def _converted_ok(out: Path) -> bool:
         return False
 
 
+class ConvertedModels(ArtifactCache):
+    """``<cache_dir>/<name>-<version>/``: a pip model's GGUF converted once into a stock checkpoint, used while its
+    files match their manifest. The conversion writes the folder itself (atomically) and a failed one is an error:
+    unlike the other caches, the run cannot go on without its entry."""
+
+    kind = "converted model cache"
+    again = "converting again"
+    log = log
+
+    def read(self, path: Path, expected=None) -> Path:
+        if not _converted_ok(path):
+            raise Damaged("files differ from its manifest")
+        return path
+
+    def write(self, path: Path, value, expected=None) -> None:
+        """Nothing left to write: the conversion saved the folder."""
+
+
 def converted(gguf: Callable[[], Path], out: Path) -> Path:
     """``out``: the GGUF that ``gguf()`` names, converted into a stock checkpoint once and reused while its files
-    match their manifest. ``gguf`` is called only when a conversion is due (it may join a split file first)."""
-    if _converted_ok(out):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):  # one process converts; the others wait here, then find it done
-        if _converted_ok(out):
-            return out
-        if out.exists():  # damaged or from a killed conversion: keep it aside for inspection, convert again
-            log.warning("converted model cache %s is damaged (files differ from its manifest): moved to %s, "
-                        "converting again", out, move_aside(out))
+    match their manifest. ``gguf`` is called only when a conversion is due (it may join a split file first); one
+    process converts, the others wait on the entry's lock and then find it done."""
+    out = Path(out)
+
+    def convert() -> Path:
         _gguf_to_dir(gguf(), out)
-    return out
+        return out
+
+    return ConvertedModels(out.parent).get(out.name, convert)[0]
 
 
 def concat_parts(parts: list[Path], out: Path) -> None:

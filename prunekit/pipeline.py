@@ -4,7 +4,6 @@ Each recipe takes the composed config (an OmegaConf DictConfig or anything with 
 and, in a multirun, the sweep directory; Hydra itself stays in the entry scripts.
 """
 
-import contextlib
 import gc
 import logging
 import time
@@ -12,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from omegaconf import OmegaConf
 
 from prunekit import attribution, capture, data, dist, models, scoring, strategies, surgery, text, training
@@ -167,22 +165,8 @@ def prompt_checks(tokenizer, sets: dict[str, list[str]], settings) -> dict:
 
 
 def activation_statistics(model, tokenizer, sets, key, settings, cache_dir) -> tuple[dict, bool]:
-    """Statistics for ``key`` from the on-disk cache (verified), or captured now and cached. Returns
-    (stats, was_cached). Parallel jobs of a sweep wait on one file lock per key, so the set is captured once."""
-    path = Path(cache_dir).expanduser() / f"{key}.pt"
-    layers = mlp_layers(model)
-    expected = {"sets": {n: len(p) for n, p in sets.items()}, "layers": len(layers), "d_ff": layers[0].d_ff}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = dist.process_state()
-    with FileLock(str(path) + ".lock") if state.num_processes == 1 else contextlib.nullcontext():
-        stats = capture.load_cached(path, expected)
-        if stats is not None:
-            return stats, True
-        log.info("capturing activations (cache key %s)", key)
-        stats = capture.statistics(model, tokenizer, sets, settings)
-        if state.is_main_process:
-            capture.save_cached(path, stats)
-    return stats, False
+    """Statistics for ``key`` from the on-disk cache (verified), or captured now and cached: (stats, was_cached)."""
+    return capture.cached_statistics(model, tokenizer, sets, key, settings, Path(cache_dir).expanduser())
 
 
 def weights_dtype(model) -> str:

@@ -21,6 +21,17 @@ from prunekit import data, models
 from prunekit.evaluation import suite
 
 SMOLLM2 = "pip:smollm2-135m-instruct"
+
+
+def compiled_decode():
+    """transformers' own compiled decode step (a static cache + torch.compile of the forward): generate compiles it
+    only on accelerators unless the CompileConfig asks for every device (its `_compile_all_devices` flag, the
+    documented way to test it on a CPU). mode="default": "reduce-overhead" means CUDA graphs."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(mode="default")
+    config._compile_all_devices = True
+    return config
 # name -> (eval.* overrides, generation_config overrides). "current" is the evaluation's default.
 VARIANTS = {
     "current": ({}, {}),
@@ -29,6 +40,7 @@ VARIANTS = {
     "b16": ({"batch_size": 16, "max_batch_tokens": 16384}, {}),
     "b16+drop16": ({"batch_size": 16, "max_batch_tokens": 16384, "drop_finished_every": 16}, {}),
     "b32+drop16": ({"batch_size": 32, "max_batch_tokens": 32768, "drop_finished_every": 16}, {}),
+    "compile": ({}, {"cache_implementation": "static", "compile_config": compiled_decode}),  # built when used
 }
 
 
@@ -47,7 +59,7 @@ def run_variant(model, tok, prompts, budget: int, settings: dict, gen_overrides:
     """(seconds, generations) of one variant; the model's generation_config is restored afterwards."""
     saved = {k: getattr(model.generation_config, k, None) for k in gen_overrides}
     for k, v in gen_overrides.items():
-        setattr(model.generation_config, k, v)
+        setattr(model.generation_config, k, v() if callable(v) else v)
     try:
         t0 = time.perf_counter()
         gens = suite._generate(model, tok, prompts, settings, budget, stop_on_answer=False, desc="bench")

@@ -1,4 +1,4 @@
-"""Does a cheap target proxy rank pruned models the way the task metric does? (issue 12, item 5)
+"""Does a cheap target proxy rank pruned models the way the task metric does?
 
 Reads the runs under the given directories (prune.py / evaluate.py outputs with metrics.json), adds the unpruned
 model's row from their `original/...` metrics, and prints, per (model, task): every run's task metric beside each

@@ -1,4 +1,4 @@
-"""Online loop detector vs full-length generation on GSM8K-style prompts (issue 4, part 4).
+"""Online loop detector vs full-length generation on GSM8K-style prompts: tokens saved, trap labels compared.
 
 Runs greedy generation twice on the same prompts, once with the online loop detector (trapped samples stop early)
 and once without (every sample may use the whole budget), then prints tokens generated in each, tokens saved

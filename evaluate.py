@@ -3,13 +3,13 @@ re-score a generations file without a model: `python evaluate.py task=math gener
 
 import hydra
 
-from prunekit import pipeline
+from prunekit import recipes
 from prunekit.cli import guarded, hydra_dirs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg) -> None:
-    guarded(pipeline.evaluate, cfg, **hydra_dirs())
+    guarded(recipes.evaluate, cfg, **hydra_dirs())
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 
 import hydra
 
-from prunekit import pipeline
+from prunekit import recipes
 from prunekit.cli import guarded, hydra_dirs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg) -> None:
-    guarded(pipeline.train, cfg, **hydra_dirs())
+    guarded(recipes.train, cfg, **hydra_dirs())
 
 
 if __name__ == "__main__":

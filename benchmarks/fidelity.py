@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from prunekit import pipeline, report
+from prunekit import recipes, report
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper mix's presets evaluate similarity on 200 + 200 distractor prompts; 8 + 8 here, as the default mix.
@@ -98,7 +98,7 @@ def main() -> None:
                 run_dir = Path(args.out) / mix / f"{strategy}_r{ratio:g}"
                 cfg = job_config(mix, strategy, ratio, extra)
                 label = strategy.replace("random_s", "random-s")
-                results[(label, ratio)] = pipeline.prune(cfg, run_dir, sweep_dir=Path(args.out) / mix)
+                results[(label, ratio)] = recipes.prune(cfg, run_dir, sweep_dir=Path(args.out) / mix)
         metric = "humaneval" if any("humaneval/nll" in m for m in results.values()) else "gsm8k"
         text = table(mix, results, metric)
         print("\n" + text, flush=True)

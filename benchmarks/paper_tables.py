@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prunekit import pipeline  # noqa: E402
+from prunekit import recipes  # noqa: E402
 from prunekit.checkpoint import atomic_write_text  # noqa: E402
 from prunekit.report import PAPER_RATIOS, PAPER_TABLE3, PAPER_TABLE4  # noqa: E402
 
@@ -112,9 +112,9 @@ def recover(job: str, overrides: list[str], out: Path) -> dict:
     then LoRA recovery on the CodeIO training rows and pass@1 + traps of the merged model."""
     prune_keys = [o for o in overrides if o.split("=")[0] in ("strategy", "strategy.seed", "ratio")]
     pruned = out / job / "pruned"
-    pipeline.prune(compose_job("prune", [*prune_keys, "evaluate=false"]), pruned)
+    recipes.prune(compose_job("prune", [*prune_keys, "evaluate=false"]), pruned)
     train_keys = [o for o in overrides if o not in prune_keys]
-    return pipeline.train(compose_job("train", [f"model.name_or_path={pruned / 'model'}", *train_keys]),
+    return recipes.train(compose_job("train", [f"model.name_or_path={pruned / 'model'}", *train_keys]),
                           out / job / "recovered")
 
 
@@ -135,13 +135,13 @@ def run(args) -> None:
         t0 = time.perf_counter()
         print(f"== {job} ({kind}): {' '.join(overrides)}", flush=True)
         if kind == "prune":
-            metrics = pipeline.prune(compose_job("prune", overrides), Path(args.out) / job)
+            metrics = recipes.prune(compose_job("prune", overrides), Path(args.out) / job)
         elif kind == "recover":
             metrics = recover(job, overrides, Path(args.out))
         else:
             metrics = speed()
         record(job, metrics, time.perf_counter() - t0, overrides)
-        pipeline.release_memory()
+        recipes.release_memory()
 
 
 def pct(v) -> str:

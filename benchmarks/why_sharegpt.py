@@ -19,15 +19,16 @@ the first position carries the attention-sink "massive activations", and a short
 import argparse
 import copy
 import re
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
-from prunekit import capture, data, models, pipeline, scoring, strategies, surgery
-from prunekit.evaluation import nll, suite
+from prunekit import capture, data, models, recipes, scoring, strategies, surgery
+from prunekit.evaluation import baseline, nll, suite
 from prunekit.mlp import mlp_layers
 
-REPO = pipeline.Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 # Markers of code or technical text in a prompt (H2): fences, code keywords, markup, shell/SQL words.
 CODE = re.compile(r"```|\bdef |\bimport |\bclass |[{};]\s*$|</?\w+>|\bSELECT\b|\bfunction\b|=>|\bconsole\.|\bpip ",
                   re.MULTILINE)
@@ -75,15 +76,17 @@ def main() -> None:
         cfg = compose("prune", overrides=["model=smollm2-135m", "task=math_offline", f"eval.n={args.eval_n}",
                                           "eval.parts=[nll]"])
     source = models.resolve(cfg.model.name_or_path)
-    model, tokenizer = models.load(source, cfg.model.cache_dir)
-    _, rows = pipeline.source_evaluation(cfg, model, tokenizer, source)
-    samples = suite.target_samples(pipeline.plain(cfg.task), suite.check_settings(pipeline.plain(cfg.eval), cfg.task))
+    loaded = models.load_model(source, cfg.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    _, rows = baseline.source_evaluation(loaded, recipes.plain(cfg.task), recipes.plain(cfg.eval),
+                                         Path(cfg.cache_dir).expanduser() / "sources")
+    samples = suite.target_samples(recipes.plain(cfg.task), suite.check_settings(recipes.plain(cfg.eval), cfg.task))
     pairs, correct_only = suite.own_answer_pairs(samples, rows)
     print(f"target proxy: NLL of the unpruned model's own answers on {len(pairs)} prompts "
           f"({'correct ones' if correct_only else 'all: none is correct'}); unpruned {own_nll(model, tokenizer, pairs):.3f}")
 
     settings = capture.CaptureSettings(max_length=1024, batch_size=8)
-    target = data.load_prompts(dict(pipeline.plain(cfg.task.target), n=args.n), "target")
+    target = data.load_prompts(dict(recipes.plain(cfg.task.target), n=args.n), "target")
     sets = {"target": target, **distractor_sets(args.n)}
     stats = capture.statistics(model, tokenizer, sets, settings)
     h4 = ["sharegpt (old default)", "sharegpt <= 400 chars", "squad + chitchat (new default)"]

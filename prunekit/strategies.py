@@ -3,7 +3,7 @@
 A strategy declares the scores it needs (`needs`: activation capture, integrated-gradients attribution, down_proj
 weights), validates its options before anything loads, and turns the computed scores into a plan: a
 `PhysicalPlan` (the neurons every layer keeps, same count per layer, 128-aligned) or a `ZeroPlan` (neurons of one
-layer to zero, arXiv 2507.09185). `pipeline.prune` computes what `needs` says and applies the plan; it names no
+layer to zero, arXiv 2507.09185). `recipes.prune` computes what `needs` says and applies the plan; it names no
 strategy. A new strategy is one subclass registered here plus one YAML file in conf/strategy/.
 """
 
@@ -37,7 +37,7 @@ def get(options: dict) -> Strategy:
 # ---------------------------------------------------------------------------------------------- inputs and plans
 @dataclass
 class Scores:
-    """What the pipeline computed because a strategy needed it."""
+    """What the prune recipe computed because a strategy needed it."""
 
     stats: dict | None = None                 # capture statistics by set: target, distractor/<name>
     selectivity: torch.Tensor | None = None   # [layers, d_ff], paper eq. 2

@@ -282,7 +282,7 @@ def test_mbpp_reference_solutions_pass_and_mutants_fail():
 def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from prunekit import pipeline
+    from prunekit import recipes
     from tests.conftest import REPO, SHARED_DATA
 
     recs = _mbpp_records(14)[10:14]  # task ids 11..14: MBPP's test split starts there
@@ -292,5 +292,5 @@ def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=["task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
                                            "wandb.mode=disabled", "eval.parts=[task,traps]"])
-    metrics = pipeline.evaluate(cfg, tmp_path / "run")
+    metrics = recipes.evaluate(cfg, tmp_path / "run")
     assert metrics["mbpp/n"] == 4 and metrics["mbpp/correct"] == 2 and metrics["mbpp/pass@1"] == 0.5

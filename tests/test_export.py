@@ -195,12 +195,12 @@ def test_cli_bad_type_is_one_line_exit_2(runs):
 
 
 def test_prune_align_reaches_the_pruned_checkpoint(tmp_path, model_cache):
-    from prunekit import pipeline
+    from prunekit import recipes
 
     widths = {}
     for align in (32, 256):
         run = tmp_path / f"a{align}"
-        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=random", "evaluate=false", f"prune.align={align}"), run)
+        recipes.prune(_cfg(tmp_path, model_cache, "strategy=random", "evaluate=false", f"prune.align={align}"), run)
         record = json.loads((run / "pruning.json").read_text())
         assert record["align"] == align
         widths[align] = AutoConfig.from_pretrained(run / "model").intermediate_size

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunekit import pipeline
+from prunekit import recipes
 from tests.test_prune_pipeline import REPO, TINY, _cfg, _env
 
 
@@ -73,7 +73,7 @@ CORRUPTIONS = {"truncated": _truncate, "garbage": _garbage, "empty": _empty, "wr
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, model_cache):
     tmp = tmp_path_factory.mktemp("clean")
-    pipeline.prune(_cfg(tmp, model_cache, "evaluate=false"), tmp / "run")
+    recipes.prune(_cfg(tmp, model_cache, "evaluate=false"), tmp / "run")
     return tmp, _kept(tmp / "run")
 
 
@@ -85,7 +85,7 @@ def _prune_over_damage(clean_dir, damage, entry_of, overrides, logger, tmp_path,
     path = entry_of(tmp_path)
     damage(path)
     with caplog.at_level(logging.WARNING, logger=logger):
-        metrics = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "run")
+        metrics = recipes.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "run")
     return path, metrics, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
@@ -97,7 +97,7 @@ def test_damaged_activation_cache_is_moved_aside_and_rebuilt(kind, clean, tmp_pa
     assert metrics["capture/cached"] is False
     assert _kept(tmp_path / "run") == clean[1]  # the damage never changes which neurons are pruned
     assert len(list(path.parent.glob(f"{path.name}.bad-*"))) == 1  # kept aside for inspection
-    again = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "resume=false"), tmp_path / "run2")
+    again = recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false", "resume=false"), tmp_path / "run2")
     assert again["capture/cached"] is True  # the rebuilt entry is valid
 
 
@@ -108,13 +108,13 @@ def test_resume_refuses_a_changed_config_and_resume_false_redoes_it(clean, tmp_p
 
     shutil.copytree(clean[0] / "cache", tmp_path / "cache")
     run = tmp_path / "run"
-    first = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
-    assert pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run) == first  # same settings: skipped
+    first = recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
+    assert recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run) == first  # same settings: skipped
     with pytest.raises(RunError, match=r"other settings \(ratio: 0.1 -> 0.5; strategy.name: 'selective' -> "
                                             r"'reverse'\).*resume=false"):
-        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse"), run)
+        recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse"), run)
     assert json.loads((run / "pruning.json").read_text())["ratio"] == 0.1  # untouched
-    redone = pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse",
+    redone = recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false", "ratio=0.5", "strategy=reverse",
                                  "resume=false"), run)
     assert redone["prune/ratio"] == 0.5 and json.loads((run / "pruning.json").read_text())["strategy"] == "reverse"
 
@@ -407,7 +407,7 @@ ATTRIBUTION = ["strategy=attribution", "strategy.samples=2", "strategy.steps=4",
 @pytest.fixture(scope="module")
 def attributed(tmp_path_factory, model_cache):
     tmp = tmp_path_factory.mktemp("attributed")
-    pipeline.prune(_cfg(tmp, model_cache, *ATTRIBUTION), tmp / "run")
+    recipes.prune(_cfg(tmp, model_cache, *ATTRIBUTION), tmp / "run")
     return tmp, _kept(tmp / "run")
 
 
@@ -500,7 +500,7 @@ SIMILARITY = ["evaluate=true", "eval.parts=[similarity]", "eval.similarity.max_n
 @pytest.fixture(scope="module")
 def referenced(tmp_path_factory, model_cache):
     tmp = tmp_path_factory.mktemp("referenced")
-    metrics = pipeline.prune(_cfg(tmp, model_cache, *SIMILARITY), tmp / "run")
+    metrics = recipes.prune(_cfg(tmp, model_cache, *SIMILARITY), tmp / "run")
     return tmp, metrics
 
 

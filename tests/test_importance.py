@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prunekit import capture, models, pipeline, strategies
+from prunekit import capture, models, recipes, strategies
 from prunekit.mlp import mlp_layers
 from prunekit.models import tiny_model
 from prunekit.scoring import RunningStats, TokenStats, contrastive, flap, merge_all, wanda_sp
@@ -78,7 +78,7 @@ def test_capture_statistics_carry_token_counts(tokenizer):
 
 @pytest.mark.parametrize("name", ["wanda_sp", "flap", "contrastive"])
 def test_strategy_prunes_its_lowest_scores(tmp_path, model_cache, name):
-    pipeline.prune(_cfg(tmp_path, model_cache, f"strategy={name}", "ratio=0.3", "evaluate=false"), tmp_path / name)
+    recipes.prune(_cfg(tmp_path, model_cache, f"strategy={name}", "ratio=0.3", "evaluate=false"), tmp_path / name)
     record = json.loads((tmp_path / name / "pruning.json").read_text())
     counts = {"target": 6, "distractor/conversations": 6, "distractor/squad": 6}
     stats = capture.load_cached(tmp_path / "cache" / "activations" / f"{record['capture_cache_key']}.pt",
@@ -94,4 +94,4 @@ def test_strategy_prunes_its_lowest_scores(tmp_path, model_cache, name):
 
 def test_contrastive_weight_is_checked_before_loading(tmp_path, model_cache):
     with pytest.raises(strategies.StrategyError, match=r"strategy.weight=1.*\[0, 1\)"):
-        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=contrastive", "strategy.weight=1"), tmp_path / "r")
+        recipes.prune(_cfg(tmp_path, model_cache, "strategy=contrastive", "strategy.weight=1"), tmp_path / "r")

@@ -1,5 +1,5 @@
 """benchmarks/paper_tables.py: the job order, the journal that lets a rerun skip finished cells, and the printed
-tables, with the pipeline replaced by a recorder (the real jobs take hours)."""
+tables, with the recipes replaced by a recorder (the real jobs take hours)."""
 
 import importlib.util
 import json
@@ -39,9 +39,9 @@ def test_a_rerun_skips_journaled_jobs(tmp_path, monkeypatch):
         return {"humaneval/pass@1": 0.5, "humaneval/nll": 0.2, "distractor/sss": 0.7, "prune/real_ratio": 0.0526,
                 "original/humaneval/pass@1": 0.55, "time/eval": 1.0}
 
-    monkeypatch.setattr(runner.pipeline, "prune", fake_prune)
+    monkeypatch.setattr(runner.recipes, "prune", fake_prune)
     monkeypatch.setattr(runner, "compose_job", lambda job, overrides: overrides)
-    monkeypatch.setattr(runner.pipeline, "release_memory", lambda: None)
+    monkeypatch.setattr(runner.recipes, "release_memory", lambda: None)
     args = type("Args", (), {"tables": "3", "strategies": "selective,reverse", "ratios": "0.05", "recovery": "",
                              "out": str(tmp_path / "runs")})
     runner.run(args)

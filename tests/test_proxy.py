@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit import models, pipeline
-from prunekit.evaluation import generation, resources, suite
+from prunekit import models, recipes, report
+from prunekit.evaluation import baseline, generation, resources, suite
 from tests.test_prune_pipeline import _cfg
 
 
@@ -65,7 +65,7 @@ def test_generation_journal_resumes_without_regenerating(tokenizer, tmp_path, mo
 
 def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, model_cache, capsys):
     overrides = ["eval.parts=[task,traps,nll]", "eval.n=2", "eval.max_new_tokens=8", "task.eval.target.offset=10000"]
-    m1 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
+    m1 = recipes.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
     sources = list((tmp_path / "cache" / "sources").iterdir())
     assert len(sources) == 1 and (sources[0] / "target.json").is_file()
     for key in ("gsm8k/nll", "gsm8k/nll_gold", "gsm8k/trap_rate", "resources/params"):
@@ -74,7 +74,7 @@ def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, m
     out = capsys.readouterr().out
     assert "before -> after" in out and "target NLL (own answers)" in out
     stamp = (sources[0] / "target.json").stat().st_mtime_ns
-    m2 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides, "strategy=reverse"), tmp_path / "b")
+    m2 = recipes.prune(_cfg(tmp_path, model_cache, *overrides, "strategy=reverse"), tmp_path / "b")
     assert (sources[0] / "target.json").stat().st_mtime_ns == stamp  # cached: the source is evaluated once
     assert m2["original/gsm8k/nll"] == m1["original/gsm8k/nll"]
     rows = [json.loads(x) for x in (sources[0] / "generations.jsonl").read_text().splitlines()]
@@ -82,7 +82,7 @@ def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, m
 
 
 def test_before_after_table_lists_both_columns():
-    text = pipeline.before_after({"gsm8k/em": 0.5, "original/gsm8k/em": 0.75, "resources/params": 1000,
+    text = report.before_after({"gsm8k/em": 0.5, "original/gsm8k/em": 0.75, "resources/params": 1000,
                                   "original/resources/params": 2000, "distractor/sss": 0.4})
     lines = text.splitlines()
     assert lines[0].split() == ["before", "after"]
@@ -118,7 +118,7 @@ def test_proxy_agreement_counts_pairs_against_the_task_metric():
                                        ("code_offline", "1e04ce01147fb1a4c905")])  # the default since stop 17
 def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
     """A new key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B on 2 cores). These are the keys
-    of the stop-13 code; a deliberate change bumps pipeline.SOURCE_EVAL_VERSION and updates them here."""
+    of the stop-13 code; a deliberate change bumps baseline.SOURCE_EVAL_VERSION and updates them here."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -126,21 +126,23 @@ def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("prune", overrides=[f"task={task}", "data_dir=/D", "cache_dir=/C"])
-    settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-    assert pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings) == key
+    settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
+    assert baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32", recipes.plain(cfg.task),
+                               settings) == key
 
 
 def test_reference_outputs_are_cached_per_dtype(tmp_path, model_cache):
     """The unpruned model's distractor outputs differ between fp32 and bf16: each dtype gets its own cache entry."""
+    import dataclasses
+
     import torch
 
     cfg = _cfg(tmp_path, model_cache, "eval.parts=[similarity]", "eval.similarity.max_new_tokens=4",
                "task.eval.distractors.conversations.n=1", "task.eval.distractors.squad.n=1")
-    source = models.resolve(cfg.model.name_or_path)
-    model, tokenizer = pipeline.load_model(cfg, source)
-    pipeline.reference_outputs(cfg, model.float(), tokenizer, source)
-    pipeline.reference_outputs(cfg, model.to(torch.bfloat16), tokenizer, source)
-    pipeline.reference_outputs(cfg, model.float(), tokenizer, source)  # a cache hit: no third entry
+    loaded = models.load_model(models.resolve(cfg.model.name_or_path), cfg.model)
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):  # the last: a cache hit, no third entry
+        cast = dataclasses.replace(loaded, model=loaded.model.to(dtype), dtype=dtype)
+        baseline.reference_outputs(cast, recipes.plain(cfg.task), recipes.plain(cfg.eval))
     assert len(list((tmp_path / "cache" / "references").glob("*.json"))) == 2
 
 
@@ -169,8 +171,8 @@ def test_the_source_models_speed_is_measured_in_every_run_not_cached(tmp_path, m
 
     monkeypatch.setattr(resources, "throughput", fake_throughput)
     overrides = ["eval.parts=[task,resources]", "eval.n=2", "eval.max_new_tokens=4", "task.eval.target.offset=10000"]
-    m1 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
-    m2 = pipeline.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "b")
+    m1 = recipes.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
+    m2 = recipes.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "b")
     assert calls[0] > calls[1] and calls[2] > calls[3]  # unpruned first, then the pruned model, in each run
     assert len(calls) == 4
     assert (m1["original/resources/tokens_per_s"], m1["resources/tokens_per_s"]) == (1.0, 2.0)
@@ -210,6 +212,7 @@ def test_drop_finished_every_keys_the_source_cache_only_when_on():
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("prune", overrides=["task=math_offline", "data_dir=/D", "cache_dir=/C",
                                                   f"eval.drop_finished_every={drop}"])
-        settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-        keys.append(pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings))
+        settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
+        keys.append(baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
+                                        recipes.plain(cfg.task), settings))
     assert keys[0] == "6449b65ddf27a92a417f" and keys[1] != keys[0]

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from prunekit import pipeline
+from prunekit import checkpoint, recipes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
@@ -73,14 +73,14 @@ def _cfg(tmp_path, model_cache, *overrides):
 
 def test_random_strategy_needs_no_capture_and_is_seeded(tmp_path, model_cache):
     for seed, sub in ((42, "a"), (42, "b"), (33, "c")):
-        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=random", f"strategy.seed={seed}"), tmp_path / sub)
+        recipes.prune(_cfg(tmp_path, model_cache, "strategy=random", f"strategy.seed={seed}"), tmp_path / sub)
     kept = {s: json.loads((tmp_path / s / "pruning.json").read_text())["kept_indices"] for s in "abc"}
     assert kept["a"] == kept["b"] != kept["c"]
     assert not (tmp_path / "cache" / "activations").exists()
 
 
 def test_detrimental_random_zeroes_one_layer_and_keeps_width(tmp_path, model_cache):
-    metrics = pipeline.prune(_cfg(tmp_path, model_cache, "strategy=detrimental_random", "strategy.layer=1",
+    metrics = recipes.prune(_cfg(tmp_path, model_cache, "strategy=detrimental_random", "strategy.layer=1",
                                   "strategy.percent=0.25"), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "pruning.json").read_text())
     assert metrics["prune/params_after"] == metrics["prune/params_before"]
@@ -92,16 +92,16 @@ def test_detrimental_random_zeroes_one_layer_and_keeps_width(tmp_path, model_cac
 
 def test_failed_rerun_keeps_earlier_weights_and_leaves_no_stale_numbers(tmp_path, model_cache, monkeypatch):
     run = tmp_path / "run"
-    pipeline.prune(_cfg(tmp_path, model_cache, "resume=false"), run)
+    recipes.prune(_cfg(tmp_path, model_cache, "resume=false"), run)
     weights = (run / "model" / "model.safetensors").read_bytes()
     pruning = (run / "pruning.json").read_text()
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "save_model", boom)
+    monkeypatch.setattr(checkpoint, "save_model", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        pipeline.prune(_cfg(tmp_path, model_cache, "resume=false", "ratio=0.5"), run)
+        recipes.prune(_cfg(tmp_path, model_cache, "resume=false", "ratio=0.5"), run)
     assert (run / "model" / "model.safetensors").read_bytes() == weights  # atomic writes: never half-written
     assert (run / "pruning.json").read_text() == pruning
     # The redone job cleared the earlier attempt's numbers: nothing can report the 0.1 model as the 0.5 run.
@@ -140,7 +140,7 @@ def test_checkpoint_keeps_the_sources_stored_dtype_when_computing_in_bf16(tmp_pa
     monkeypatch.setattr(dist, "cpu_has_bf16", lambda: True)  # model.dtype=auto computes in bf16, as on such CPUs
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="prunekit.models"):
-        pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.dtype=auto", "evaluate=false"),
+        recipes.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.dtype=auto", "evaluate=false"),
                        run)
     assert any(f"loaded {src} (dir) as torch.bfloat16" in r.getMessage() for r in caplog.records)  # computed in bf16
     kept = json.loads((run / "pruning.json").read_text())["kept_indices"]
@@ -154,11 +154,11 @@ def test_checkpoint_keeps_the_sources_stored_dtype_when_computing_in_bf16(tmp_pa
                   - _sliced(src, kept)(ids).logits).abs().max().item()
     assert dlogit < 1e-5
     # model.save_dtype asks for another dtype; a bad value is one line naming the option and the allowed values.
-    pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=bfloat16",
+    recipes.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=bfloat16",
                         "evaluate=false"), tmp_path / "bf16")
     assert {t.dtype for t in load_file(tmp_path / "bf16" / "model" / "model.safetensors").values()} == {torch.bfloat16}
     from prunekit.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^model\.save_dtype='fp8': unknown dtype; allowed: null \(the source's "
                                           r"stored dtype\), float32, bfloat16, float16$"):
-        pipeline.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=fp8"), tmp_path / "x")
+        recipes.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=fp8"), tmp_path / "x")

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from prunekit import pipeline
+from prunekit import recipes
 from prunekit.data import DataError
 from prunekit.evaluation import suite
 from tests.test_runs import inspect_run
@@ -38,7 +38,7 @@ def _lines(path: Path) -> list[dict]:
 @pytest.fixture
 def pruned(tmp_path, model_cache):
     run = tmp_path / "prune"
-    metrics = pipeline.prune(_cfg(tmp_path, model_cache), run)
+    metrics = recipes.prune(_cfg(tmp_path, model_cache), run)
     return run, metrics
 
 
@@ -59,7 +59,7 @@ def test_evaluate_a_pruned_checkpoint_reuses_reference_outputs(pruned, tmp_path,
     run, _ = pruned
     refs = sorted((tmp_path / "cache" / "references").glob("*.json"))
     stamp = refs[0].stat().st_mtime_ns
-    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", job="evaluate"), tmp_path / "eval")
+    metrics = recipes.evaluate(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", job="evaluate"), tmp_path / "eval")
     assert metrics["prune/real_ratio"] == json.loads((run / "pruning.json").read_text())["real_ratio"]
     assert sorted((tmp_path / "cache" / "references").glob("*.json")) == refs and refs[0].stat().st_mtime_ns == stamp
     assert (tmp_path / "eval" / "complete-evaluate.json").exists()
@@ -68,7 +68,7 @@ def test_evaluate_a_pruned_checkpoint_reuses_reference_outputs(pruned, tmp_path,
 def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
     run, _ = pruned
     cfg = _cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed", job="evaluate")
-    gold = {s["id"]: s["gold"] for s in suite.target_samples(pipeline.plain(cfg.task), pipeline.plain(cfg.eval))}
+    gold = {s["id"]: s["gold"] for s in suite.target_samples(recipes.plain(cfg.task), recipes.plain(cfg.eval))}
     ids = [g["id"] for g in _lines(run / "generations.jsonl")]
     assert sorted(ids) == sorted(gold)
     # Right answers for the first three ids (from another engine), a wrong one for the last.
@@ -76,7 +76,7 @@ def test_rescore_needs_no_model(pruned, tmp_path, model_cache):
                for n, i in enumerate(ids)]
     path = tmp_path / "outside.jsonl"
     path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
-    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
+    metrics = recipes.evaluate(_cfg(tmp_path, model_cache, "model.name_or_path=/no/model/needed",
                                      f"generations={path}", job="evaluate"), tmp_path / "rescore")
     assert metrics["gsm8k/em"] == 0.75 and metrics["gsm8k/trap_rate"] == 0.0
 
@@ -90,7 +90,7 @@ def test_rescore_with_the_hub_presets_reads_only_what_it_scores_offline(tmp_path
     code_out = tmp_path / "code.jsonl"
     code_out.write_text("".join(json.dumps({"id": p["task_id"], "output": p["canonical_solution"]}) + "\n"
                                 for p in problems))
-    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, "task=code", f"generations={code_out}",
+    metrics = recipes.evaluate(_cfg(tmp_path, model_cache, "task=code", f"generations={code_out}",
                                      job="evaluate"), tmp_path / "code")
     assert metrics["humaneval/pass@1"] == 1.0 and metrics["humaneval/n"] == 4
     gsm8k = tmp_path / "gsm8k-test.jsonl"  # a local copy of the eval target (the hub one is not cached here)
@@ -101,17 +101,17 @@ def test_rescore_with_the_hub_presets_reads_only_what_it_scores_offline(tmp_path
                                 for i in range(4)))
     cfg = _cfg(tmp_path, model_cache, "task=math", f"task.eval.target.path={gsm8k}", f"generations={math_out}",
                job="evaluate")
-    assert pipeline.evaluate(cfg, tmp_path / "math")["gsm8k/em"] == 0.75
+    assert recipes.evaluate(cfg, tmp_path / "math")["gsm8k/em"] == 0.75
     # What it does read is still checked before anything runs: the hub eval target cannot be loaded offline.
     with pytest.raises(DataError, match=r"^task\.eval\.target\.path='openai/gsm8k': hub dataset cannot"):
-        pipeline.evaluate(_cfg(tmp_path, model_cache, "task=math", f"generations={math_out}", job="evaluate"),
+        recipes.evaluate(_cfg(tmp_path, model_cache, "task=math", f"generations={math_out}", job="evaluate"),
                           tmp_path / "math-hub")
 
 
 def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, model_cache):
     run, _ = pruned
     out = tmp_path / "train"
-    metrics = pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "task.train.n=8",
+    metrics = recipes.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "task.train.n=8",
                                   "lora.max_length=96", "lora.epochs=1", "lora.effective_batch_size=4",
                                   "lora.per_device_batch_size=2", "evaluate=false", job="train"), out)
     assert metrics["train/steps"] == 2 and metrics["train/final_loss"] > 0
@@ -129,7 +129,7 @@ def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, mo
 def test_train_rejects_bad_lora_before_training(pruned, tmp_path, model_cache):
     run, _ = pruned
     with pytest.raises(ValueError, match="lora.r must be a positive integer"):
-        pipeline.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "lora.r=0", "evaluate=false",
+        recipes.train(_cfg(tmp_path, model_cache, f"model.name_or_path={run}/model", "lora.r=0", "evaluate=false",
                             "task.train.n=4", job="train"), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before the run directory, let alone the model
 
@@ -166,15 +166,15 @@ def test_detrimental_grid_then_best_setting_on_the_test_split(tmp_path, model_ca
     grid = tmp_path / "grid"
     adaptation = ["evaluate=true", "eval.parts=[task,traps]", "eval.n=2", "strategy.samples=2", "strategy.steps=4"]
     for layer, percent in ((1, 0.5), (0, 0.25), (1, 0.25)):
-        pipeline.prune(_cfg(tmp_path, model_cache, "strategy=detrimental", f"strategy.layer={layer}",
+        recipes.prune(_cfg(tmp_path, model_cache, "strategy=detrimental", f"strategy.layer={layer}",
                             f"strategy.percent={percent}", *adaptation), grid / f"layer={layer},percent={percent}")
-    metrics = pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={grid}", "eval.parts=[task,traps]",
+    metrics = recipes.evaluate(_cfg(tmp_path, model_cache, f"best_of={grid}", "eval.parts=[task,traps]",
                                      "eval.n=3", job="evaluate"), tmp_path / "test")
     # Every grid run scores the same EM on this random model: the tie goes to the smaller percent, then the lower layer.
     assert (metrics["select/layer"], metrics["select/percent"]) == (0, 0.25)
     assert metrics["gsm8k/n"] == 3 and "select/adaptation/gsm8k/em" in metrics
     with pytest.raises(ValueError, match="no strategy=detrimental runs"):
-        pipeline.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}", job="evaluate"), tmp_path / "test2")
+        recipes.evaluate(_cfg(tmp_path, model_cache, f"best_of={tmp_path / 'test'}", job="evaluate"), tmp_path / "test2")
 
 
 def test_a_hub_id_is_never_read_as_a_local_run(tmp_path, monkeypatch):

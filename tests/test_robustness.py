@@ -8,27 +8,28 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from prunekit import cli, data, models, pipeline, report, training
+from prunekit import cli, data, models, recipes, report, training
 from prunekit.config import ConfigError
-from prunekit.evaluation import suite
+from prunekit.evaluation import baseline, suite
 from prunekit.runs import store
 from prunekit.surgery import RatioError
 from tests.test_recipes import _cfg
 from tests.test_report import make_sweep
 from tests.test_runs import write_checkpoint
 
-REPO = pipeline.Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory, model_cache):
     """A finished prune run of the tiny model (no evaluation): (tmp dir, run dir)."""
     tmp = tmp_path_factory.mktemp("pruned")
-    pipeline.prune(_cfg(tmp, model_cache, "evaluate=false"), tmp / "run")
+    recipes.prune(_cfg(tmp, model_cache, "evaluate=false"), tmp / "run")
     return tmp, tmp / "run"
 
 
@@ -40,7 +41,7 @@ def _rescore_cfg(tmp_path, model_cache, generations, *overrides):
 def _answers(tmp_path, model_cache, path, right: int):
     """A generations file answering the first ``right`` of the 4 eval ids right and the others wrong."""
     cfg = _rescore_cfg(tmp_path, model_cache, path)
-    samples = suite.target_samples(pipeline.plain(cfg.task), pipeline.plain(cfg.eval))
+    samples = suite.target_samples(recipes.plain(cfg.task), recipes.plain(cfg.eval))
     path.write_text("".join(json.dumps({"id": s["id"], "output": "\\boxed{" + (s["gold"] if i < right else "-1")
                                         + "}"}) + "\n" for i, s in enumerate(samples)))
 
@@ -53,7 +54,7 @@ def test_another_jobs_run_directory_is_refused_and_left_intact(pruned_run, model
     gens = tmp / f"g-{resume}.jsonl"
     _answers(tmp, model_cache, gens, right=2)
     with pytest.raises(store.RunError, match=r"holds a prune run, not a evaluate run"):
-        pipeline.evaluate(_rescore_cfg(tmp, model_cache, gens, f"resume={str(resume).lower()}"), run)
+        recipes.evaluate(_rescore_cfg(tmp, model_cache, gens, f"resume={str(resume).lower()}"), run)
     with pytest.raises(store.RunError, match=r"holds a prune run, not a train run"):
         store.check_resume(run, "train", {"lora": {"r": 8}}, resume)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing overwritten or deleted
@@ -70,13 +71,13 @@ def test_an_unfinished_run_of_another_job_is_refused_too(tmp_path):
 def test_rescoring_an_edited_generations_file_is_not_skipped(tmp_path, model_cache):
     gens, out = tmp_path / "g.jsonl", tmp_path / "rescore"
     _answers(tmp_path, model_cache, gens, right=4)
-    assert pipeline.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 1.0
+    assert recipes.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 1.0
     _answers(tmp_path, model_cache, gens, right=2)  # the same path, other content
-    assert pipeline.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 0.5
+    assert recipes.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 0.5
     assert json.loads((out / "metrics.json").read_text())["gsm8k/em"] == 0.5
     stamp = (out / "metrics.json").stat().st_mtime_ns
     os.utime(gens)  # the same bytes again: still complete
-    assert pipeline.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 0.5
+    assert recipes.evaluate(_rescore_cfg(tmp_path, model_cache, gens), out)["gsm8k/em"] == 0.5
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
 
 
@@ -90,8 +91,9 @@ def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path):
     def key():
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("prune", overrides=[f"task.eval.target.path={target}", "cache_dir=/C"])
-        settings = suite.check_settings(pipeline.plain(cfg.eval), pipeline.plain(cfg.task))
-        return pipeline.source_key(cfg, models.TinySource("llama"), "torch.float32", settings)
+        settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
+        return baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
+                                   recipes.plain(cfg.task), settings)
 
     target.write_text('{"question": "1+1?", "answer": "2"}\n')
     first = key()
@@ -125,9 +127,9 @@ def test_a_damaged_checkpoint_is_not_complete(tmp_path, damage):
 
 def test_a_run_without_its_weights_is_redone_by_resume(tmp_path, model_cache):
     run = tmp_path / "run"
-    pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
+    recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
     (run / "model" / "model.safetensors").unlink()
-    pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
+    recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false"), run)
     assert AutoModelForCausalLM.from_pretrained(run / "model").config.intermediate_size == 256
 
 
@@ -188,7 +190,7 @@ def test_unreadable_prompt_files_are_one_line(tmp_path, name, write, reason):
 def _no_model(monkeypatch):
     def load_model(*a, **k):
         raise AssertionError("a model was loaded before the bad input was noticed")
-    monkeypatch.setattr(pipeline, "load_model", load_model)
+    monkeypatch.setattr(models, "load_model", load_model)
 
 
 @pytest.mark.parametrize("overrides, error, match", [
@@ -199,14 +201,14 @@ def _no_model(monkeypatch):
 def test_bad_prune_values_fail_before_any_model_loads(tmp_path, model_cache, monkeypatch, overrides, error, match):
     _no_model(monkeypatch)
     with pytest.raises(error, match=match):
-        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", *overrides), tmp_path / "run")
+        recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false", *overrides), tmp_path / "run")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_non_finite_learning_rate_fails_before_any_model_loads(tmp_path, model_cache, monkeypatch, value):
     _no_model(monkeypatch)
     with pytest.raises(training.TrainingConfigError, match=f"lora.lr must be a finite number, got {value}"):
-        pipeline.train(_cfg(tmp_path, model_cache, f"lora.lr={value}", "evaluate=false", job="train"), tmp_path / "t")
+        recipes.train(_cfg(tmp_path, model_cache, f"lora.lr={value}", "evaluate=false", job="train"), tmp_path / "t")
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path):
@@ -233,7 +235,7 @@ def test_a_cache_directory_that_is_a_file_is_one_line(tmp_path, model_cache, mon
     blocker = tmp_path / "cache-file"
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"cache_dir=.*cache-file: .* is a file, not a directory"):
-        pipeline.prune(_cfg(tmp_path, model_cache, "evaluate=false", f"cache_dir={blocker}"), tmp_path / "run")
+        recipes.prune(_cfg(tmp_path, model_cache, "evaluate=false", f"cache_dir={blocker}"), tmp_path / "run")
 
 
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
@@ -314,7 +316,7 @@ def test_a_source_that_writes_only_whitespace_still_saves_the_prune_and_counts_p
     target = _jsonl(tmp_path / "target.jsonl", [{"question": q} for q in questions])
     run = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
-        metrics = pipeline.prune(_cfg(tmp_path, model_cache, f"task.target.path={target}", "task.target.split=null"),
+        metrics = recipes.prune(_cfg(tmp_path, model_cache, f"task.target.path={target}", "task.target.split=null"),
                                  run)
     assert store.is_complete(run, "prune") and AutoModelForCausalLM.from_pretrained(run / "model")
     assert "gsm8k/nll" not in metrics and "gsm8k/nll_gold" in metrics and "gsm8k/em" in metrics

@@ -168,13 +168,27 @@ def test_a_registered_scoring_part_gets_the_generations(extra_parts, tokenizer, 
 
 
 def test_the_source_evaluation_caches_a_registered_part(extra_parts, tokenizer, tiny, math_task, tmp_path):
-    kw = dict(identity={"name": "tiny"}, dtype="torch.float32", cache_dir=tmp_path)
+    loaded = models.LoadedModel(tiny, tokenizer, models.TinySource("llama"), {"name": "tiny"},
+                                next(tiny.parameters()).dtype)
     settings = {**FAST, "parts": ["task", "prompt_chars", "similarity"]}
-    first, rows = baseline.source_evaluation(tiny, tokenizer, math_task, settings, **kw)
-    again, rows_again = baseline.source_evaluation(tiny, tokenizer, math_task, settings, **kw)
+    first, rows = baseline.source_evaluation(loaded, math_task, settings, tmp_path)
+    again, rows_again = baseline.source_evaluation(loaded, math_task, settings, tmp_path)
     assert PromptChars.runs == 1 and first == again and rows == rows_again and len(rows) == 4
     assert "prompt_chars/total" in first and "gsm8k/em" in first and not any(k.startswith("distractor/") for k in first)
     assert [p.name for p in (tmp_path).glob("*/metrics-v*-prompt_chars.json")] == ["metrics-v2-prompt_chars.json"]
+
+
+def test_a_damaged_source_evaluation_file_is_moved_aside_and_built_again(tokenizer, tiny, math_task, tmp_path, caplog):
+    loaded = models.LoadedModel(tiny, tokenizer, models.TinySource("llama"), {"name": "tiny"},
+                                next(tiny.parameters()).dtype)
+    settings = {**FAST, "parts": ["task"]}
+    first, rows = baseline.source_evaluation(loaded, math_task, settings, tmp_path)
+    (target,) = tmp_path.glob("*/target.json")
+    target.write_text("{torn")
+    again, rows_again = baseline.source_evaluation(loaded, math_task, settings, tmp_path)
+    assert again == first and rows_again == rows
+    assert len(list(target.parent.glob("target.json.bad-*"))) == 1 and target.is_file()
+    assert any(str(target) in r.message and "evaluating again" in r.message for r in caplog.records)
 
 
 def test_an_unknown_part_is_one_line_naming_the_option_and_the_parts(math_task):

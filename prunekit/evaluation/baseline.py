@@ -1,5 +1,6 @@
 """The unpruned (source) model's results, cached on disk, so every run of a sweep and every later run of the same
-setup compares against them without evaluating the source again:
+setup compares against them without evaluating the source again. Both caches are ``prunekit.cache.ArtifactCache``
+kinds, and both take the job's ``prunekit.models.LoadedModel``, whose identity and dtype enter their keys:
 
 - its target generations with verdicts and the metrics of the parts that score them (`source_evaluation`),
   keyed by model + dtype + task evaluation data + generation settings (`source_key`);
@@ -12,16 +13,17 @@ a part's own settings never move the keys of the unpruned models' cached generat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from prunekit import data
-from prunekit.checkpoint import DiskFullError, atomic_write_json, move_aside, read_json
+from prunekit.cache import ArtifactCache, Damaged, digest
+from prunekit.checkpoint import atomic_write_json, read_json
 from prunekit.evaluation import generation, parts, suite
 from prunekit.evaluation.settings import SuiteError, use_chat
+from prunekit.runs.layout import GENERATIONS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -71,39 +73,64 @@ def source_key(identity: Mapping, dtype: str, task: Mapping, settings: dict) -> 
     files = data.local_inputs(task_eval)
     if files:
         key_of["files"] = files
-    return hashlib.sha256(json.dumps(key_of, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(key_of)
 
 
-def source_evaluation(model, tokenizer, task: Mapping, settings: Mapping | None, *, identity: Mapping, dtype: str,
-                      cache_dir) -> tuple[dict, list[dict]]:
-    """The unpruned source model's metrics and target generations (with verdicts), cached under
-    ``cache_dir/<source_key>``.
+class SourceEvaluation(ArtifactCache):
+    """The JSON metric files in one source model's folder ``<cache_dir>/<source_key>/``: ``target.json`` (the
+    metrics of the parts that score the generations, written once ``generations.jsonl`` is complete) and
+    ``metrics-v<N>-<parts>.json``. A damaged file is moved aside alone: the folder's generation journal stays, so
+    a rebuild resumes from it."""
+
+    kind = "source evaluation cache"
+    suffix = ".json"
+    again = "evaluating again"
+    log = log
+
+    def read(self, path: Path, expected=None) -> dict:
+        metrics = read_json(path)
+        if not isinstance(metrics, dict):
+            raise Damaged("not a JSON object")
+        return metrics
+
+    def write(self, path: Path, metrics: dict, expected=None) -> None:
+        atomic_write_json(path, metrics)
+
+
+def _untimed(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def source_evaluation(loaded, task: Mapping, settings: Mapping | None, cache_dir) -> tuple[dict, list[dict]]:
+    """The unpruned source model's (``loaded``: a LoadedModel) metrics and target generations (with verdicts),
+    cached under ``cache_dir/<source_key>``.
 
     The parts that score the target generations run once per key; the metrics of the other enabled parts that
     are measured on the source are cached beside them per set of parts, except what a part measures fresh in
     every run (speed). Parts not measured on the source (similarity: the source against its own outputs is 1 by
     definition) are left out.
     """
+    model, tokenizer = loaded.model, loaded.tokenizer
     s = suite.check_settings(settings, task)
-    out = Path(cache_dir).expanduser() / source_key(identity, dtype, task, s)
-    gen_done = out / "target.json"
-    if gen_done.is_file():
-        rows = generation.read_generations(out / suite.GENERATIONS_FILE)
-        metrics = read_json(gen_done)
-    else:  # generations.jsonl + task/trap metrics; a killed run resumes from its journal
-        log.info("evaluating the unpruned source model once (cached in %s)", out)
-        result = suite.evaluate(model, tokenizer, task, {**s, "parts": parts.generating()}, run_dir=out)
-        atomic_write_json(gen_done, result.metrics)
-        metrics, rows = result.metrics, result.rows
-    metrics = {k: v for k, v in metrics.items() if not k.startswith("time/")}
+    cache = SourceEvaluation(Path(cache_dir).expanduser() / source_key(loaded.identity, str(loaded.dtype), task, s))
+    built = {}
+
+    def generate() -> dict:  # generations.jsonl + task/trap metrics; a killed run resumes from its journal
+        log.info("evaluating the unpruned source model once (cached in %s)", cache.root)
+        result = suite.evaluate(model, tokenizer, task, {**s, "parts": parts.generating()}, run_dir=cache.root)
+        built["rows"] = result.rows
+        return result.metrics
+
+    metrics, cached = cache.get("target", generate)
+    rows = generation.read_generations(cache.root / GENERATIONS_FILE) if cached else built["rows"]
+    metrics = _untimed(metrics)
     rest = [p for p in s["parts"] if not parts.REGISTRY[p].scores_generations and parts.REGISTRY[p].on_source]
     if rest:
-        parts_file = out / f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}.json"
-        cached = parts_file.is_file()
-        if not cached:
-            atomic_write_json(parts_file, suite.evaluate(model, tokenizer, task, {**s, "parts": rest}, run_dir=out,
-                                                         source_rows=rows).metrics)
-        metrics.update({k: v for k, v in read_json(parts_file).items() if not k.startswith("time/")})
+        measured, cached = cache.get(
+            f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}",
+            lambda: suite.evaluate(model, tokenizer, task, {**s, "parts": rest}, run_dir=cache.root,
+                                   source_rows=rows).metrics)
+        metrics.update(_untimed(measured))
         fresh = [p for p in parts.chosen(rest) if p.fresh_metrics] if cached else []
         if fresh:  # measured again seconds before the pruned model's, on the same machine load
             ctx = suite.context(model, tokenizer, task, s)
@@ -121,9 +148,31 @@ def _reference_settings(settings: dict, tokenizer) -> dict:
 
 
 def reference_key(model_id: str, prompts: dict[str, list[str]], gen_settings: dict) -> str:
-    """sha256 over (model identity, distractor prompts, generation settings)."""
-    blob = json.dumps({"model": model_id, "prompts": prompts, "settings": gen_settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """sha256 over (model identity, distractor prompts, generation settings), all 64 hex digits."""
+    return digest({"model": model_id, "prompts": prompts, "settings": gen_settings}, None)
+
+
+class ReferenceOutputs(ArtifactCache):
+    """``<cache_dir>/<reference_key>.json``: the source model's outputs per distractor set, used only when its
+    prompts are the ones asked for."""
+
+    kind = "reference outputs cache"
+    suffix = ".json"
+    again = "generating again"
+    hit_message = "reference outputs: cache hit %s"
+    saved_message = "reference outputs cached in %s"
+    log = log
+
+    def read(self, path: Path, prompts) -> dict:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            parts.check_reference(cached, prompts)
+        except SuiteError as e:
+            raise Damaged(str(e).splitlines()[0][:120]) from e
+        return cached
+
+    def write(self, path: Path, refs: dict, prompts) -> None:
+        atomic_write_json(path, refs)
 
 
 def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | None, cache_dir=None, *,
@@ -141,37 +190,23 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     prompts = parts.distractor_prompts(task, s)
     if not prompts:
         raise SuiteError("task.eval.distractors: empty; distractor similarity needs at least one set")
-    path = None
-    if cache_dir is not None:
-        key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
-        path = Path(cache_dir).expanduser() / f"{key}.json"
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
-                parts.check_reference(cached, prompts)
-                log.info("reference outputs: cache hit %s", path)
-                return cached
-            except (ValueError, UnicodeDecodeError, OSError) as e:  # SuiteError is a ValueError too
-                log.warning("reference outputs cache %s is damaged (%s): moved to %s, generating again",
-                            path, str(e).splitlines()[0][:120], move_aside(path))
-    refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
-            for name, v in parts.distractor_outputs(model, tokenizer, prompts, s).items()}
-    if path is not None:
-        try:
-            atomic_write_json(path, refs)
-            log.info("reference outputs cached in %s", path)
-        except (OSError, DiskFullError) as e:  # the cache only saves time: the run goes on without it
-            log.warning("could not write the reference outputs cache %s (%s); continuing without it", path, e)
-    return refs
+
+    def generate() -> dict:
+        return {name: {"prompts": v["prompts"], "outputs": v["outputs"]}
+                for name, v in parts.distractor_outputs(model, tokenizer, prompts, s).items()}
+
+    if cache_dir is None:
+        return generate()
+    key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
+    return ReferenceOutputs(cache_dir).get(key, generate, prompts)[0]
 
 
-def reference_outputs(model, tokenizer, task: Mapping, settings: Mapping, *, identity: Mapping,
-                      dtype: str) -> dict | None:
-    """The unpruned source model's distractor outputs (cached per model + dtype + prompts + settings), when an
-    enabled part compares against them; else None."""
+def reference_outputs(loaded, task: Mapping, settings: Mapping) -> dict | None:
+    """The unpruned source model's (``loaded``: a LoadedModel) distractor outputs, cached per model + dtype +
+    prompts + settings, when an enabled part compares against them; else None."""
     if not needs_reference(settings["parts"]):
         return None
     # The dtype is part of the identity: bf16 and fp32 greedy outputs differ (an fp32 reference reused for a bf16
     # run moved the default's similarity from 0.567 to 0.558).
-    model_id = json.dumps({**identity, "dtype": dtype}, sort_keys=True)
-    return reference_generations(model, tokenizer, task, settings, model_id=model_id)
+    model_id = json.dumps({**loaded.identity, "dtype": str(loaded.dtype)}, sort_keys=True)
+    return reference_generations(loaded.model, loaded.tokenizer, task, settings, model_id=model_id)

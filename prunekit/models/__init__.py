@@ -8,8 +8,10 @@ This module re-exports what the rest of prunekit calls, so ``from prunekit impor
 from prunekit.errors import ModelError
 from prunekit.models.load import (
     DTYPES,
+    LoadedModel,
     load,
     load_config,
+    load_model,
     load_stored,
     load_tokenizer,
     resolve_dtype,
@@ -40,7 +42,7 @@ from prunekit.models.sources import (
 
 __all__ = [
     "DTYPES", "PATH_SOURCES", "PIP_ENCODERS", "PIP_MODELS", "SOURCES", "TINY_ARCHS", "TOKENIZER_SOURCE", "DirSource",
-    "GgufSource", "HubSource", "ModelError", "ModelSource", "PipModel", "PipSource", "TinySource", "gguf_file",
-    "identity", "load", "load_config", "load_stored", "load_tokenizer", "materialize", "register", "resolve",
+    "GgufSource", "HubSource", "LoadedModel", "ModelError", "ModelSource", "PipModel", "PipSource", "TinySource", "gguf_file",
+    "identity", "load", "load_config", "load_model", "load_stored", "load_tokenizer", "materialize", "register", "resolve",
     "resolve_dtype", "stored_dtype", "tiny_config", "tiny_model",
 ]

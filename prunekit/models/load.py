@@ -9,7 +9,9 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -113,6 +115,28 @@ def load(source, cache_dir: str | Path, *, dtype: str = "auto", device_map: str 
     model.eval()
     log.info("loaded %s (%s) as %s on %s", source.value, source.kind, torch_dtype, on)
     return model, tokenizer
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded once for a job, with what every cache key and the checkpoint save read from it: the source
+    it came from, the source's identity (ids and versions, or local files' sizes and mtimes) and the dtype it
+    computes in (bf16 and fp32 give different numbers, so ``str(dtype)`` enters the capture, attribution,
+    reference and source-evaluation keys)."""
+
+    model: Any
+    tokenizer: Any
+    source: Any  # a prunekit.models.sources.ModelSource
+    identity: dict
+    dtype: torch.dtype
+
+
+def load_model(source, settings) -> LoadedModel:
+    """Load ``source`` (a resolved ModelSource) with the model group's ``settings`` (cache_dir, dtype, device_map,
+    revision, trust_remote_code) into one LoadedModel."""
+    model, tokenizer = load(source, settings.cache_dir, dtype=settings.dtype, device_map=settings.device_map,
+                            revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+    return LoadedModel(model, tokenizer, source, source.identity(settings.revision), next(model.parameters()).dtype)
 
 
 # ---------------------------------------------------------------------------------------------- GGUF conversion

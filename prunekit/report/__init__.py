@@ -1,6 +1,7 @@
 """The paper's tables and figures rebuilt from local run records: ``records`` finds and reads the runs, ``tables``
 computes the numbers (beside the paper's, from ``paper.yaml``), ``figures`` draws them, ``build`` writes
-``report.md`` and is the command line (``python -m prunekit.report``)."""
+``report.md`` and is the command line (``python -m prunekit.report``); ``summary`` holds what a job itself prints
+or picks (the before -> after table, the best run of a detrimental grid)."""
 
 from prunekit.report.build import build_report, log_to_wandb, main, render_section
 from prunekit.report.records import (
@@ -12,6 +13,7 @@ from prunekit.report.records import (
     load_runs,
     sections,
 )
+from prunekit.report.summary import before_after, best_of_grid
 from prunekit.report.tables import (
     PAPER_RATIOS,
     PAPER_SIZES,
@@ -28,6 +30,7 @@ from prunekit.report.tables import (
 )
 
 __all__ = ["PAPER_RATIOS", "PAPER_SIZES", "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5",
-           "PRIMARY_METRICS", "ReportError", "Run", "build_report", "detrimental_grid", "find_run_dirs", "grid_metric",
+           "PRIMARY_METRICS", "ReportError", "Run", "before_after", "best_of_grid", "build_report", "detrimental_grid",
+           "find_run_dirs", "grid_metric",
            "load_run", "load_runs", "log_to_wandb", "main", "paper_column", "paper_value", "primary_metric",
            "render_section", "section_tables", "sections"]

@@ -1,0 +1,89 @@
+"""The train recipe (`python train.py`): LoRA recovery of a (pruned) checkpoint -> adapter + merged stock
+checkpoint, training.json -> the evaluation parts beside the unpruned source's cached results -> the relative
+gain over the run it was recovered from (paper eq. 4) -> records, W&B.
+"""
+
+from pathlib import Path
+
+from prunekit import data, dist, models, training
+from prunekit.checkpoint import atomic_write_json, read_json
+from prunekit.config import check as check_config
+from prunekit.evaluation import baseline, benchmarks
+from prunekit.mlp import check_architecture
+from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, run_job, source_results
+from prunekit.runs import layout, wandb
+from prunekit.runs.store import pruning_record_of
+
+GAIN_METRICS = (*benchmarks.primary_metrics(), "distractor/sss")
+
+
+def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict:
+    """LoRA recovery of a (pruned) checkpoint -> adapter + merged stock checkpoint, training.json, metrics."""
+    run_dir = Path(run_dir)
+
+    # 1. Setup: the settings, the training rows and the model's config, before any weight is loaded.
+    check_config(cfg, "train")
+    wandb.check_mode(cfg.wandb.mode)
+    task, lora = plain(cfg.task), plain(cfg.lora)
+    source = models.resolve(cfg.model.name_or_path)
+    if "train" not in task:
+        raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
+    records = data.load_records(task["train"], "task.train")
+    if cfg.evaluate:
+        check_evaluation(cfg, task)
+    check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
+    if cfg.resume_from:  # another run's or base model's checkpoint: one line now, not size mismatches after load
+        training.check_resume_checkpoint(cfg.resume_from, str(cfg.model.name_or_path))
+    timer = Timer()
+    record = pruning_record_of(cfg.model.name_or_path)
+    model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
+    recovered_from = str(model_dir.parent.resolve()) if record is not None and model_dir.name == "model" else None
+
+    # 2. Run: inside the job lifecycle (skipped when complete with the same settings).
+    def body(tracker) -> dict:
+        reference = source_rows = None
+        if cfg.evaluate and baseline.needs_source(cfg.eval.parts):
+            with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
+                unpruned = (record or {"source_model": cfg.model.name_or_path})["source_model"]
+                reference, _, source_rows = source_results(cfg, unpruned, cfg.eval.parts)
+        with timer("load"):
+            loaded = models.load_model(source, cfg.model)
+            tokenizer = loaded.tokenizer
+        examples = training.build_examples(records, tokenizer=tokenizer,
+                                           prompt_template=task["train"]["prompt_template"],
+                                           response_field=task["train"]["response_field"],
+                                           max_length=int(lora.get("max_length", 1024)))
+        resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
+        with timer("train"):
+            summary = training.train_lora(loaded.model, tokenizer, examples, lora, out_dir=run_dir,
+                                          resume_from=resume_from, log=tracker.log,
+                                          base_model=str(cfg.model.name_or_path))
+        main = dist.process_state().is_main_process
+        with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
+            model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)
+        if main:
+            if record is not None:
+                atomic_write_json(run_dir / layout.PRUNING_FILE, record)
+            atomic_write_json(run_dir / layout.TRAINING_FILE, {"source_model": cfg.model.name_or_path, "lora": lora,
+                                                               "recovered_from": recovered_from,
+                                                               "examples": len(examples), **summary})
+        scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
+                            source_rows) if cfg.evaluate else {}
+        before_path = model_dir.parent / layout.METRICS_FILE
+        before = read_json(before_path) if model_dir.name == "model" and before_path.is_file() else {}
+        metrics = {**{f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
+                   **scores, **relative_gain(before, scores)}
+        if recovered_from:  # metrics.json and the W&B run name the pruned run this model was recovered from
+            metrics["train/recovered_from"] = recovered_from
+        if record is not None:
+            metrics.update({"prune/ratio": record.get("ratio"), "prune/real_ratio": record.get("real_ratio")})
+        return metrics
+
+    # 3. Cleanup: run_job frees the models and writes the records.
+    return run_job(cfg, "train", run_dir, sweep_dir, body, timer, record)
+
+
+def relative_gain(before: dict, after: dict) -> dict:
+    """Paper eq. 4: (A_after - A_before) / A_before x 100, for the task metrics both runs have."""
+    return {f"gain/{k}": (after[k] - before[k]) / before[k] * 100
+            for k in GAIN_METRICS if k in after and isinstance(before.get(k), (int, float)) and before[k]}

@@ -134,6 +134,8 @@ def load_data(a) -> tuple[list[dict], str, str]:
             raise SystemExit(f"--data: {a.data} not found (a GSM8K-style JSONL with question/answer, or 'task')")
         return [json.loads(line) for _, line in zip(range(a.pool), open(a.data))], GSM8K_TEMPLATE, "answer"
     from hydra import compose, initialize_config_dir
+
+    from prunekit import config  # noqa: F401 (registers the schemas the presets extend)
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

@@ -8,6 +8,7 @@ This module re-exports what the rest of prunekit calls, so ``from prunekit impor
 from prunekit.errors import ModelError
 from prunekit.models.load import (
     DTYPES,
+    ModelSettings,
     load,
     load_config,
     load_stored,
@@ -40,7 +41,7 @@ from prunekit.models.sources import (
 
 __all__ = [
     "DTYPES", "PATH_SOURCES", "PIP_ENCODERS", "PIP_MODELS", "SOURCES", "TINY_ARCHS", "TOKENIZER_SOURCE", "DirSource",
-    "GgufSource", "HubSource", "ModelError", "ModelSource", "PipModel", "PipSource", "TinySource", "gguf_file",
+    "GgufSource", "HubSource", "ModelError", "ModelSettings", "ModelSource", "PipModel", "PipSource", "TinySource", "gguf_file",
     "identity", "load", "load_config", "load_stored", "load_tokenizer", "materialize", "register", "resolve",
     "resolve_dtype", "stored_dtype", "tiny_config", "tiny_model",
 ]

@@ -422,7 +422,7 @@ def best_of_grid(sweep_dir) -> dict:
 
     _, best, metric = report.detrimental_grid(report.load_runs([sweep_dir]))
     if best is None:
-        raise report.ReportError(f"best_of={sweep_dir}: no strategy=detrimental runs with a task or lm-eval metric")
+        raise report.RunError(f"best_of={sweep_dir}: no strategy=detrimental runs with a task or lm-eval metric")
     log.info("best_of: layer %s, percent %s (%s = %s on the grid's adaptation split): %s", best["layer"],
              best["percent"], metric, best[metric], best["run"])
     return {**best, "metric": metric}

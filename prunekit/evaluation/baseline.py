@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prunekit import data
-from prunekit.checkpoint import DiskFullError, atomic_write_json, move_aside, read_json
+from prunekit.checkpoint import atomic_write_json, move_aside, read_json
+from prunekit.errors import ConfigError, DataError, DiskFullError
 from prunekit.evaluation import generation, parts, suite
-from prunekit.evaluation.settings import SuiteError, use_chat
+from prunekit.evaluation.settings import use_chat
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,11 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     s = suite.check_settings(settings, task)
     cache_dir = cache_dir if cache_dir is not None else s["reference_cache_dir"]
     if cache_dir is not None and not model_id:
-        raise SuiteError("reference_generations: cache_dir needs model_id= (a string identifying the source "
+        raise ConfigError("reference_generations: cache_dir needs model_id= (a string identifying the source "
                          "model's weights, e.g. its hub id or json of prunekit.models.identity)")
     prompts = parts.distractor_prompts(task, s)
     if not prompts:
-        raise SuiteError("task.eval.distractors: empty; distractor similarity needs at least one set")
+        raise DataError("task.eval.distractors: empty; distractor similarity needs at least one set")
     path = None
     if cache_dir is not None:
         key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
@@ -151,7 +152,7 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
                 parts.check_reference(cached, prompts)
                 log.info("reference outputs: cache hit %s", path)
                 return cached
-            except (ValueError, UnicodeDecodeError, OSError) as e:  # SuiteError is a ValueError too
+            except (ValueError, UnicodeDecodeError, OSError) as e:  # DataError is a ValueError too
                 log.warning("reference outputs cache %s is damaged (%s): moved to %s, generating again",
                             path, str(e).splitlines()[0][:120], move_aside(path))
     refs = {name: {"prompts": v["prompts"], "outputs": v["outputs"]}

@@ -5,8 +5,8 @@ computes the numbers (beside the paper's, from ``paper.yaml``), ``figures`` draw
 from prunekit.report.build import build_report, log_to_wandb, main, render_section
 from prunekit.report.records import (
     PRIMARY_METRICS,
-    ReportError,
     Run,
+    RunError,
     find_run_dirs,
     load_run,
     load_runs,
@@ -28,6 +28,6 @@ from prunekit.report.tables import (
 )
 
 __all__ = ["PAPER_RATIOS", "PAPER_SIZES", "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5",
-           "PRIMARY_METRICS", "ReportError", "Run", "build_report", "detrimental_grid", "find_run_dirs", "grid_metric",
+           "PRIMARY_METRICS", "RunError", "Run", "build_report", "detrimental_grid", "find_run_dirs", "grid_metric",
            "load_run", "load_runs", "log_to_wandb", "main", "paper_column", "paper_value", "primary_metric",
            "render_section", "section_tables", "sections"]

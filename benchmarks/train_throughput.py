@@ -134,9 +134,9 @@ def load_data(a) -> tuple[list[dict], str, str]:
             raise SystemExit(f"--data: {a.data} not found (a GSM8K-style JSONL with question/answer, or 'task')")
         return [json.loads(line) for _, line in zip(range(a.pool), open(a.data))], GSM8K_TEMPLATE, "answer"
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from prunekit import config  # noqa: F401 (registers the schemas the presets extend)
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="train", overrides=[f"task={a.task}", f"task.train.n={a.pool}"])

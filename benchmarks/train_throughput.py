@@ -136,6 +136,8 @@ def load_data(a) -> tuple[list[dict], str, str]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from prunekit import config  # noqa: F401 (registers the schemas the presets extend)
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="train", overrides=[f"task={a.task}", f"task.train.n={a.pool}"])
     spec = OmegaConf.to_container(cfg.task.train, resolve=True)

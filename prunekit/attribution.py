@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from prunekit import text
 from prunekit.cache import ArtifactCache, Damaged, digest
 from prunekit.checkpoint import atomic_torch_save
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.mlp import GatedMLP, mlp_layers
 from prunekit.surgery import WHERE
 
@@ -40,15 +40,11 @@ DEFAULT_METHOD = "riemann_middle"  # a Riemann sum with second-order error (left
 RANK_BY = ("signed", "abs")
 
 
-class AttributionError(PrunekitError):
-    """A bad attribution / detrimental strategy option; the message names the option and the allowed values."""
-
-
 # ---------------------------------------------------------------------------------------------- validation
 def check_layer(layer, n_layers: int) -> int:
     """``strategy.layer`` must be an integer in [0, n_layers - 1]."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise AttributionError(f"strategy.layer={layer!r}: out of range; allowed: integers 0..{n_layers - 1} "
+        raise ConfigError(f"strategy.layer={layer!r}: out of range; allowed: integers 0..{n_layers - 1} "
                                f"(the model has {n_layers} layers)")
     return layer
 
@@ -56,16 +52,16 @@ def check_layer(layer, n_layers: int) -> int:
 def check_percent(percent) -> float:
     """``strategy.percent`` is a fraction of the layer's neurons in (0, 1] (0.2 means 20 %)."""
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent <= 1:
-        raise AttributionError(f"strategy.percent={percent!r}: must be a fraction in (0, 1], e.g. 0.2 for 20 %")
+        raise ConfigError(f"strategy.percent={percent!r}: must be a fraction in (0, 1], e.g. 0.2 for 20 %")
     return float(percent)
 
 
 def check_samples(samples, available: int) -> int:
     """``strategy.samples`` prompts are drawn from the adaptation set, so it cannot exceed the set's size."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise AttributionError(f"strategy.samples={samples!r}: must be an integer >= 1")
+        raise ConfigError(f"strategy.samples={samples!r}: must be an integer >= 1")
     if samples > available:
-        raise AttributionError(f"strategy.samples={samples}: larger than the adaptation set ({available} prompts); "
+        raise ConfigError(f"strategy.samples={samples}: larger than the adaptation set ({available} prompts); "
                                f"allowed: 1..{available}")
     return samples
 
@@ -73,17 +69,17 @@ def check_samples(samples, available: int) -> int:
 def check_steps(steps, method: str = DEFAULT_METHOD) -> int:
     """``strategy.steps``: points on the IG path (captum's Riemann rules need at least 2)."""
     if method not in METHODS:
-        raise AttributionError(f"strategy.method='{method}': unknown quadrature; allowed: {', '.join(METHODS)}")
+        raise ConfigError(f"strategy.method='{method}': unknown quadrature; allowed: {', '.join(METHODS)}")
     low = 1 if method == "gausslegendre" else 2
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < low:
-        raise AttributionError(f"strategy.steps={steps!r}: must be an integer >= {low} for method '{method}'")
+        raise ConfigError(f"strategy.steps={steps!r}: must be an integer >= {low} for method '{method}'")
     return steps
 
 
 def check_batch_size(batch_size) -> int | None:
     """``strategy.batch_size``: IG path steps per forward, an integer >= 1, or None for all steps at once."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise AttributionError(f"strategy.batch_size={batch_size!r}: must be an integer >= 1, or null (all steps "
+        raise ConfigError(f"strategy.batch_size={batch_size!r}: must be an integer >= 1, or null (all steps "
                                f"of a prompt in one batch)")
     return batch_size
 
@@ -91,7 +87,7 @@ def check_batch_size(batch_size) -> int | None:
 def check_weight(weight) -> float:
     """``strategy.weight`` of the attribution term in ``selective_attribution``, in [0, 1]."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-        raise AttributionError(f"strategy.weight={weight!r}: must be in [0, 1] (0 = selectivity only, "
+        raise ConfigError(f"strategy.weight={weight!r}: must be in [0, 1] (0 = selectivity only, "
                                f"1 = attribution only)")
     return float(weight)
 
@@ -110,9 +106,9 @@ def check_options(strategy: Mapping, *, n_layers: int, available: int | None = N
     if "weight" in strategy:
         check_weight(strategy["weight"])
     if strategy.get("rank_by", "signed") not in RANK_BY:
-        raise AttributionError(f"strategy.rank_by='{strategy['rank_by']}': allowed: {', '.join(RANK_BY)}")
+        raise ConfigError(f"strategy.rank_by='{strategy['rank_by']}': allowed: {', '.join(RANK_BY)}")
     if strategy.get("where", "gate") not in WHERE:
-        raise AttributionError(f"strategy.where='{strategy['where']}': allowed: {', '.join(WHERE)}")
+        raise ConfigError(f"strategy.where='{strategy['where']}': allowed: {', '.join(WHERE)}")
     if "samples" in strategy:
         check_samples(strategy["samples"], strategy["samples"] if available is None else available)
     check_batch_size(strategy.get("batch_size"))
@@ -195,7 +191,7 @@ def _as_ids(ids, device) -> torch.Tensor:
     if ids.dim() == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.dim() != 1 or ids.numel() == 0:
-        raise AttributionError(f"input_ids: each prompt must be a non-empty 1-D token id sequence, got shape "
+        raise ConfigError(f"input_ids: each prompt must be a non-empty 1-D token id sequence, got shape "
                                f"{tuple(ids.shape)}")
     return ids.unsqueeze(0)
 
@@ -212,7 +208,7 @@ def ig_scores_from_ids(model, input_ids_list: Sequence, *, steps: int = 20, laye
     layers = list(range(len(mlps))) if layers is None else [check_layer(layer, len(mlps)) for layer in layers]
     check_batch_size(batch_size)
     if not input_ids_list:
-        raise AttributionError("strategy.samples: no prompts to attribute")
+        raise ConfigError("strategy.samples: no prompts to attribute")
     device = next(model.parameters()).device
     prompts = [_as_ids(ids, device) for ids in input_ids_list]
     total = torch.zeros(len(layers), mlps[layers[0]].d_ff, dtype=torch.float64)
@@ -380,7 +376,7 @@ def combined_scores(selectivity: torch.Tensor, attribution: torch.Tensor, weight
     """
     check_weight(weight)
     if selectivity.shape != attribution.shape:
-        raise AttributionError(f"selective_attribution: selectivity {tuple(selectivity.shape)} and attribution "
+        raise ConfigError(f"selective_attribution: selectivity {tuple(selectivity.shape)} and attribution "
                                f"{tuple(attribution.shape)} scores must have the same [layers, d_ff] shape "
                                f"(attribution must cover every layer)")
     return (1 - weight) * zscore(selectivity) + weight * zscore(attribution)
@@ -389,14 +385,14 @@ def combined_scores(selectivity: torch.Tensor, attribution: torch.Tensor, weight
 def select_best(results: Sequence[Mapping], metric: str, *, higher_is_better: bool = True) -> dict:
     """The (layer, percent) result with the best adaptation-split ``metric``; ties: smaller percent, lower layer."""
     if not results:
-        raise AttributionError("select_best: no grid results to choose from")
+        raise ConfigError("select_best: no grid results to choose from")
     for r in results:
         missing = [k for k in ("layer", "percent", metric) if k not in r]
         if missing:
-            raise AttributionError(f"select_best: result {dict(r)} lacks {missing}; metric='{metric}' must be one of "
+            raise ConfigError(f"select_best: result {dict(r)} lacks {missing}; metric='{metric}' must be one of "
                                    f"{sorted(k for k in r if k not in ('layer', 'percent'))}")
         if not isinstance(r[metric], (int, float)) or math.isnan(r[metric]):
-            raise AttributionError(f"select_best: metric '{metric}'={r[metric]!r} at layer={r['layer']} "
+            raise ConfigError(f"select_best: metric '{metric}'={r[metric]!r} at layer={r['layer']} "
                                    f"percent={r['percent']} is not a number")
     sign = -1 if higher_is_better else 1
     return dict(min(results, key=lambda r: (sign * r[metric], r["percent"], r["layer"])))

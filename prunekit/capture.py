@@ -7,7 +7,7 @@ decoder only (``model.get_decoder()``): the LM head's logits are never needed fo
 import dataclasses
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,8 +18,8 @@ from prunekit import text
 from prunekit.cache import ArtifactCache, Damaged, digest
 from prunekit.checkpoint import atomic_torch_save
 from prunekit.dist import process_state
-from prunekit.errors import PrunekitError
 from prunekit.mlp import mlp_layers
+from prunekit.schema import Checked
 from prunekit.scoring import RunningStats, TokenStats, merge_all
 
 log = logging.getLogger(__name__)
@@ -29,26 +29,33 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 
 
-class CaptureError(PrunekitError):
-    """A capture option out of range."""
+@dataclass
+class CaptureSettings(Checked):
+    """`capture.*`: how activations are recorded (the defaults are the paper's). Its defaults are the
+    `capture_schema` node (config.register) that prune.yaml's `capture` extends. What changes the captured numbers
+    enters the cache key (batch size does not, beyond float rounding)."""
 
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    """What changes the captured numbers (batch size does not, beyond float rounding)."""
-
-    max_length: int = 1024
-    batch_size: int = 8
+    # prompts per capture set: null keeps each task preset's own counts (math/code: 800 each, the paper's;
+    # math_offline and the *_local presets: 200 target + 100 per distractor set); an integer sets every capture
+    # set's n (the presets read it as `${capture_n:<their own n>}`)
+    n: int | None = field(default=None, metadata={"allowed": "null or an integer >= 1"})
+    # tokens per prompt (longer prompts are truncated)
+    max_length: int = field(default=1024, metadata={"allowed": "an integer >= 1"})
+    # prompts per forward pass (does not change the statistics)
+    batch_size: int = field(default=8, metadata={"allowed": "an integer >= 1"})
+    # false: raw prompts, as the paper; true: wrap each prompt in the model's chat template
     chat_template: bool = False
-    skip_first: int = 0  # leave each prompt's first k tokens out of the statistics (0: every token, the paper)
+    # leave each prompt's first k tokens out of the statistics (0: all tokens, as the paper)
+    skip_first: int = field(default=0, metadata={"allowed": "an integer >= 0"})
+    # where the activation statistics are cached (the preset: ${cache_dir}/activations); not part of the key
+    cache_dir: str | None = None
+    _prefix: str = field(default="capture.", repr=False, kw_only=True, compare=False)
 
-    def __post_init__(self):
-        if self.max_length < 1:
-            raise CaptureError(f"capture.max_length={self.max_length}: must be an integer >= 1")
-        if self.skip_first < 0:
-            raise CaptureError(f"capture.skip_first={self.skip_first}: must be an integer >= 0")
-        if self.batch_size < 1:
-            raise CaptureError(f"capture.batch_size={self.batch_size}: must be an integer >= 1")
+    def check(self):
+        self._at_least("n", 1, allow_none=True)
+        self._at_least("max_length", 1)
+        self._at_least("skip_first", 0)
+        self._at_least("batch_size", 1)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import DiskFullError, PrunekitError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -21,10 +21,6 @@ os.umask(_UMASK)
 def _public(path: Path, is_dir: bool = False) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; give results the permissions of a normal write."""
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_UMASK)
-
-
-class DiskFullError(PrunekitError):
-    """A write failed because its filesystem is full (the temp is removed; what was there before is intact)."""
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:

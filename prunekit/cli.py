@@ -62,7 +62,7 @@ def hydra_dirs() -> dict:
 
 
 def is_usage_error(exc: BaseException) -> bool:
-    """Every prunekit error for bad input derives from PrunekitError (RatioError, DataError, ModelError, ...)."""
+    """Every prunekit error for bad input derives from PrunekitError (ConfigError, DataError, ModelError, RunError)."""
     return isinstance(exc, PrunekitError)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ModelError
 
 # model_type (config.model_type) -> weight layout
 LAYOUTS = {
@@ -26,17 +26,13 @@ LAYOUTS = {
 }
 
 
-class UnsupportedArchitecture(PrunekitError):
-    """The model has no gated MLP that prunekit knows how to read and slice."""
-
-
 def check_architecture(config) -> str:
     """Return the MLP layout of a transformers config, or raise naming the architecture (before weights load)."""
     model_type = getattr(config, "model_type", None)
     if model_type in LAYOUTS:
         return LAYOUTS[model_type]
     archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown"
-    raise UnsupportedArchitecture(
+    raise ModelError(
         f"model.name_or_path: architecture '{model_type}' ({archs}) has no gated-MLP adapter; "
         f"supported model types: {', '.join(sorted(LAYOUTS))}"
     )

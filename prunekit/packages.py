@@ -9,11 +9,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from prunekit.errors import PrunekitError
-
-
-class SourceError(PrunekitError):
-    """A source that is not there: a pip package that is not installed, a file missing from it."""
+from prunekit.errors import ConfigError
 
 
 def installed_dir(package: str) -> Path | None:
@@ -30,7 +26,7 @@ def package_dir(package: str, option: str) -> Path:
     found = installed_dir(package)
     if found is None:
         dist = package.replace("_", "-")
-        raise SourceError(f"{option}: needs the pip package '{dist}', which is not installed "
+        raise ConfigError(f"{option}: needs the pip package '{dist}', which is not installed "
                           f"(pip install --no-deps {dist})")
     return found
 

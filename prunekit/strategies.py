@@ -15,15 +15,30 @@ import torch
 
 from prunekit import attribution as ig
 from prunekit import scoring, surgery
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.registry import Registry
+from prunekit.schema import Checked, check_seed
 
 
-class StrategyError(PrunekitError):
-    """An unknown strategy name or bad strategy option."""
+@dataclass
+class StrategyOptions(Checked):
+    """The types of the `strategy.*` options several strategies share; each strategy checks its own ranges and the
+    options only it has (`Strategy.check_options`, `Strategy.check`)."""
+
+    name: str = "selective"
+    seed: int | None = None
+    weight: float | None = None
+    layer: int | None = None
+    percent: float | None = None
+    samples: int | None = None
+    steps: int | None = None
+    _prefix: str = field(default="strategy.", repr=False, kw_only=True, compare=False)
+
+    def check(self):
+        check_seed(self.seed, f"{self._prefix}seed")
 
 
-REGISTRY = Registry("strategy", "strategy.name", StrategyError)
+REGISTRY = Registry("strategy", "strategy.name", ConfigError)
 register = REGISTRY.register
 
 
@@ -226,7 +241,7 @@ class Contrastive(Strategy):
     def check_options(self):
         w = self.options.get("weight", 0.5)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
-            raise StrategyError(f"strategy.weight={w!r}: must be a number in [0, 1) for contrastive "
+            raise ConfigError(f"strategy.weight={w!r}: must be a number in [0, 1) for contrastive "
                                 "(0 = target importance alone)")
 
     def check(self, *, n_layers, available):

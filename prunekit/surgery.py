@@ -2,38 +2,44 @@
 branch): uniform physical removal, one-layer zeroing, and the aligned width arithmetic (`prune.align`, 128 by default)."""
 
 import math
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.mlp import mlp_layers
+from prunekit.schema import Checked
 
 ALIGN = 128  # the paper's kept-width multiple; `prune.align` overrides it (e.g. 256 for GGUF K-quants)
 ALIGN_BLOCK = 32  # prune.align must be a multiple of this: the smallest GGUF quant block (Q8_0, Q4_0, Q5_0)
 
 
-class SurgeryError(PrunekitError):
-    """Bad input to neuron surgery: a layer or zeroing mode that does not exist."""
+@dataclass
+class PruneSettings(Checked):
+    """`prune.*`: how physical pruning rounds the kept width (the largest multiple of align <= (1 - ratio) * d_ff,
+    `kept_width`). The range of `ratio` (a top-level key) is checked against the model's width by `check_ratio`."""
 
+    align: int = field(default=ALIGN, metadata={"allowed": f"a positive multiple of {ALIGN_BLOCK}"})
+    _prefix: str = field(default="prune.", repr=False, kw_only=True, compare=False)
 
-class RatioError(SurgeryError):
-    """A pruning ratio that is out of range or leaves too few neurons."""
+    def check(self):
+        check_align(self.align)
 
 
 def check_align(align) -> int:
     """`prune.align`: a positive multiple of 32, so every aligned width also splits into whole GGUF blocks."""
     if isinstance(align, bool) or not isinstance(align, int) or align < ALIGN_BLOCK or align % ALIGN_BLOCK:
-        raise RatioError(f"prune.align={align!r}: must be a positive multiple of {ALIGN_BLOCK} "
+        raise ConfigError(f"prune.align={align!r}: must be a positive multiple of {ALIGN_BLOCK} "
                          f"(e.g. 128, the paper's, or 256 for K-quants)")
     return align
 
 
 def _check_range(ratio: float) -> Fraction:
     if ratio is None:  # the schema allows null (jobs without a ratio), physical pruning does not
-        raise RatioError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
+        raise ConfigError("ratio=null: physical pruning needs a number in the open interval (0, 1)")
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise RatioError(f"ratio={ratio}: must be in the open interval (0, 1)")
+        raise ConfigError(f"ratio={ratio}: must be in the open interval (0, 1)")
     return Fraction(str(ratio))
 
 
@@ -58,14 +64,14 @@ def check_ratio(d_ff: int, ratio: float, align: int = ALIGN) -> int:
     _check_range(ratio)
     top = max_ratio(d_ff, align)
     if top is None:
-        raise RatioError(f"ratio={ratio}: d_ff {d_ff} cannot be pruned at prune.align={align}: the kept width must be a "
+        raise ConfigError(f"ratio={ratio}: d_ff {d_ff} cannot be pruned at prune.align={align}: the kept width must be a "
                          f"positive multiple of {align} below {d_ff}; use a smaller prune.align")
     kept = kept_width(d_ff, ratio, align)
     if kept < align:
         # floor to 4 decimals, so the printed bound is itself an allowed ratio
         shown = Fraction(math.floor(top * 10_000), 10_000)
         exact = "" if shown == top else f" (1 - {align}/{d_ff})"
-        raise RatioError(f"ratio={ratio}: keeps {kept} of {d_ff} neurons per layer; the kept width must be a positive "
+        raise ConfigError(f"ratio={ratio}: keeps {kept} of {d_ff} neurons per layer; the kept width must be a positive "
                          f"multiple of prune.align={align}; allowed ratios for this model are in (0, {float(shown):.4f}]{exact}")
     return d_ff - kept
 
@@ -94,7 +100,7 @@ def deactivate(model, layer: int, neurons: torch.Tensor, where: str = "gate") ->
     stock-loadable."""
     mlps = mlp_layers(model)
     if not 0 <= layer < len(mlps):
-        raise SurgeryError(f"strategy.layer={layer}: out of range; allowed: integers 0..{len(mlps) - 1}")
+        raise ConfigError(f"strategy.layer={layer}: out of range; allowed: integers 0..{len(mlps) - 1}")
     if where not in WHERE:
-        raise SurgeryError(f"strategy.where='{where}': allowed: {', '.join(WHERE)}")
+        raise ConfigError(f"strategy.where='{where}': allowed: {', '.join(WHERE)}")
     mlps[layer].zero(neurons, where)

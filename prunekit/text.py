@@ -7,13 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 
 IGNORE = -100  # label of a position that carries no loss (prompt tokens, padding): torch's cross-entropy default
-
-
-class TextError(PrunekitError):
-    """A prompt that cannot be formatted as asked (e.g. a chat template the tokenizer does not have)."""
 
 
 def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
@@ -22,7 +18,7 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
     if not chat_template:
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise TextError("chat_template=true but the tokenizer has no chat template; use chat_template=false")
+        raise ConfigError("chat_template=true but the tokenizer has no chat template; use chat_template=false")
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
 
@@ -49,7 +45,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, *, order: str = "lon
     first, or ``given`` (the input order). Sorting is stable: equal lengths keep their input order.
     """
     if order not in ("longest", "shortest", "given"):
-        raise TextError(f"order={order!r}: allowed: longest, shortest, given")
+        raise ConfigError(f"order={order!r}: allowed: longest, shortest, given")
     idx = list(range(len(lengths)))
     if order != "given":
         idx.sort(key=lambda i: -lengths[i] if order == "longest" else lengths[i])

@@ -1,12 +1,14 @@
 """LoRA recovery fine-tuning of a pruned model (paper eq. 4, Table 7) on Accelerate + peft, and the merge.
 
-Plain functions: `build_examples` turns task records into masked token sequences, `validate` rejects bad
-settings before any compute, `train_lora` runs the (resumable, checkpointed) loop, `merge` writes the
-adapter and a stock merged checkpoint. The LoRA settings come as a plain Mapping (see `conf/lora/*.yaml`).
+`LoraSettings` holds `lora.*` and checks it when built; `build_examples` turns task records into masked token
+sequences, `validate` checks what needs the model and data before any compute, `train_lora` runs the (resumable,
+checkpointed) loop, `merge` writes the adapter and a stock merged checkpoint. The functions take a LoraSettings or a
+Mapping of its fields (see `conf/lora/*.yaml`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -16,6 +18,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit import config, text
-from prunekit.errors import PrunekitError
+from prunekit import text
+from prunekit.errors import ConfigError
+from prunekit.schema import SEED_MAX, Checked, from_mapping
 from prunekit.text import IGNORE
 
 log_ = logging.getLogger(__name__)
@@ -36,23 +40,85 @@ STATE_FILE = "trainer_state.json"
 _RESUME_KEYS = ("n_examples", "effective_batch_size", "per_device_batch_size", "num_processes", "epochs",
                 "steps_per_epoch", "seed")
 
-DEFAULTS: dict[str, Any] = {k: v for k, v in config.defaults(config.LoraConfig).items() if v is not None}
 REQUIRED = ("r", "alpha", "lr", "effective_batch_size")
 
 
-class TrainingConfigError(PrunekitError):
-    """A LoRA/training setting, the training data or a resume checkpoint is unusable; raised before training."""
-
-
 # ----------------------------------------------------------------------------------------------- settings
-def settings(lora: Mapping) -> dict[str, Any]:
-    """The LoRA Mapping with defaults filled in, as a plain dict (accepts an OmegaConf DictConfig too)."""
-    missing = [k for k in REQUIRED if k not in lora or lora[k] is None]
-    if missing:
-        raise TrainingConfigError(f"lora settings miss {missing}; required fields are {list(REQUIRED)}")
-    out = {**DEFAULTS, **{k: lora[k] for k in lora}}
-    out["target_modules"] = [str(t) for t in out["target_modules"]]
-    return out
+@dataclass
+class LoraSettings(Checked):
+    """`lora.*`, checked once when built (before any weights load); the target module names are checked against
+    the model once it is loaded (`validate`). Its defaults are the `lora/schema` node (config.register) that the
+    conf/lora/ presets extend. r, alpha, lr and effective_batch_size have no default: each preset (paper Table 7)
+    sets them."""
+
+    r: int | None = None                   # LoRA rank
+    alpha: float | None = None             # the update is scaled by alpha / r
+    lr: float | None = None                # peak learning rate (AdamW)
+    effective_batch_size: int | None = None  # = per_device_batch_size x processes x gradient-accumulation steps
+    dropout: float = 0.1                   # dropout on the LoRA input
+    target_modules: list = dataclasses.field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # Linear module names to adapt
+    epochs: int = 2
+    per_device_batch_size: int = 1         # must divide effective_batch_size / processes
+    scheduler: str = "cosine"              # cosine | linear (warm-up, then decay to 0)
+    warmup_ratio: float = 0.03             # fraction of the optimizer steps spent warming up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0             # gradient clipping; 0 = no clipping
+    max_length: int = 1024                 # tokens per example (prompt + answer + EOS)
+    save_every_steps: int = 0              # checkpoint (checkpoints/step-N) every N optimizer steps; 0 = none
+    mixed_precision: str = "auto"          # auto (bf16 on CUDA, no on CPU) | no | bf16 | fp16
+    seed: int = 42
+    _prefix: str = dataclasses.field(default="lora.", repr=False, kw_only=True, compare=False)
+
+    @classmethod
+    def of(cls, lora: Mapping | LoraSettings, prefix: str = "lora.") -> LoraSettings:
+        """The settings of a Mapping (an OmegaConf DictConfig too; keys it does not know are other readers')."""
+        return lora if isinstance(lora, LoraSettings) else from_mapping(cls, lora, prefix)
+
+    def check(self) -> None:
+        missing = [k for k in REQUIRED if getattr(self, k) is None]
+        if missing:
+            raise self.error(f"lora settings miss {missing}; required fields are {list(REQUIRED)}")
+        self.target_modules = [str(t) for t in self.target_modules]
+        if self._finite("r") <= 0:
+            raise self.error(f"lora.r must be a positive integer, got {self.r!r}")
+        for key in ("alpha", "lr"):
+            if self._finite(key) <= 0:
+                raise self.error(f"lora.{key} must be > 0, got {getattr(self, key)!r}")
+        for key in ("dropout", "warmup_ratio"):
+            if not 0 <= self._finite(key) < 1:
+                raise self.error(f"lora.{key} must be in [0, 1), got {getattr(self, key)!r}")
+        for key in ("epochs", "per_device_batch_size", "effective_batch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise self.error(f"lora.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not 0 <= self.seed <= SEED_MAX:  # numpy's range (accelerate's set_seed seeds numpy)
+            raise self.error(f"lora.seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
+        if self.save_every_steps < 0:
+            raise self.error(f"lora.save_every_steps must be >= 0 (0 = no checkpoints), got {self.save_every_steps!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise self.error(f"lora.scheduler={self.scheduler!r} is unknown; allowed: {list(SCHEDULERS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise self.error(f"lora.mixed_precision={self.mixed_precision!r} is unknown; allowed: "
+                             f"{list(MIXED_PRECISION)}")
+        self.check_processes(1)
+        if not self.target_modules:
+            raise self.error("lora.target_modules is empty; name at least one Linear module")
+
+    def _finite(self, key: str) -> float:
+        """nan compares false with every bound, so it would pass any range check."""
+        value = getattr(self, key)
+        if not math.isfinite(value):
+            raise self.error(f"lora.{key} must be a finite number, got {value!r}")
+        return value
+
+    def check_processes(self, num_processes: int) -> None:
+        """The effective batch splits into whole micro-batches on every process."""
+        per_step = self.per_device_batch_size * num_processes
+        if self.effective_batch_size % per_step:
+            raise self.error(
+                f"lora.effective_batch_size={self.effective_batch_size} is not divisible by per_device_batch_size x "
+                f"processes = {self.per_device_batch_size} x {num_processes} = {per_step}; choose an effective "
+                f"batch that is a multiple of {per_step}")
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -69,66 +135,19 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def _number(s: Mapping, key: str, kind=float):
-    """A finite number (nan compares false with every bound, so it would pass any range check below)."""
-    try:
-        value = kind(s[key])
-    except (TypeError, ValueError, OverflowError):  # int(nan), int(inf) too
-        raise TrainingConfigError(f"lora.{key} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {s[key]!r}") from None
-    if not math.isfinite(value):
-        raise TrainingConfigError(f"lora.{key} must be a finite number, got {s[key]!r}")
-    return value
-
-
-def check_values(lora: Mapping, num_processes: int = 1) -> dict[str, Any]:
-    """The settings' values and ranges (no model needed: train.py calls it before any weights load); returns the
-    settings with defaults filled in."""
-    s = settings(lora)
-    if _number(s, "r", int) <= 0:
-        raise TrainingConfigError(f"lora.r must be a positive integer, got {s['r']!r}")
-    if _number(s, "alpha") <= 0:
-        raise TrainingConfigError(f"lora.alpha must be > 0, got {s['alpha']!r}")
-    if _number(s, "lr") <= 0:
-        raise TrainingConfigError(f"lora.lr must be > 0, got {s['lr']!r}")
-    if not 0 <= _number(s, "dropout") < 1:
-        raise TrainingConfigError(f"lora.dropout must be in [0, 1), got {s['dropout']!r}")
-    if not 0 <= _number(s, "warmup_ratio") < 1:
-        raise TrainingConfigError(f"lora.warmup_ratio must be in [0, 1), got {s['warmup_ratio']!r}")
-    for key in ("epochs", "per_device_batch_size", "effective_batch_size", "max_length"):
-        if _number(s, key, int) < 1:
-            raise TrainingConfigError(f"lora.{key} must be a positive integer, got {s[key]!r}")
-    if not 0 <= _number(s, "seed", int) <= 2**32 - 1:  # numpy's range (accelerate's set_seed seeds numpy)
-        raise TrainingConfigError(f"lora.seed must be an integer in 0..{2**32 - 1}, got {s['seed']!r}")
-    if _number(s, "save_every_steps", int) < 0:
-        raise TrainingConfigError(f"lora.save_every_steps must be >= 0 (0 = no checkpoints), got {s['save_every_steps']!r}")
-    if s["scheduler"] not in SCHEDULERS:
-        raise TrainingConfigError(f"lora.scheduler={s['scheduler']!r} is unknown; allowed: {list(SCHEDULERS)}")
-    if s["mixed_precision"] not in MIXED_PRECISION:
-        raise TrainingConfigError(
-            f"lora.mixed_precision={s['mixed_precision']!r} is unknown; allowed: {list(MIXED_PRECISION)}")
-    per_step = int(s["per_device_batch_size"]) * num_processes
-    if int(s["effective_batch_size"]) % per_step:
-        raise TrainingConfigError(
-            f"lora.effective_batch_size={s['effective_batch_size']} is not divisible by per_device_batch_size x "
-            f"processes = {s['per_device_batch_size']} x {num_processes} = {per_step}; choose an effective batch "
-            f"that is a multiple of {per_step}")
-    if not s["target_modules"]:
-        raise TrainingConfigError("lora.target_modules is empty; name at least one Linear module")
-    return s
-
-
-def validate(model: nn.Module, lora: Mapping, n_examples: int, num_processes: int = 1) -> dict[str, Any]:
-    """Check settings, targets and data size before training; return the filled settings or raise clearly."""
-    s = check_values(lora, num_processes)
+def validate(model: nn.Module, lora: Mapping | LoraSettings, n_examples: int, num_processes: int = 1) -> LoraSettings:
+    """The settings (checked when built), then what needs the model, the data and the process count: the target
+    modules, the data size and the batch split; returns the settings or raises one line."""
+    s = LoraSettings.of(lora)
+    s.check_processes(num_processes)
     have = linear_module_names(model)
-    unknown = [t for t in s["target_modules"] if t not in have]
+    unknown = [t for t in s.target_modules if t not in have]
     if unknown:
-        raise TrainingConfigError(
+        raise ConfigError(
             f"lora.target_modules {unknown} are not Linear modules of this model; it has: {have}")
     if n_examples <= 0:
-        raise TrainingConfigError("the training set is empty (0 usable examples); check the task's training data "
-                                  "path/field names and lora.max_length")
+        raise ConfigError("the training set is empty (0 usable examples); check the task's training data "
+                          "path/field names and lora.max_length")
     return s
 
 
@@ -147,7 +166,7 @@ def field(record: Mapping, path: str):
     try:
         return lookup(record, path)
     except MissingField as e:
-        raise TrainingConfigError(f"response_field={path!r}: no {e.key!r} in record (available: {e.available})") from None
+        raise ConfigError(f"response_field={path!r}: no {e.key!r} in record (available: {e.available})") from None
 
 
 def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str, response_field: str,
@@ -158,13 +177,13 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
     boundary is exact; the EOS teaches the model to stop (traps are loops without EOS).
     """
     if tokenizer.eos_token_id is None:
-        raise TrainingConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
+        raise ConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
     out = Examples()
     for i, rec in enumerate(records):
         try:
             prompt = prompt_template.format_map(rec)
         except (KeyError, IndexError) as e:
-            raise TrainingConfigError(
+            raise ConfigError(
                 f"prompt_template {prompt_template!r} names {e} which record {i} lacks (keys: {list(rec)})") from None
         p_ids = text.encode(tokenizer, [prompt], chat_template=False)[0]  # a raw prompt, special tokens added
         r_ids = tokenizer(str(field(rec, response_field)), add_special_tokens=False)["input_ids"]
@@ -223,15 +242,15 @@ def make_dataloader(examples: list[dict], tokenizer, batch_size: int, seed: int)
 
 
 # ------------------------------------------------------------------------------------------------ model
-def make_peft_model(model: nn.Module, lora: Mapping):
+def make_peft_model(model: nn.Module, lora: Mapping | LoraSettings):
     """Wrap `model` with LoRA adapters per the settings (injects layers into `model` in place)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if isinstance(model, PeftModel):
         return model
-    s = settings(lora)
-    cfg = LoraConfig(r=int(s["r"]), lora_alpha=float(s["alpha"]), lora_dropout=float(s["dropout"]),
-                     target_modules=list(s["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    s = LoraSettings.of(lora)
+    cfg = LoraConfig(r=int(s.r), lora_alpha=float(s.alpha), lora_dropout=float(s.dropout),
+                     target_modules=list(s.target_modules), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
@@ -281,15 +300,15 @@ def check_resume_checkpoint(resume_from: str | os.PathLike, base_model: str | No
     was trained from ``base_model`` (model.name_or_path) when it says which model it was trained from."""
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise TrainingConfigError(f"resume_from={str(path)!r} is not a complete checkpoint (no {STATE_FILE}); "
+        raise ConfigError(f"resume_from={str(path)!r} is not a complete checkpoint (no {STATE_FILE}); "
                                   "pass a checkpoints/step-N directory")
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise TrainingConfigError(f"resume_from={str(path)!r}: {STATE_FILE} is unreadable ({exc})") from None
+        raise ConfigError(f"resume_from={str(path)!r}: {STATE_FILE} is unreadable ({exc})") from None
     trained_from = state.get("base_model") if isinstance(state, dict) else None
     if base_model is not None and trained_from is not None and trained_from != str(base_model):
-        raise TrainingConfigError(f"resume_from={str(path)!r} was trained from {trained_from}, not from "
+        raise ConfigError(f"resume_from={str(path)!r} was trained from {trained_from}, not from "
                                   f"model.name_or_path={base_model}; resume only from this run's checkpoints")
     return state
 
@@ -310,7 +329,7 @@ def _check_tensor_shapes(resume_from: Path, peft_model: nn.Module) -> None:
         what = (f"{wrong[0][0]} has shape {list(wrong[0][1])} there, {list(wrong[0][2])} here"
                 f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}" if wrong
                 else "none of its tensors belongs to this model's LoRA adapters")
-        raise TrainingConfigError(f"resume_from={str(resume_from)!r} is a checkpoint of another model or LoRA "
+        raise ConfigError(f"resume_from={str(resume_from)!r} is a checkpoint of another model or LoRA "
                                   f"setting: {what}; resume only from this run's checkpoints")
 
 
@@ -319,13 +338,13 @@ def _read_resume_state(resume_from: str | os.PathLike, expect: dict) -> dict:
     state = check_resume_checkpoint(path)
     diff = {k: (state.get(k), expect[k]) for k in _RESUME_KEYS if state.get(k) != expect[k]}
     if diff:
-        raise TrainingConfigError(f"resume_from={str(path)!r} was written by a different run; (checkpoint, now) "
+        raise ConfigError(f"resume_from={str(path)!r} was written by a different run; (checkpoint, now) "
                                   f"differ for {diff}")
     return state
 
 
 # --------------------------------------------------------------------------------------------- training
-def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping, *, out_dir: str | os.PathLike,
+def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping | LoraSettings, *, out_dir: str | os.PathLike,
                resume_from: str | os.PathLike | None = None, log: Callable[[dict, int], None] | None = None,
                progress: bool = True, base_model: str | None = None) -> dict[str, Any]:
     """Fine-tune LoRA adapters on `examples` with Accelerate; return a summary (+ the PeftModel under `peft_model`).
@@ -343,29 +362,29 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
     # The process count is needed to validate before the Accelerator exists (CPU processes form a gloo group).
     num_processes = process_state().num_processes
     s = validate(model, lora, len(examples), num_processes)
-    per_device, eff = int(s["per_device_batch_size"]), int(s["effective_batch_size"])
+    per_device, eff = int(s.per_device_batch_size), int(s.effective_batch_size)
     accum = eff // (per_device * num_processes)
     accelerator = Accelerator(gradient_accumulation_steps=accum,
-                              mixed_precision=resolve_mixed_precision(s["mixed_precision"]))
-    set_seed(int(s["seed"]))
+                              mixed_precision=resolve_mixed_precision(s.mixed_precision))
+    set_seed(int(s.seed))
     peft_model = make_peft_model(model, s)
     out_dir = Path(out_dir)
 
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
-    loader, sampler = make_dataloader(examples, tokenizer, per_device, int(s["seed"]))
+    optimizer = torch.optim.AdamW(params, lr=float(s.lr), weight_decay=float(s.weight_decay))
+    loader, sampler = make_dataloader(examples, tokenizer, per_device, int(s.seed))
     wrapped, optimizer, loader = accelerator.prepare(peft_model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / accum)
-    total_steps = steps_per_epoch * int(s["epochs"])
+    total_steps = steps_per_epoch * int(s.epochs)
     # Not prepared: an AcceleratedScheduler steps num_processes times per call; we step it once per update.
-    scheduler = get_scheduler(s["scheduler"], optimizer, num_warmup_steps=round(float(s["warmup_ratio"]) * total_steps),
+    scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=round(float(s.warmup_ratio) * total_steps),
                               num_training_steps=total_steps)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(_keep_trainable_only)
 
     run = {"n_examples": len(examples), "effective_batch_size": eff, "per_device_batch_size": per_device,
-           "num_processes": num_processes, "epochs": int(s["epochs"]), "steps_per_epoch": steps_per_epoch,
-           "seed": int(s["seed"]), "total_steps": total_steps, "gradient_accumulation_steps": accum}
+           "num_processes": num_processes, "epochs": int(s.epochs), "steps_per_epoch": steps_per_epoch,
+           "seed": int(s.seed), "total_steps": total_steps, "gradient_accumulation_steps": accum}
     step, tokens, elapsed = 0, 0, 0.0
     if resume_from is not None:
         state = _read_resume_state(resume_from, run)
@@ -375,12 +394,12 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
         log_.info("resuming from %s at optimizer step %d/%d", resume_from, step, total_steps)
     start_step = step
 
-    save_every = int(s["save_every_steps"])
+    save_every = int(s.save_every_steps)
     bar = tqdm(total=total_steps, initial=step, desc="lora", disable=not progress or not accelerator.is_local_main_process)
     wrapped.train()
     loss_val, t0, last_ckpt = float("nan"), time.perf_counter(), None
     loss_curve = []  # (optimizer step, mean loss): kept in training.json, so the curve survives without W&B
-    for epoch in range(step // steps_per_epoch, int(s["epochs"])):
+    for epoch in range(step // steps_per_epoch, int(s.epochs)):
         sampler.set_epoch(epoch)
         skip = (step - epoch * steps_per_epoch) * accum
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -393,7 +412,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
                 step_tokens += int(batch["attention_mask"].sum())
                 grad_norm = None
                 if accelerator.sync_gradients:
-                    max_norm = float(s["max_grad_norm"]) if s["max_grad_norm"] else float("inf")
+                    max_norm = float(s.max_grad_norm) if s.max_grad_norm else float("inf")
                     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -425,7 +444,7 @@ def train_lora(model: nn.Module, tokenizer, examples: list[dict], lora: Mapping,
                "loss_curve": loss_curve,
                "time_s": elapsed, "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
                "mixed_precision": accelerator.mixed_precision, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-               "lora": {k: s[k] for k in ("r", "alpha", "dropout", "target_modules", "lr", "scheduler",
+               "lora": {k: getattr(s, k) for k in ("r", "alpha", "dropout", "target_modules", "lr", "scheduler",
                                           "warmup_ratio", "max_grad_norm", "max_length")}}
     summary["peft_model"] = accelerator.unwrap_model(wrapped)
     accelerator.free_memory()

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from prunekit import models  # noqa: E402
+from prunekit import config, models  # noqa: E402,F401 (config: registers the schemas every composition extends)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

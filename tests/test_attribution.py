@@ -12,6 +12,7 @@ import torch
 
 from prunekit import attribution as A
 from prunekit import models, strategies, surgery
+from prunekit.errors import ConfigError
 from prunekit.mlp import mlp_layers
 
 VOCAB = 256
@@ -247,19 +248,19 @@ def test_select_best_ties_prefer_smaller_percent_then_lower_layer():
      r"strategy.layer=2: out of range; allowed: integers 0..1"),
 ])
 def test_bad_input_names_the_option(call, message):
-    with pytest.raises(A.AttributionError, match=message):
+    with pytest.raises(ConfigError, match=message):
         call()
 
 
 def test_bad_input_to_ig_and_deactivate():
     model = _model("llama")
-    with pytest.raises(A.AttributionError, match=r"strategy.layer=5: out of range; allowed: integers 0..1"):
+    with pytest.raises(ConfigError, match=r"strategy.layer=5: out of range; allowed: integers 0..1"):
         A.ig_scores_from_ids(model, [_ids()], steps=4, layers=[5])
-    with pytest.raises(surgery.SurgeryError, match=r"strategy.where='up': allowed: gate, down"):
+    with pytest.raises(ConfigError, match=r"strategy.where='up': allowed: gate, down"):
         surgery.deactivate(model, 0, torch.tensor([1]), where="up")
-    with pytest.raises(surgery.SurgeryError, match=r"strategy.layer=2: out of range; allowed: integers 0..1"):
+    with pytest.raises(ConfigError, match=r"strategy.layer=2: out of range; allowed: integers 0..1"):
         surgery.deactivate(model, 2, torch.tensor([1]))
-    with pytest.raises(A.AttributionError, match=r"input_ids: each prompt must be a non-empty 1-D"):
+    with pytest.raises(ConfigError, match=r"input_ids: each prompt must be a non-empty 1-D"):
         A.ig_scores_from_ids(model, [torch.zeros(0, dtype=torch.long)], steps=4)
     A.check_options({"layer": 0, "percent": 1.0, "steps": 20, "samples": 10, "weight": 0}, n_layers=2, available=10)
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from prunekit.data import load_records
-from prunekit.evaluation.benchmarks import BenchmarkError
+from prunekit.errors import ConfigError, DataError
 from prunekit.evaluation.benchmarks.humaneval import (
     HUMANEVAL_INSTRUCTION,
-    CodeEvalError,
     HumanEval,
     build_prompt,
     check,
@@ -57,7 +56,7 @@ def test_local_file_overrides_default(problems, tmp_path):
 
 def test_a_record_without_the_required_fields_is_a_clear_error(problems):
     broken = {k: v for k, v in problems[0].items() if k != "entry_point"}
-    with pytest.raises(BenchmarkError, match=r"HumanEval record 3 lacks \['entry_point'\]"):
+    with pytest.raises(DataError, match=r"HumanEval record 3 lacks \['entry_point'\]"):
         HumanEval().sample(3, broken, broken["prompt"], broken["test"])
     assert HumanEval().sample(0, problems[0], problems[0]["prompt"], problems[0]["test"])["id"] == "HumanEval/0"
 
@@ -236,11 +235,11 @@ def test_hostile_completions_do_not_break_the_evaluation(by_id):
 
 
 def test_bad_options_are_clear_errors(problems):
-    with pytest.raises(CodeEvalError, match="workers"):
+    with pytest.raises(ConfigError, match="workers"):
         pass_at_1(problems[:1], ["x"], workers=0)
-    with pytest.raises(CodeEvalError, match="HumanEval/1"):
+    with pytest.raises(DataError, match="HumanEval/1"):
         pass_at_1(problems[:2], {"HumanEval/0": "x"})
-    with pytest.raises(CodeEvalError, match="list of 2"):
+    with pytest.raises(DataError, match="list of 2"):
         pass_at_1(problems[:2], ["x"])
 
 

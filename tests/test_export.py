@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from prunekit import models, strategies, surgery
+from prunekit.errors import ModelError
 from prunekit.export import gguf as export_gguf
 from tests.test_prune_pipeline import _cfg
 
@@ -177,13 +178,13 @@ def test_k_quant_fallbacks_are_reported_and_align_256_avoids_them(tmp_path, bpe_
     ("int3", "--type int3: unknown type; allowed: f32, f16, bf16, q8_0"),
 ])
 def test_types_the_package_cannot_write_are_one_line_errors(type_name, message, runs, model_cache):
-    with pytest.raises(export_gguf.ExportError, match=message):
+    with pytest.raises(ModelError, match=message):
         _export(runs["llama"][0], type_name, model_cache)
 
 
 def test_unexported_architecture_says_why(tmp_path, bpe_tokenizer, model_cache):
     run, _ = _pruned_run(tmp_path, "phi3", bpe_tokenizer)
-    with pytest.raises(export_gguf.ExportError, match="'phi3' is not exported to GGUF: Phi-3's fused"):
+    with pytest.raises(ModelError, match="'phi3' is not exported to GGUF: Phi-3's fused"):
         _export(run, "f16", model_cache)
 
 
@@ -257,5 +258,5 @@ def test_gguf_sourced_model_starts_from_the_source_files_metadata(runs, tmp_path
     model.model.layers = model.model.layers[:1]
     model.save_pretrained(wrong / "model")
     (wrong / "pruning.json").write_text(json.dumps({"source_model": str(source)}))
-    with pytest.raises(export_gguf.ExportError, match="llama.block_count=2 but the checkpoint has 1"):
+    with pytest.raises(ModelError, match="llama.block_count=2 but the checkpoint has 1"):
         _export(wrong, "f16", model_cache)

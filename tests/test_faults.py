@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from prunekit import recipes
+from prunekit.errors import DataError
 from tests.test_prune_pipeline import REPO, TINY, _cfg, _env
 
 
@@ -124,10 +125,10 @@ def test_generations_file_bad_ids_encoding_and_partial_coverage(tmp_path, caplog
 
     bad = tmp_path / "g.jsonl"
     bad.write_text('{"id": 1.7, "output": "x"}\n')
-    with pytest.raises(suite.SuiteError, match=r"line 1: id 1.7 is not a GSM8K test index"):
+    with pytest.raises(DataError, match=r"line 1: id 1.7 is not a GSM8K test index"):
         suite.read_outputs(bad, "gsm8k")
     bad.write_bytes(b'{"id": 1, "output": "caf\xe9"}\n')
-    with pytest.raises(suite.SuiteError, match=r"is not UTF-8 text"):
+    with pytest.raises(DataError, match=r"is not UTF-8 text"):
         suite.read_outputs(bad, "gsm8k")
     bad.write_text('{"id": "3", "output": "\\\\boxed{4}"}\n')
     assert suite.read_outputs(bad, "gsm8k")[0]["id"] == 3

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StoppingCriteria
 
 from prunekit import text
+from prunekit.errors import ConfigError
 from prunekit.evaluation import generation as G
-from prunekit.text import TextError
 
 # Very different lengths on purpose: the short ones get many pad tokens when batched with the long ones.
 PROMPTS = [
@@ -156,20 +156,20 @@ def test_tokenizer_state_restored_and_pad_fallback(smol_tok, tiny):
 
 @pytest.mark.parametrize("kw", [{"max_new_tokens": 0}, {"max_new_tokens": -3}, {"max_new_tokens": 4, "batch_size": 0}])
 def test_bad_settings_raise_clear_error(smol_tok, tiny, kw):
-    with pytest.raises(G.GenerationError, match="max_new_tokens|batch_size"):
+    with pytest.raises(ConfigError, match="max_new_tokens|batch_size"):
         G.generate(tiny, smol_tok, PROMPTS, progress=False, **kw)
-    assert issubclass(G.GenerationError, ValueError)
+    assert issubclass(ConfigError, ValueError)
 
 
 def test_chat_template_missing_is_a_clear_error(smol_tok, tiny):
     tok = copy.deepcopy(smol_tok)
     tok.chat_template = None
-    with pytest.raises(TextError, match="chat_template"):
+    with pytest.raises(ConfigError, match="chat_template"):
         G.generate(tiny, tok, ["a"], max_new_tokens=2, chat_template=True, progress=False)
 
 
 def test_non_string_prompt_rejected(smol_tok, tiny):
-    with pytest.raises(G.GenerationError, match="prompts"):
+    with pytest.raises(ConfigError, match="prompts"):
         G.generate(tiny, smol_tok, ["a", 3], max_new_tokens=2, progress=False)
 
 
@@ -241,7 +241,7 @@ def test_dropping_finished_rows_calls_generate_in_chunks(smol_tok, tiny, monkeyp
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
 def test_drop_finished_every_validated(smol_tok, tiny, bad):
-    with pytest.raises(G.GenerationError, match="drop_finished_every"):
+    with pytest.raises(ConfigError, match="drop_finished_every"):
         G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=2, progress=False, drop_finished_every=bad)
 
 

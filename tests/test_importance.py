@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prunekit import capture, models, recipes, strategies
+from prunekit.errors import ConfigError
 from prunekit.mlp import mlp_layers
 from prunekit.models import tiny_model
 from prunekit.scoring import RunningStats, TokenStats, contrastive, flap, merge_all, wanda_sp
@@ -93,5 +94,5 @@ def test_strategy_prunes_its_lowest_scores(tmp_path, model_cache, name):
 
 
 def test_contrastive_weight_is_checked_before_loading(tmp_path, model_cache):
-    with pytest.raises(strategies.StrategyError, match=r"strategy.weight=1.*\[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"strategy.weight=1.*\[0, 1\)"):
         recipes.prune(_cfg(tmp_path, model_cache, "strategy=contrastive", "strategy.weight=1"), tmp_path / "r")

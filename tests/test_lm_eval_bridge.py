@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from prunekit.errors import ConfigError
 from prunekit.evaluation import lm_eval_bridge as bridge
 
 TASK = "prunekit_tiny_mc"
@@ -117,5 +118,5 @@ def test_local_multiple_choice_task_without_options_is_refused_before_running(tm
     spec = (bridge.BUILTIN_TASKS_DIR / f"{TASK}.yaml").read_text()
     broken = spec.replace("task: prunekit_tiny_mc", "task: no_options_mc").replace('doc_to_choice: "{{choices}}"\n', "")
     (tmp_path / "no_options_mc.yaml").write_text(broken)
-    with pytest.raises(bridge.LmEvalConfigError, match="no_options_mc.*multiple_choice but no doc_to_choice"):
+    with pytest.raises(ConfigError, match="no_options_mc.*multiple_choice but no doc_to_choice"):
         bridge.run_lm_eval(None, None, ["no_options_mc"], include_path=str(tmp_path))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from prunekit.errors import ConfigError
 from prunekit.evaluation import nll as N
 from tests.conftest import word_tokenizer
 
@@ -115,13 +116,13 @@ def test_truncation_keeps_answer_start_and_prompt_end(tok):
 
 
 def test_bad_input(model, tok):
-    with pytest.raises(N.NLLError, match="at least one"):
+    with pytest.raises(ConfigError, match="at least one"):
         N.target_nll(model, tok, [], progress=False)
-    with pytest.raises(N.NLLError, match="answer"):
+    with pytest.raises(ConfigError, match="answer"):
         N.target_nll(model, tok, [("Q :", "")], progress=False)
-    with pytest.raises(N.NLLError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         N.target_nll(model, tok, PAIRS, batch_size=0, progress=False)
-    with pytest.raises(N.NLLError, match="max_length"):
+    with pytest.raises(ConfigError, match="max_length"):
         N.target_nll(model, tok, PAIRS, max_length=1, progress=False)
 
 

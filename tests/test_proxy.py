@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from prunekit import models, recipes, report
+from prunekit.errors import DataError
 from prunekit.evaluation import baseline, generation, resources, suite
 from tests.test_prune_pipeline import _cfg
 
@@ -32,7 +33,7 @@ def test_own_answer_pairs_fall_back_to_all_outputs_when_too_few_are_correct():
     samples = [{"id": i, "prompt": f"q{i}"} for i in range(40)]
     pairs, correct_only = suite.own_answer_pairs(samples, many)  # 1 correct of 40: too small a sample
     assert not correct_only and len(pairs) == 40
-    with pytest.raises(suite.SuiteError, match="no non-empty output"):
+    with pytest.raises(DataError, match="no non-empty output"):
         suite.own_answer_pairs(_samples(), [{"id": 0, "output": "", "correct": True}])
 
 

@@ -157,7 +157,7 @@ def test_checkpoint_keeps_the_sources_stored_dtype_when_computing_in_bf16(tmp_pa
     recipes.prune(_cfg(tmp_path, model_cache, f"model.name_or_path={src}", "model.save_dtype=bfloat16",
                         "evaluate=false"), tmp_path / "bf16")
     assert {t.dtype for t in load_file(tmp_path / "bf16" / "model" / "model.safetensors").values()} == {torch.bfloat16}
-    from prunekit.config import ConfigError
+    from prunekit.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^model\.save_dtype='fp8': unknown dtype; allowed: null \(the source's "
                                           r"stored dtype\), float32, bfloat16, float16$"):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from prunekit import report
+from prunekit.errors import RunError
 from prunekit.runs import store
 from tests.test_runs import write_checkpoint
 
@@ -159,11 +160,11 @@ def test_paper_numbers_beside_ours(tmp_path):
 
 def test_empty_dir_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(report.ReportError, match="no runs in"):
+    with pytest.raises(RunError, match="no runs in"):
         report.build_report([tmp_path / "empty"])
     assert report.main([str(tmp_path / "empty")]) == 2
     assert "error: no runs in" in capsys.readouterr().err
-    with pytest.raises(report.ReportError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         report.build_report([tmp_path / "missing"])
 
 

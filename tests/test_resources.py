@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from prunekit.errors import ConfigError
 from prunekit.evaluation import generation as G
 from prunekit.evaluation import resources as R
 from tests.conftest import word_tokenizer
@@ -51,10 +52,10 @@ def test_checkpoint_size_equals_weight_files(model, tmp_path):
 
 
 def test_checkpoint_bad_paths(tmp_path):
-    with pytest.raises(R.ResourceError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         R.checkpoint_size_bytes(tmp_path / "missing")
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(R.ResourceError, match="no weight files"):
+    with pytest.raises(ConfigError, match="no weight files"):
         R.checkpoint_size_bytes(tmp_path)
 
 
@@ -107,9 +108,9 @@ def test_throughput_counts_follow_early_eos(model, tok):
 
 @pytest.mark.parametrize("kw", [{"max_new_tokens": 0}, {"warmup": -1}])
 def test_throughput_bad_input(model, tok, kw):
-    with pytest.raises(R.ResourceError, match="max_new_tokens|warmup"):
+    with pytest.raises(ConfigError, match="max_new_tokens|warmup"):
         R.throughput(model, tok, PROMPTS, progress=False, **kw)
-    with pytest.raises(R.ResourceError, match="prompt"):
+    with pytest.raises(ConfigError, match="prompt"):
         R.throughput(model, tok, [], progress=False)
 
 

@@ -14,10 +14,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from prunekit import cli, data, models, recipes, report, training
-from prunekit.config import ConfigError
+from prunekit.errors import ConfigError
 from prunekit.evaluation import baseline, suite
 from prunekit.runs import store
-from prunekit.surgery import RatioError
 from tests.test_recipes import _cfg
 from tests.test_report import make_sweep
 from tests.test_runs import write_checkpoint
@@ -194,7 +193,7 @@ def _no_model(monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, error, match", [
-    (["ratio=null"], RatioError, "ratio=null: physical pruning needs a number"),
+    (["ratio=null"], ConfigError, "ratio=null: physical pruning needs a number"),
     (["strategy=random", "strategy.seed=99999999999999999999"], ConfigError, r"strategy.seed=\d+: must be an integer in 0\.\."),
     (["seed=99999999999999999999"], ConfigError, r"^seed=\d+: must be an integer in 0\.\."),
 ])
@@ -207,7 +206,7 @@ def test_bad_prune_values_fail_before_any_model_loads(tmp_path, model_cache, mon
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_non_finite_learning_rate_fails_before_any_model_loads(tmp_path, model_cache, monkeypatch, value):
     _no_model(monkeypatch)
-    with pytest.raises(training.TrainingConfigError, match=f"lora.lr must be a finite number, got {value}"):
+    with pytest.raises(ConfigError, match=f"lora.lr must be a finite number, got {value}"):
         recipes.train(_cfg(tmp_path, model_cache, f"lora.lr={value}", "evaluate=false", job="train"), tmp_path / "t")
 
 
@@ -219,12 +218,12 @@ def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path):
     training.train_lora(tiny_model(), tok, ex, lora(save_every_steps=1), out_dir=tmp_path, progress=False,
                         base_model="A/model")
     step = tmp_path / "checkpoints" / "step-1"
-    with pytest.raises(training.TrainingConfigError, match="was trained from A/model, not from model.name_or_path=B"):
+    with pytest.raises(ConfigError, match="was trained from A/model, not from model.name_or_path=B"):
         training.check_resume_checkpoint(step, "B/model")
     training.check_resume_checkpoint(step, "A/model")  # its own base: fine
     wider = tiny_model()
     wider = type(wider)(type(wider.config)(**{**wider.config.to_dict(), "intermediate_size": 384}))
-    with pytest.raises(training.TrainingConfigError, match=r"checkpoint of another model .*has shape \[") as err:
+    with pytest.raises(ConfigError, match=r"checkpoint of another model .*has shape \[") as err:
         training.train_lora(wider, tok, ex, lora(save_every_steps=1), out_dir=tmp_path, resume_from=step,
                             progress=False)
     assert "\n" not in str(err.value)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.evaluation.benchmarks.sandbox import SandboxError, isolation, run_python
+from prunekit.errors import ConfigError
+from prunekit.evaluation.benchmarks.sandbox import isolation, run_python
 
 ISO = isolation()
 needs_namespaces = pytest.mark.skipif(not ISO["namespaces"], reason="no mount/net/pid namespaces here "
@@ -232,7 +233,7 @@ def test_cannot_kill_processes_outside():
 
 
 def test_bad_option_is_a_clear_error():
-    with pytest.raises(SandboxError, match="timeout_s"):
+    with pytest.raises(ConfigError, match="timeout_s"):
         run_python("pass", timeout_s=0)
-    with pytest.raises(SandboxError, match="memory_mb"):
+    with pytest.raises(ConfigError, match="memory_mb"):
         run_python("pass", memory_mb=16)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from prunekit import data, models
+from prunekit.errors import ConfigError, DataError
 from prunekit.evaluation import baseline, generation, parts, suite
 from prunekit.evaluation.benchmarks import gsm8k
 from prunekit.evaluation.generation import Generation
@@ -192,7 +193,7 @@ def test_a_damaged_source_evaluation_file_is_moved_aside_and_built_again(tokeniz
 
 
 def test_an_unknown_part_is_one_line_naming_the_option_and_the_parts(math_task):
-    with pytest.raises(suite.SuiteError) as e:
+    with pytest.raises(ConfigError) as e:
         suite.check_settings({"parts": ["task", "speed"]}, math_task)
     assert str(e.value) == "eval.parts: unknown part 'speed'; allowed: task, traps, similarity, resources, nll, lm_eval"
 
@@ -224,13 +225,13 @@ def test_rescore_math_known_outputs(math_task, tmp_path):
 
 def test_rescore_rejects_unknown_ids_and_missing_fields(math_task, tmp_path):
     bad = _jsonl(tmp_path / "bad.jsonl", [{"id": 1, "output": "x"}, {"id": 77, "output": "y"}])
-    with pytest.raises(suite.SuiteError, match=r"not in task.eval.target, e.g. \[77\].*\[1, 2, 3, 4\]"):
+    with pytest.raises(DataError, match=r"not in task.eval.target, e.g. \[77\].*\[1, 2, 3, 4\]"):
         suite.rescore(math_task, {}, bad, tmp_path)
     missing = _jsonl(tmp_path / "missing.jsonl", [{"id": 1, "text": "x"}])
-    with pytest.raises(suite.SuiteError, match="line 1 .* needs fields id and output"):
+    with pytest.raises(DataError, match="line 1 .* needs fields id and output"):
         suite.rescore(math_task, {}, missing, tmp_path)
     dup = _jsonl(tmp_path / "dup.jsonl", [{"id": 1, "output": "x"}, {"id": "1", "output": "y"}])
-    with pytest.raises(suite.SuiteError, match="appears twice"):
+    with pytest.raises(DataError, match="appears twice"):
         suite.rescore(math_task, {}, dup, tmp_path)
 
 
@@ -287,13 +288,13 @@ def test_similarity_skipped_without_reference_and_checked_with_one(tiny, tokeniz
     m = suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path).metrics
     assert not any(k.startswith("distractor/") for k in m)
     wrong = {"squad": {"prompts": ["other"], "outputs": ["x"]}, "conversations": {"prompts": [], "outputs": []}}
-    with pytest.raises(suite.SuiteError, match=r"reference_outputs\['squad'\]: prompts differ"):
+    with pytest.raises(DataError, match=r"reference_outputs\['squad'\]: prompts differ"):
         suite.evaluate(tiny, tokenizer, math_task, {**FAST, "parts": ["similarity"]}, run_dir=tmp_path,
                        reference_outputs=wrong)
 
 
 def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
-    with pytest.raises(suite.SuiteError, match="model_id"):
+    with pytest.raises(ConfigError, match="model_id"):
         baseline.reference_generations(tiny, tokenizer, math_task, FAST, tmp_path)
 
 
@@ -321,19 +322,19 @@ def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
 def test_bad_settings(math_task, settings, task_edit, match):
     if task_edit is not None:
         task_edit(math_task)
-    with pytest.raises(suite.SuiteError, match=match):
+    with pytest.raises(ConfigError, match=match):
         suite.check_settings(settings, math_task)
 
 
 def test_bad_settings_fail_before_generation(tiny, tokenizer, math_task, tmp_path, monkeypatch):
     monkeypatch.setattr(suite.generation, "generate", lambda *a, **k: pytest.fail("generation started"))
-    with pytest.raises(suite.SuiteError):
+    with pytest.raises(ConfigError):
         suite.evaluate(tiny, tokenizer, math_task, {"max_new_tokens": 0}, run_dir=tmp_path)
 
 
 def test_missing_gold_field_is_clear(math_task):
     math_task["eval"]["target"]["gold_field"] = "solution"
-    with pytest.raises(suite.SuiteError, match=r"gold_field='solution': record 0 has no such field; fields: question"):
+    with pytest.raises(DataError, match=r"gold_field='solution': record 0 has no such field; fields: question"):
         suite.target_samples(math_task, suite.resolve_settings({}))
 
 

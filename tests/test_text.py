@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from prunekit import text
+from prunekit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_raw_prompts_get_special_tokens_and_chat_prompts_only_the_templates(tok)
 def test_a_missing_chat_template_is_one_clear_error(tok):
     bare = copy.deepcopy(tok)
     bare.chat_template = None
-    with pytest.raises(text.TextError, match="chat_template=true but the tokenizer has no chat template"):
+    with pytest.raises(ConfigError, match="chat_template=true but the tokenizer has no chat template"):
         text.format_prompt(bare, "hi", chat_template=True)
     assert text.format_prompt(bare, "hi", chat_template=False) == "hi"
 
@@ -62,7 +63,7 @@ def test_length_batches_cap_padded_tokens():
     assert sorted(i for b in batches for i in b) == list(range(6))
     assert all(len(b) * max(lengths[i] for i in b) <= 2048 or len(b) == 1 for b in batches)
     assert text.length_batches(lengths, 4) == [[1, 3, 5, 2], [4, 0]]
-    with pytest.raises(text.TextError, match="order='random': allowed: longest, shortest, given"):
+    with pytest.raises(ConfigError, match="order='random': allowed: longest, shortest, given"):
         text.length_batches(lengths, 4, order="random")
 
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from prunekit import training
-from prunekit.training import TrainingConfigError
+from prunekit.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = ["###", "Question", "Answer", ":", "reverse", "copy"] + [str(i) for i in range(10)]
@@ -90,10 +90,10 @@ def test_truncation_keeps_answer_tokens_and_drops_answerless(tok):
 
 
 def test_bad_field_names_are_reported(tok):
-    with pytest.raises(TrainingConfigError, match="'txt'.*available: \\['text'\\]"):
+    with pytest.raises(ConfigError, match="'txt'.*available: \\['text'\\]"):
         training.build_examples(records(1), tokenizer=tok, prompt_template=TEMPLATE, response_field="answer.txt",
                                 max_length=64)
-    with pytest.raises(TrainingConfigError, match="prompt_template.*'query'"):
+    with pytest.raises(ConfigError, match="prompt_template.*'query'"):
         training.build_examples(records(1), tokenizer=tok, prompt_template="{query}", response_field="answer.text",
                                 max_length=64)
 
@@ -143,10 +143,10 @@ def test_prompt_tokens_carry_no_loss(tok):
     ({"effective_batch_size": 8, "per_device_batch_size": 4}, 10, 3, r"not divisible.*4 x 3 = 12"),
     ({"scheduler": "step"}, 10, 1, r"scheduler='step' is unknown; allowed: \['cosine', 'linear'\]"),
     ({"mixed_precision": "fp8"}, 10, 1, r"mixed_precision='fp8' is unknown; allowed: \['auto', 'no', 'bf16', 'fp16'\]"),
-    ({"lr": "fast"}, 10, 1, r"lora\.lr must be a number"),
+    ({"lr": "fast"}, 10, 1, r"lora\.lr='fast': must be a number"),
 ])
 def test_validate_rejects_bad_input(override, n, procs, pattern):
-    with pytest.raises(TrainingConfigError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern):
         training.validate(tiny_model(), lora(**override), n, num_processes=procs)
 
 
@@ -157,16 +157,16 @@ def test_target_names_are_found_on_a_model_that_already_has_lora():
 
 
 def test_validate_requires_core_fields_and_fills_defaults():
-    with pytest.raises(TrainingConfigError, match=r"miss \['r'\]"):
+    with pytest.raises(ConfigError, match=r"miss \['r'\]"):
         training.validate(tiny_model(), {k: v for k, v in lora().items() if k != "r"}, 10)
     s = training.validate(tiny_model(), {"r": 8, "alpha": 16, "lr": 1e-4, "effective_batch_size": 8}, 10)
-    assert s["scheduler"] == "cosine" and s["epochs"] == 2 and len(s["target_modules"]) == 7
+    assert s.scheduler == "cosine" and s.epochs == 2 and len(s.target_modules) == 7
 
 
 def test_train_lora_rejects_bad_input_before_touching_the_model(tok, tmp_path):
     model = tiny_model()
     before = {n: p.clone() for n, p in model.named_parameters()}
-    with pytest.raises(TrainingConfigError, match="lora.r"):
+    with pytest.raises(ConfigError, match="lora.r"):
         training.train_lora(model, tok, examples(tok, 8), lora(r=0), out_dir=tmp_path, progress=False)
     assert not any(True for n, _ in model.named_parameters() if "lora_" in n)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -233,10 +233,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tok, tmp_path):
 def test_resume_from_a_different_run_is_refused(tok, tmp_path):
     ex = examples(tok, 16)
     training.train_lora(tiny_model(), tok, ex, lora(save_every_steps=1), out_dir=tmp_path, progress=False)
-    with pytest.raises(TrainingConfigError, match="different run.*n_examples"):
+    with pytest.raises(ConfigError, match="different run.*n_examples"):
         training.train_lora(tiny_model(), tok, examples(tok, 24), lora(save_every_steps=1), out_dir=tmp_path,
                             resume_from=tmp_path / "checkpoints" / "step-1", progress=False)
-    with pytest.raises(TrainingConfigError, match="not a complete checkpoint"):
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
         training.train_lora(tiny_model(), tok, ex, lora(), out_dir=tmp_path, resume_from=tmp_path, progress=False)
 
 

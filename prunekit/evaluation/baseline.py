@@ -21,8 +21,9 @@ from pathlib import Path
 from prunekit import data
 from prunekit.cache import ArtifactCache, Damaged, digest
 from prunekit.checkpoint import atomic_write_json, read_json
+from prunekit.errors import ConfigError, DataError
 from prunekit.evaluation import generation, parts, suite
-from prunekit.evaluation.settings import SuiteError, use_chat
+from prunekit.evaluation.settings import use_chat
 from prunekit.runs.layout import GENERATIONS_FILE
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class ReferenceOutputs(ArtifactCache):
         cached = json.loads(path.read_text(encoding="utf-8"))
         try:
             parts.check_reference(cached, prompts)
-        except SuiteError as e:
+        except DataError as e:
             raise Damaged(str(e).splitlines()[0][:120]) from e
         return cached
 
@@ -185,11 +186,11 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     s = suite.check_settings(settings, task)
     cache_dir = cache_dir if cache_dir is not None else s["reference_cache_dir"]
     if cache_dir is not None and not model_id:
-        raise SuiteError("reference_generations: cache_dir needs model_id= (a string identifying the source "
+        raise ConfigError("reference_generations: cache_dir needs model_id= (a string identifying the source "
                          "model's weights, e.g. its hub id or json of prunekit.models.identity)")
     prompts = parts.distractor_prompts(task, s)
     if not prompts:
-        raise SuiteError("task.eval.distractors: empty; distractor similarity needs at least one set")
+        raise DataError("task.eval.distractors: empty; distractor similarity needs at least one set")
 
     def generate() -> dict:
         return {name: {"prompts": v["prompts"], "outputs": v["outputs"]}

@@ -24,16 +24,12 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, S
 from prunekit import text
 from prunekit.checkpoint import atomic_write_text
 from prunekit.dist import process_state
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.evaluation import traps
 
 log = logging.getLogger(__name__)
 
 STOP_REASONS = ("eos", "length", "criterion")
-
-
-class GenerationError(PrunekitError):
-    """Bad generation settings (max_new_tokens, batch_size, prompts, tokenizer without EOS)."""
 
 
 @dataclass
@@ -79,7 +75,7 @@ def eos_ids(model, tokenizer) -> list[int]:
     if eos is None:
         eos = tokenizer.eos_token_id
     if eos is None:
-        raise GenerationError("no EOS token: set model.generation_config.eos_token_id or tokenizer.eos_token")
+        raise ConfigError("no EOS token: set model.generation_config.eos_token_id or tokenizer.eos_token")
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
@@ -115,14 +111,14 @@ def greedy_config(model, max_new_tokens: int, pad_id: int, eos: list[int]):
 
 def _check(prompts, max_new_tokens, batch_size, drop_finished_every=0) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
-        raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(drop_finished_every, int) or isinstance(drop_finished_every, bool) or drop_finished_every < 0:
-        raise GenerationError(f"drop_finished_every must be an integer >= 0 (0: off), got {drop_finished_every!r}")
+        raise ConfigError(f"drop_finished_every must be an integer >= 0 (0: off), got {drop_finished_every!r}")
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
-        raise GenerationError(f"prompts must be strings; items {bad[:5]} are not")
+        raise ConfigError(f"prompts must be strings; items {bad[:5]} are not")
 
 
 def _decode(model, input_ids, attention_mask, gen_cfg, criteria: list, eos: list[int],

@@ -23,15 +23,11 @@ import functools
 import logging
 from pathlib import Path
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
-
-
-class LmEvalConfigError(PrunekitError):
-    """Bad lm-eval bridge option (task name, include_path, limit, batch size, few-shot count)."""
 
 
 def _include_paths(include_path) -> tuple[str, ...]:
@@ -43,7 +39,7 @@ def _include_paths(include_path) -> tuple[str, ...]:
     for p in given:
         path = Path(p).expanduser()
         if not path.exists():
-            raise LmEvalConfigError(
+            raise ConfigError(
                 f"include_path={str(p)!r} does not exist (expected a directory of lm-eval task YAML files)"
             )
         paths.append(path.resolve())
@@ -73,17 +69,17 @@ def _manager_for(names, paths: tuple[str, ...]):
 def check_tasks(tasks, task_manager) -> list[str]:
     """Validate task names (or YAML paths) before running anything; unknown names list close matches."""
     if isinstance(tasks, str) or not isinstance(tasks, (list, tuple)) or not tasks:
-        raise LmEvalConfigError(f"tasks must be a non-empty list of lm-eval task names, got {tasks!r}")
+        raise ConfigError(f"tasks must be a non-empty list of lm-eval task names, got {tasks!r}")
     known = task_manager.all_tasks
     known_set = set(known)
     for name in tasks:
         if not isinstance(name, str) or not name:
-            raise LmEvalConfigError(f"tasks must hold task names (strings), got {name!r}")
+            raise ConfigError(f"tasks must hold task names (strings), got {name!r}")
         if name in known_set or (name.endswith((".yaml", ".yml")) and Path(name).is_file()):
             continue
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         hint = f"close matches: {close}" if close else "no close match"
-        raise LmEvalConfigError(
+        raise ConfigError(
             f"tasks: unknown lm-eval task {name!r} ({hint}); allowed: any of lm-eval's {len(known)} task/group/tag "
             "names, a task YAML path, or tasks from include_path=<dir of task YAML files>"
         )
@@ -114,7 +110,7 @@ def task_spec(name: str, task_manager, local_dirs: tuple[str, ...]):
         return name
     cfg = load_yaml(yaml_path, resolve_func=True)
     if cfg.get("output_type") == "multiple_choice" and not cfg.get("doc_to_choice"):
-        raise LmEvalConfigError(f"tasks: local task {name!r} ({yaml_path}) has output_type multiple_choice but no "
+        raise ConfigError(f"tasks: local task {name!r} ({yaml_path}) has output_type multiple_choice but no "
                                 "doc_to_choice: a multiple-choice metric needs the answer options of each document")
     data_files = (cfg.get("dataset_kwargs") or {}).get("data_files")
     if data_files is None:
@@ -145,18 +141,18 @@ def _check_options(limit, batch_size, num_fewshot) -> None:
         isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
         or (isinstance(limit, float) and limit > 1)
     ):
-        raise LmEvalConfigError(
+        raise ConfigError(
             f"limit must be None, a positive int (documents per task) or a float in (0, 1], got {limit!r}"
         )
     ok_batch = (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0) or (
         isinstance(batch_size, str) and batch_size.startswith("auto")
     )
     if not ok_batch:
-        raise LmEvalConfigError(f"batch_size must be a positive int or 'auto' / 'auto:N', got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive int or 'auto' / 'auto:N', got {batch_size!r}")
     if num_fewshot is not None and (
         isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0
     ):
-        raise LmEvalConfigError(f"num_fewshot must be None (task default) or an int >= 0, got {num_fewshot!r}")
+        raise ConfigError(f"num_fewshot must be None (task default) or an int >= 0, got {num_fewshot!r}")
 
 
 def run_lm_eval(

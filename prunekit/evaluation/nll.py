@@ -14,14 +14,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunekit import text
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.text import IGNORE
 
 log = logging.getLogger(__name__)
-
-class NLLError(PrunekitError):
-    """Bad input to target_nll (empty pair list, empty answer, bad batch_size / max_length)."""
-
 
 def build_example(tokenizer, prompt: str, answer: str, *, max_length: int = 1024,
                   chat_template: bool = False) -> tuple[list[int], int]:
@@ -33,7 +29,7 @@ def build_example(tokenizer, prompt: str, answer: str, *, max_length: int = 1024
     p = text.encode(tokenizer, [prompt], chat_template)[0]
     a = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not a:
-        raise NLLError(f"answer {answer[:40]!r} has no tokens; every pair needs a non-empty answer")
+        raise ConfigError(f"answer {answer[:40]!r} has no tokens; every pair needs a non-empty answer")
     a = a[: max_length - 1]
     p = p[-(max_length - len(a)):] if p else p
     return p + a, len(p)
@@ -74,11 +70,11 @@ def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
                chat_template: bool = False, progress: bool = True) -> float:
     """Mean NLL per answer token of `answer` given `prompt`, over all answer tokens of all pairs (nats/token)."""
     if not pairs:
-        raise NLLError("target_nll needs at least one (prompt, answer) pair")
+        raise ConfigError("target_nll needs at least one (prompt, answer) pair")
     if not isinstance(batch_size, int) or batch_size <= 0:
-        raise NLLError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 2:
-        raise NLLError(f"max_length must be an integer >= 2, got {max_length!r}")
+        raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
     examples = [build_example(tokenizer, p, a, max_length=max_length, chat_template=chat_template) for p, a in pairs]
     pad = text.pad_id(tokenizer)
     total, count = 0.0, 0
@@ -89,6 +85,6 @@ def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
         total += s
         count += n
     if count == 0:
-        raise NLLError("no answer token could be scored (each needs at least one token before it)")
+        raise ConfigError("no answer token could be scored (each needs at least one token before it)")
     log.info("target nll over %d pairs, %d answer tokens: %.4f", len(pairs), count, total / count)
     return total / count

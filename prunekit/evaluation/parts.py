@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit import data
+from prunekit.errors import ConfigError, DataError
 from prunekit.evaluation import benchmarks, generation, nll, resources, similarity, traps
 from prunekit.evaluation.settings import (
-    SuiteError,
     distractor_kind,
     generation_options,
     positive_int,
@@ -39,7 +39,7 @@ from prunekit.runs.layout import DISTRACTOR_FILE
 log = logging.getLogger(__name__)
 
 
-REGISTRY = Registry("evaluation part", "eval.parts", SuiteError)
+REGISTRY = Registry("evaluation part", "eval.parts", ConfigError)
 register = REGISTRY.register
 
 
@@ -120,10 +120,10 @@ def names() -> list[str]:
 def check_names(parts) -> None:
     """`eval.parts` is a list of registered part names."""
     if isinstance(parts, str) or not isinstance(parts, list):
-        raise SuiteError(f"eval.parts={parts!r}: must be a list of part names from {', '.join(names())}")
+        raise ConfigError(f"eval.parts={parts!r}: must be a list of part names from {', '.join(names())}")
     for p in parts:
         if p not in REGISTRY:
-            raise SuiteError(f"eval.parts: unknown part {p!r}; allowed: {', '.join(names())}")
+            raise ConfigError(f"eval.parts: unknown part {p!r}; allowed: {', '.join(names())}")
 
 
 def chosen(parts) -> list[EvalPart]:
@@ -155,7 +155,7 @@ class Task(EvalPart):
         positive_int(settings["code"]["workers"], "eval.code.workers")
         timeout = settings["code"]["timeout_s"]
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise SuiteError(f"eval.code.timeout_s={timeout!r}: must be a number > 0")
+            raise ConfigError(f"eval.code.timeout_s={timeout!r}: must be a number > 0")
 
     @classmethod
     def generation_key(cls, settings: dict) -> dict:
@@ -216,10 +216,10 @@ def check_reference(reference, prompts: dict[str, list[str]]) -> None:
     for name, ps in prompts.items():
         ref = reference.get(name) if isinstance(reference, Mapping) else None
         if not isinstance(ref, Mapping) or "outputs" not in ref or "prompts" not in ref:
-            raise SuiteError(f"reference_outputs: no set {name!r} with prompts and outputs; got sets "
+            raise DataError(f"reference_outputs: no set {name!r} with prompts and outputs; got sets "
                              f"{sorted(reference) if isinstance(reference, Mapping) else type(reference).__name__}")
         if list(ref["prompts"]) != ps or len(ref["outputs"]) != len(ps):
-            raise SuiteError(f"reference_outputs[{name!r}]: prompts differ from task.eval.distractors.{name} "
+            raise DataError(f"reference_outputs[{name!r}]: prompts differ from task.eval.distractors.{name} "
                              "(made for another task or n?)")
 
 
@@ -332,7 +332,7 @@ def own_answer_pairs(samples: list[dict], source_rows: list[dict]) -> tuple[list
     enough = bool(correct) and len(correct) >= min(MIN_CORRECT_ANSWERS, max(1, len(rows) // 2))
     chosen_rows = correct if enough else rows
     if not chosen_rows:
-        raise SuiteError("nll: the source model produced no non-empty output on the eval target; nothing to score")
+        raise DataError("nll: the source model produced no non-empty output on the eval target; nothing to score")
     return [(by_id[r["id"]]["prompt"], r["output"]) for r in chosen_rows], enough
 
 
@@ -348,7 +348,7 @@ class NLL(EvalPart):
     @classmethod
     def check_settings(cls, settings: dict) -> None:
         if not isinstance(settings["nll"]["max_length"], int) or settings["nll"]["max_length"] < 2:
-            raise SuiteError(f"eval.nll.max_length={settings['nll']['max_length']!r}: must be an integer >= 2")
+            raise ConfigError(f"eval.nll.max_length={settings['nll']['max_length']!r}: must be an integer >= 2")
 
     def run(self, ctx: Context) -> dict:
         s, metric = ctx.settings, ctx.metric
@@ -357,7 +357,7 @@ class NLL(EvalPart):
         gold = {f"{metric}/nll_gold": nll.target_nll(ctx.model, ctx.tokenizer, nll_pairs(ctx.samples, metric), **kw)}
         try:
             pairs, correct_only = own_answer_pairs(ctx.samples, ctx.source_rows)
-        except SuiteError as e:  # a source that writes only whitespace: no own answers, the other results stand
+        except DataError as e:  # a source that writes only whitespace: no own answers, the other results stand
             log.warning("%s/nll skipped (%s); %s/nll_gold is still measured", metric, e, metric)
             return {f"{metric}/nll_answers": 0, **gold}
         return {f"{metric}/nll": nll.target_nll(ctx.model, ctx.tokenizer, pairs, **kw),
@@ -375,7 +375,7 @@ class LMEval(EvalPart):
     def check_settings(cls, settings: dict) -> None:
         tasks = settings["lm_eval"]["tasks"]
         if isinstance(tasks, str) or not isinstance(tasks, list):
-            raise SuiteError(f"eval.lm_eval.tasks={tasks!r}: must be a list of lm-eval task names (e.g. [boolq, copa])")
+            raise ConfigError(f"eval.lm_eval.tasks={tasks!r}: must be a list of lm-eval task names (e.g. [boolq, copa])")
 
     def active(self, ctx: Context) -> bool:
         return bool(ctx.settings["lm_eval"]["tasks"])

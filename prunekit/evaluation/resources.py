@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from prunekit import text
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.evaluation.generation import eos_ids, greedy_config
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ GIB = 2**30
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
-
-
-class ResourceError(PrunekitError):
-    """Bad input to a resource measurement (missing checkpoint, empty prompt set, bad max_new_tokens)."""
 
 
 def count_parameters(model) -> int:
@@ -45,10 +41,10 @@ def weight_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ResourceError(f"checkpoint path {str(path)!r} does not exist")
+        raise ConfigError(f"checkpoint path {str(path)!r} does not exist")
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
-        raise ResourceError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in checkpoint dir {str(path)!r}")
+        raise ConfigError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in checkpoint dir {str(path)!r}")
     return files
 
 
@@ -149,11 +145,11 @@ def throughput(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int 
     the EOS token when the model emits one (it cost a decoding step).
     """
     if not prompts:
-        raise ResourceError("throughput needs at least one prompt")
+        raise ConfigError("throughput needs at least one prompt")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ResourceError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(warmup, int) or warmup < 0:
-        raise ResourceError(f"warmup must be a non-negative integer, got {warmup!r}")
+        raise ConfigError(f"warmup must be a non-negative integer, got {warmup!r}")
     dev = model.device
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -211,6 +207,6 @@ def model_resources(model, checkpoint: str | Path | None = None) -> dict:
 
 
 __all__ = [
-    "GIB", "ResourceError", "count_parameters", "weight_files", "checkpoint_size_bytes",
+    "GIB", "count_parameters", "weight_files", "checkpoint_size_bytes",
     "reset_peak_memory", "peak_memory_gb", "current_memory_gb", "throughput", "model_resources",
 ]

@@ -1,33 +1,164 @@
-"""Evaluation settings: `eval.*` (config.EvalConfig, which conf/eval/ extends) overlaid on its defaults, the task's
-`eval:` section, and the checks of the settings every part shares (the generation settings). Each evaluation part
-checks its own settings (`parts.EvalPart.check_settings`); `suite.check_settings` runs both before any model loads.
+"""Evaluation settings: `EvalSettings` (`eval.*`, which conf/eval/ extends) checks itself once when built, the
+shared generation settings and each part's own (`parts.EvalPart.check_settings`); `EvalSettings.check_task` checks
+them against the task's `eval:` section. Both run before any model loads.
 
-`settings` is `conf/eval/default.yaml` as a plain dict (missing keys take the defaults of `DEFAULTS`); `task` is
-the task preset as a plain dict (its `eval:` section holds `metric`, `target` with `gold_field`, `distractors`,
-optional `max_new_tokens`).
+The suite and the parts read the settings as a plain dict (`EvalSettings.as_dict()`, the form the source-model
+caches hash); `task` is the task preset as a plain dict (its `eval:` section holds `metric`, `target` with
+`gold_field`, `distractors`, optional `max_new_tokens`).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from prunekit import config
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.evaluation import benchmarks
+from prunekit.schema import Checked, as_dict, defaults
 
 # Distractor set name -> comparison kind, for sets whose spec does not say (`kind: qna | dialogue`): QnA outputs
 # are compared by BERTScore F1, dialogue outputs by SBERT cosine.
 DISTRACTOR_KINDS = {"squad": "qna", "qna": "qna", "conversations": "dialogue", "dialogue": "dialogue"}
 KINDS = ("qna", "dialogue")
 
-# Every eval.* field and default (config.EvalConfig, which conf/eval/ extends), so plain callers can pass partial
-# settings.
-DEFAULTS: dict = config.defaults(config.EvalConfig)
+
+# The nested groups are containers of fields and defaults; the part that owns a group checks its values
+# (parts.EvalPart.check_settings), so a new part brings its checks with it.
+@dataclass
+class SimilaritySettings:
+    sbert_model: str = "pip:all-minilm-l6-v2"      # dialogue, SBERT cosine; paper: sentence-transformers/all-mpnet-base-v2
+    bertscore_model: str = "pip:all-minilm-l6-v2"  # QnA, BERTScore F1; paper: roberta-large (bert-score's English default)
+    bertscore_rescale: bool | None = None           # null: rescale when bert-score ships a baseline for the model (paper)
+    bertscore_num_layers: int | None = None         # null: bert-score's tuned layer (5 for the pip MiniLM)
+    max_new_tokens: int = 128                       # generation budget per distractor prompt (evaluated and source model)
+    batch_size: int = 32                            # encoder batch size
 
 
-class SuiteError(PrunekitError):
-    """Bad evaluation settings, task or generations file; the message names the option and allowed values."""
+@dataclass
+class ThroughputSettings:  # tokens/s at batch 1 on the first `prompts` eval prompts (fixed across a sweep)
+    prompts: int = 4
+    max_new_tokens: int = 32
+
+
+@dataclass
+class CodeSettings:  # HumanEval / MBPP execution in the sandbox
+    workers: int = 2               # parallel sandboxes
+    timeout_s: float = 3.0         # per problem (paper Table 8)
+
+
+@dataclass
+class NLLSettings:
+    max_length: int = 1024         # tokens per prompt + answer
+
+
+@dataclass
+class LMEvalSettings:  # e.g. eval.lm_eval.tasks=[boolq,copa]; offline: include_path=<dir of task YAMLs>
+    tasks: list = field(default_factory=list)
+    include_path: str | None = None
+    limit: float | None = None     # null: all documents; an int per task or a fraction in (0, 1]
+    num_fewshot: int | None = None  # null: each task's default
+
+
+def _allowed(text: str) -> dict:
+    return {"allowed": text}
+
+
+@dataclass
+class EvalSettings(Checked):
+    """`eval.*`: what to run and how. Which data and metric come from the task preset's `eval:` section."""
+
+    # any of: task (EM / pass@1 on greedy generations), traps (Type 1 / Type 2), similarity (distractor outputs vs
+    # the unpruned model's, paper eq. 6), resources (params, memory, batch-1 tokens/s), nll (the target proxy),
+    # lm_eval (lm-evaluation-harness tasks on the in-memory model; runs only when lm_eval.tasks is set)
+    parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
+    # prompts per generation batch (greedy; length-sorted, left padded)
+    batch_size: int = field(default=8, metadata=_allowed("an integer >= 1"))
+    # and at most this many padded prompt tokens per batch; null: no cap
+    max_batch_tokens: int | None = field(default=4096, metadata=_allowed("an integer >= 1 or null"))
+    # >0: every k new tokens, rows that are done leave the batch; 0: off
+    drop_finished_every: int = field(default=0, metadata=_allowed("an integer >= 0 (0: off)"))
+    chat_template: Any = True              # true: prompts in the model's chat template (paper); false; auto
+    # null: the task's (GSM8K 1024, the paper's "unconstrained"; HumanEval 512)
+    max_new_tokens: int | None = field(default=None, metadata=_allowed("an integer >= 1 or null"))
+    loop_detection: bool = True            # a looping sample stops early and is recorded as a trap
+    stop_on_answer: bool = False           # math only: stop at the first complete \boxed{} (the paper's mitigation)
+    # null: the whole evaluation sets; an int evaluates the first n target samples and at most n prompts of each
+    # distractor set
+    n: int | None = field(default=None, metadata=_allowed("an integer >= 1 or null"))
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    throughput: ThroughputSettings = field(default_factory=ThroughputSettings)
+    code: CodeSettings = field(default_factory=CodeSettings)
+    nll: NLLSettings = field(default_factory=NLLSettings)
+    lm_eval: LMEvalSettings = field(default_factory=LMEvalSettings)
+    reference_cache_dir: str | None = None  # source-model distractor outputs (the preset: ${cache_dir}/references)
+    _prefix: str = field(default="eval.", repr=False, kw_only=True, compare=False)
+
+    @classmethod
+    def of(cls, settings: Mapping | EvalSettings | None) -> EvalSettings:
+        """The settings of a partial mapping (an OmegaConf node too), missing keys at their defaults; an unknown key
+        is an error naming the allowed ones."""
+        if isinstance(settings, EvalSettings):
+            return settings
+        given = as_plain(settings or {})
+        out = {}
+        for key, value in given.items():
+            if key not in DEFAULTS:
+                raise ConfigError(f"eval.{key}: unknown setting; allowed: {', '.join(DEFAULTS)}")
+            if isinstance(DEFAULTS[key], dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"eval.{key} must be a mapping with keys {list(DEFAULTS[key])}, got {value!r}")
+                unknown = sorted(set(value) - set(DEFAULTS[key]))
+                if unknown:
+                    raise ConfigError(f"eval.{key}.{unknown[0]}: unknown setting; allowed: "
+                                      f"{', '.join(DEFAULTS[key])}")
+                value = _GROUPS[key](**value)
+            out[key] = value
+        return cls(**out)
+
+    def as_dict(self) -> dict:
+        """The settings as plain containers, every key present: what the parts read and the caches hash."""
+        return as_dict(self)
+
+    def check(self) -> None:
+        from prunekit.evaluation import parts  # the registry of parts, which reads these settings
+
+        parts.check_names(self.parts)
+        positive_int(self.batch_size, "eval.batch_size")
+        positive_int(self.max_batch_tokens, "eval.max_batch_tokens", allow_none=True)
+        positive_int(self.max_new_tokens, "eval.max_new_tokens", allow_none=True)
+        positive_int(self.n, "eval.n", allow_none=True)
+        if self.drop_finished_every < 0:
+            raise ConfigError(f"eval.drop_finished_every={self.drop_finished_every!r}: must be an integer >= 0 "
+                              "(0: off)")
+        if self.chat_template not in (True, False, "auto"):
+            raise ConfigError(f"eval.chat_template={self.chat_template!r}: allowed: true, false, auto")
+        plain = self.as_dict()
+        for name in parts.names():  # every part's own settings, as any config value, on or off
+            parts.REGISTRY[name].check_settings(plain)
+
+    def check_task(self, task: Mapping) -> dict:
+        """The settings against the task's `eval:` section (its budget, the answer stop, each enabled part's
+        data); returns the checked section."""
+        from prunekit.evaluation import parts
+
+        ev = task_eval(task)
+        positive_int(ev.get("max_new_tokens"), "task.eval.max_new_tokens", allow_none=True)
+        if self.stop_on_answer and not benchmarks.get(ev["metric"]).stops_on_answer:
+            allowed = [n for n in benchmarks.names() if benchmarks.get(n).stops_on_answer]
+            raise ConfigError(f"eval.stop_on_answer=true stops at the first complete answer (\\boxed{{}}): allowed "
+                              f"only with task.eval.metric={'|'.join(allowed)}, not {ev['metric']!r}")
+        plain = self.as_dict()
+        for part in parts.chosen(self.parts):
+            part.check_task(plain, ev)
+        return ev
+
+
+_GROUPS = {"similarity": SimilaritySettings, "throughput": ThroughputSettings, "code": CodeSettings,
+           "nll": NLLSettings, "lm_eval": LMEvalSettings}
+
+# Every eval.* field and default, so plain callers can pass partial settings.
+DEFAULTS: dict = defaults(EvalSettings)
 
 
 def as_plain(value):
@@ -41,22 +172,8 @@ def as_plain(value):
 
 
 def resolve_settings(settings: Mapping | None) -> dict:
-    """DEFAULTS overlaid with `settings` (one level of nesting); unknown keys are an error naming the allowed ones."""
-    given = as_plain(settings or {})
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in given.items():
-        if key not in DEFAULTS:
-            raise SuiteError(f"eval.{key}: unknown setting; allowed: {', '.join(DEFAULTS)}")
-        if isinstance(DEFAULTS[key], dict):
-            if not isinstance(value, dict):
-                raise SuiteError(f"eval.{key} must be a mapping with keys {list(DEFAULTS[key])}, got {value!r}")
-            unknown = sorted(set(value) - set(DEFAULTS[key]))
-            if unknown:
-                raise SuiteError(f"eval.{key}.{unknown[0]}: unknown setting; allowed: {', '.join(DEFAULTS[key])}")
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    """The checked settings as a plain dict, defaults filled in (EvalSettings.of)."""
+    return EvalSettings.of(settings).as_dict()
 
 
 def positive_int(value, option: str, allow_none: bool = False) -> None:
@@ -64,12 +181,7 @@ def positive_int(value, option: str, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         extra = " or null" if allow_none else ""
-        raise SuiteError(f"{option}={value!r}: must be an integer >= 1{extra}")
-
-
-def check_bool(value, option: str) -> None:
-    if not isinstance(value, bool):
-        raise SuiteError(f"{option}={value!r}: must be true or false")
+        raise ConfigError(f"{option}={value!r}: must be an integer >= 1{extra}")
 
 
 def task_eval(task: Mapping) -> dict:
@@ -78,12 +190,9 @@ def task_eval(task: Mapping) -> dict:
     ev = t.get("eval") if isinstance(t, dict) else None
     if not isinstance(ev, dict) or not isinstance(ev.get("target"), dict):
         name = t.get("name", "?") if isinstance(t, dict) else "?"
-        raise SuiteError(f"task.eval.target: task {name!r} has no evaluation data; give task.eval.target "
+        raise ConfigError(f"task.eval.target: task {name!r} has no evaluation data; give task.eval.target "
                          "(a prompt-set spec with gold_field)")
-    try:
-        benchmarks.get(ev.get("metric"))  # a known benchmark, or an error naming the registered ones
-    except benchmarks.BenchmarkError as e:
-        raise SuiteError(str(e)) from None
+    benchmarks.get(ev.get("metric"))  # a known benchmark, or an error naming the registered ones
     return ev
 
 
@@ -92,33 +201,13 @@ def distractor_kind(name: str, spec: Mapping | None = None) -> str:
     -> SBERT)."""
     kind = spec.get("kind") if isinstance(spec, Mapping) else None
     if kind is not None and kind not in KINDS:
-        raise SuiteError(f"task.eval.distractors.{name}.kind={kind!r}: allowed: {', '.join(KINDS)}")
+        raise ConfigError(f"task.eval.distractors.{name}.kind={kind!r}: allowed: {', '.join(KINDS)}")
     kind = kind or DISTRACTOR_KINDS.get(str(name).lower())
     if kind is None:
-        raise SuiteError(f"task.eval.distractors.{name}: unknown distractor set name; allowed: "
+        raise ConfigError(f"task.eval.distractors.{name}: unknown distractor set name; allowed: "
                          f"{', '.join(DISTRACTOR_KINDS)}, or any name with kind: qna|dialogue (QnA sets are compared "
                          "by BERTScore, dialogue by SBERT)")
     return kind
-
-
-def check_generation(s: dict, ev: dict) -> None:
-    """The settings every generating part shares (batching, budgets, chat template, loop and answer stops)."""
-    positive_int(s["batch_size"], "eval.batch_size")
-    positive_int(s["max_batch_tokens"], "eval.max_batch_tokens", allow_none=True)
-    drop = s["drop_finished_every"]
-    if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
-        raise SuiteError(f"eval.drop_finished_every={drop!r}: must be an integer >= 0 (0: off)")
-    positive_int(s["max_new_tokens"], "eval.max_new_tokens", allow_none=True)
-    positive_int(ev.get("max_new_tokens"), "task.eval.max_new_tokens", allow_none=True)
-    positive_int(s["n"], "eval.n", allow_none=True)
-    if s["chat_template"] not in (True, False, "auto"):
-        raise SuiteError(f"eval.chat_template={s['chat_template']!r}: allowed: true, false, auto")
-    check_bool(s["loop_detection"], "eval.loop_detection")
-    check_bool(s["stop_on_answer"], "eval.stop_on_answer")
-    if s["stop_on_answer"] and not benchmarks.get(ev["metric"]).stops_on_answer:
-        allowed = [n for n in benchmarks.names() if benchmarks.get(n).stops_on_answer]
-        raise SuiteError(f"eval.stop_on_answer=true stops at the first complete answer (\\boxed{{}}): allowed only "
-                         f"with task.eval.metric={'|'.join(allowed)}, not {ev['metric']!r}")
 
 
 def use_chat(settings: dict, tokenizer) -> bool:

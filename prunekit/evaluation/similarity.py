@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 from statistics import fmean
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.models.sources import PIP_ENCODERS, offline_mode, package_dir
 
 logger = logging.getLogger(__name__)
@@ -40,37 +40,33 @@ DEFAULT_MODEL = "pip:all-minilm-l6-v2"
 PIP_BERTSCORE_LAYERS = {"all-minilm-l6-v2": 5}
 
 
-class SimilarityConfigError(PrunekitError):
-    """Bad similarity option (model, layer, rescale, inputs)."""
-
-
 def _pip_model_dir(name: str, option: str) -> Path:
     """Directory of a model shipped inside a pip package, found without importing the package."""
     if name not in PIP_ENCODERS:
-        raise SimilarityConfigError(
+        raise ConfigError(
             f"{option}='pip:{name}' is not a known pip-shipped model; allowed: "
             f"{sorted('pip:' + k for k in PIP_ENCODERS)}, a local directory, or a hub id"
         )
     package, sub = PIP_ENCODERS[name]
     path = package_dir(package, f"{option}='pip:{name}'") / sub
     if not (path / "config.json").is_file():
-        raise SimilarityConfigError(f"{option}='pip:{name}': no model files under {path}")
+        raise ConfigError(f"{option}='pip:{name}': no model files under {path}")
     return path
 
 
 def resolve_model(model: str, option: str = "model") -> tuple[str, bool]:
     """Turn a model spec into (path or hub id, is_local); a local path that does not exist is an error."""
     if not isinstance(model, str) or not model.strip():
-        raise SimilarityConfigError(f"{option} must be a non-empty string, got {model!r}")
+        raise ConfigError(f"{option} must be a non-empty string, got {model!r}")
     if model.startswith("pip:"):
         return str(_pip_model_dir(model[4:].lower(), option)), True
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise SimilarityConfigError(f"{option}={model!r} is a file; a model directory is expected")
+            raise ConfigError(f"{option}={model!r} is a file; a model directory is expected")
         return str(path.resolve()), True
     if model.startswith(("/", "./", "../", "~", ".\\")) or model.endswith(("/", "\\")):
-        raise SimilarityConfigError(
+        raise ConfigError(
             f"{option}={model!r}: local model path does not exist (use 'pip:all-minilm-l6-v2', "
             "an existing directory, or a hub id such as 'sentence-transformers/all-mpnet-base-v2')"
         )
@@ -113,12 +109,12 @@ def _check_pairs(candidates, references) -> tuple[list[str], list[str]]:
     """Validate two equally long lists of strings."""
     candidates, references = list(candidates), list(references)
     if len(candidates) != len(references):
-        raise SimilarityConfigError(
+        raise ConfigError(
             f"candidates and references must have the same length, got {len(candidates)} and {len(references)}"
         )
     bad = [x for x in candidates + references if not isinstance(x, str)]
     if bad:
-        raise SimilarityConfigError(f"candidates and references must be strings, got {type(bad[0]).__name__}")
+        raise ConfigError(f"candidates and references must be strings, got {type(bad[0]).__name__}")
     return candidates, references
 
 
@@ -141,7 +137,7 @@ def _score_with_empties(candidates, references, score_fn) -> list[float]:
 
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise SimilarityConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def sbert_similarity(candidates, references, *, model: str = DEFAULT_MODEL, batch_size: int = 32) -> list[float]:
@@ -164,7 +160,7 @@ def _bertscore_layers(model: str, path_or_id: str, num_layers: int | None) -> in
     """Layer to use: explicit value, our choice for the pip MiniLM, or bert-score's tuned table."""
     if num_layers is not None:
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
-            raise SimilarityConfigError(f"num_layers must be a non-negative integer or None, got {num_layers!r}")
+            raise ConfigError(f"num_layers must be a non-negative integer or None, got {num_layers!r}")
         return num_layers
     if model.startswith("pip:"):
         return PIP_BERTSCORE_LAYERS[model[4:].lower()]
@@ -172,7 +168,7 @@ def _bertscore_layers(model: str, path_or_id: str, num_layers: int | None) -> in
 
     if path_or_id in model2layers:
         return model2layers[path_or_id]
-    raise SimilarityConfigError(
+    raise ConfigError(
         f"num_layers=None but bert-score has no tuned layer for model={model!r}; set num_layers "
         "explicitly (e.g. the second-to-last layer for a BERT-like encoder)"
     )
@@ -194,7 +190,7 @@ def bertscore_f1(
     path_or_id, local = resolve_model(model, "model")
     layers = _bertscore_layers(model, path_or_id, num_layers)
     if rescale and not has_rescale_baseline(model, lang):
-        raise SimilarityConfigError(
+        raise ConfigError(
             f"rescale=True needs a bert-score baseline file for model={model!r} (lang={lang!r}), and bert-score "
             "ships none for it (it has baselines only for hub models such as 'roberta-large'); use rescale=False"
         )
@@ -225,7 +221,7 @@ def distractor_similarity(
     roberta-large); ``distractor/bertscore_rescaled`` records which one was reported.
     """
     if qna is None and dialogue is None:
-        raise SimilarityConfigError("distractor_similarity needs qna, dialogue or both; got neither")
+        raise ConfigError("distractor_similarity needs qna, dialogue or both; got neither")
     # Validate both model options before any encoder is loaded, naming the option at fault.
     resolve_model(sbert_model, "sbert_model")
     resolve_model(bertscore_model, "bertscore_model")
@@ -254,8 +250,8 @@ def distractor_similarity(
 def _pair(value, option: str) -> tuple[list[str], list[str]]:
     """Unpack a (candidates, references) pair that must hold at least one item."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise SimilarityConfigError(f"{option} must be a (candidates, references) pair of string lists")
+        raise ConfigError(f"{option} must be a (candidates, references) pair of string lists")
     cands, refs = _check_pairs(*value)
     if not cands:
-        raise SimilarityConfigError(f"{option} has no outputs to compare; pass None to leave it out")
+        raise ConfigError(f"{option} has no outputs to compare; pass None to leave it out")
     return cands, refs

@@ -19,12 +19,12 @@ from pathlib import Path
 from statistics import fmean
 
 from prunekit import data
+from prunekit.errors import DataError
 from prunekit.evaluation import benchmarks, generation, parts, resources, traps
 from prunekit.evaluation.parts import distractor_prompts, nll_pairs, own_answer_pairs, speed
 from prunekit.evaluation.settings import (
     DEFAULTS,
-    SuiteError,
-    check_generation,
+    EvalSettings,
     generation_options,
     max_new_tokens,
     resolve_settings,
@@ -38,17 +38,12 @@ PARTS = tuple(parts.names())  # the built-in parts, in eval.parts' documented or
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_settings(settings: Mapping | None, task: Mapping) -> dict:
-    """Validate settings and task before any work; returns the resolved settings (defaults filled in)."""
-    s = resolve_settings(settings)
-    ev = task_eval(task)
-    parts.check_names(s["parts"])
-    check_generation(s, ev)
-    for name in parts.names():  # every part's own settings, as any config value, on or off
-        parts.REGISTRY[name].check_settings(s)
-    for part in parts.chosen(s["parts"]):
-        part.check_task(s, ev)
-    return s
+def check_settings(settings: Mapping | EvalSettings | None, task: Mapping) -> dict:
+    """The settings (checked once, when an EvalSettings is built from a mapping) against the task, before any
+    work; returns them resolved (defaults filled in) as the plain dict the parts read."""
+    s = EvalSettings.of(settings)
+    s.check_task(task)
+    return s.as_dict()
 
 
 def check_data(settings: dict, task: Mapping, generations=None) -> None:
@@ -58,7 +53,7 @@ def check_data(settings: dict, task: Mapping, generations=None) -> None:
     sets are not needed: a hub id for them must not stop an offline re-score)."""
     if generations is not None:
         if not Path(str(generations)).expanduser().is_file():
-            raise SuiteError(f"generations={str(generations)!r}: no such file (a JSONL file with id and output per line)")
+            raise DataError(f"generations={str(generations)!r}: no such file (a JSONL file with id and output per line)")
         read_outputs(generations, task_eval(task)["metric"])
         target_samples(task, settings)
         return
@@ -79,7 +74,7 @@ def target_samples(task: Mapping, settings: dict) -> list[dict]:
         spec["n"] = settings["n"]
     gold_field = spec.get("gold_field")
     if not gold_field:
-        raise SuiteError("task.eval.target.gold_field: missing; name the record field holding the gold answer "
+        raise DataError("task.eval.target.gold_field: missing; name the record field holding the gold answer "
                          "(GSM8K: answer; HumanEval: test; MBPP: test_list)")
     records = data.load_records(spec, "task.eval.target", "eval.n" if settings.get("n") is not None else None)
     offset = int(spec.get("offset") or 0)
@@ -87,7 +82,7 @@ def target_samples(task: Mapping, settings: dict) -> list[dict]:
     for i, rec in enumerate(records):
         gold = data.get_path(rec, gold_field)
         if gold is None:
-            raise SuiteError(f"task.eval.target.gold_field={gold_field!r}: record {i} has no such field; "
+            raise DataError(f"task.eval.target.gold_field={gold_field!r}: record {i} has no such field; "
                              f"fields: {', '.join(rec)}")
         samples.append(bench.sample(offset + i, rec, data.render(rec, spec, "task.eval.target"), gold))
     return samples
@@ -233,31 +228,31 @@ def read_outputs(path, metric: str) -> list[dict]:
     """Lines of a generations file: each needs `id` and a string `output`; GSM8K ids become ints."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise SuiteError(f"generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
+        raise DataError(f"generations={str(path)!r}: no such file (a JSONL file with id and output per line)")
     rows, seen = [], set()
     try:
         content = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise SuiteError(f"generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise DataError(f"generations: {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SuiteError(f"generations: line {lineno} of {p} is not JSON ({e.msg})") from None
+            raise DataError(f"generations: line {lineno} of {p} is not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("output"), str):
-            raise SuiteError(f"generations: line {lineno} of {p} needs fields id and output (a string)")
+            raise DataError(f"generations: line {lineno} of {p} needs fields id and output (a string)")
         try:
             rid = benchmarks.get(metric).parse_id(rec["id"])
-        except benchmarks.BenchmarkError as e:
-            raise SuiteError(f"generations: line {lineno}: {e}") from None
+        except DataError as e:
+            raise DataError(f"generations: line {lineno}: {e}") from None
         if rid in seen:
-            raise SuiteError(f"generations: line {lineno}: id {rid!r} appears twice")
+            raise DataError(f"generations: line {lineno}: id {rid!r} appears twice")
         seen.add(rid)
         rows.append({**rec, "id": rid})
     if not rows:
-        raise SuiteError(f"generations: {p} holds no generations")
+        raise DataError(f"generations: {p} holds no generations")
     return rows
 
 
@@ -272,7 +267,7 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
     samples = {x["id"]: x for x in target_samples(task, s)}
     unknown = [r["id"] for r in rows_in if r["id"] not in samples]
     if unknown:
-        raise SuiteError(f"generations: {len(unknown)} id(s) not in task.eval.target, e.g. {unknown[:3]}; "
+        raise DataError(f"generations: {len(unknown)} id(s) not in task.eval.target, e.g. {unknown[:3]}; "
                          f"valid ids look like {list(samples)[:5]} ({len(samples)} in the eval set)")
     budget = max_new_tokens(s, ev)
     rows = []
@@ -302,7 +297,7 @@ def rescore(task: Mapping, settings: Mapping | None, generations_path, run_dir) 
 
 # The settings and parts helpers callers reach through the suite.
 __all__ = [
-    "DEFAULTS", "PARTS", "Evaluation", "SuiteError", "check_data", "check_settings", "context", "distractor_prompts",
+    "DEFAULTS", "PARTS", "Evaluation", "EvalSettings", "check_data", "check_settings", "context", "distractor_prompts",
     "evaluate", "max_new_tokens", "nll_pairs", "own_answer_pairs", "read_outputs", "rescore", "resolve_settings",
     "speed", "target_samples", "task_metrics", "verdict", "write_target_files",
 ]

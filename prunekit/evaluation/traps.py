@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 
 # Defaults for a token loop: a block of p <= MAX_PERIOD tokens repeated back to back until the periodic tail
 # covers >= MIN_REPEATS * p tokens AND >= MIN_SPAN tokens. Three copies separate a loop from a phrase said
@@ -29,18 +29,14 @@ MIN_SPAN = 40
 MIN_LINE_REPEATS = 4
 
 
-class TrapConfigError(PrunekitError):
-    """A trap-detection threshold is out of range."""
-
-
 def _check_thresholds(max_period: int, min_repeats: int, min_span: int) -> None:
     """Reject thresholds that would flag every sequence or none."""
     if max_period < 1:
-        raise TrapConfigError(f"max_period must be an integer >= 1, got {max_period}")
+        raise ConfigError(f"max_period must be an integer >= 1, got {max_period}")
     if min_repeats < 2:
-        raise TrapConfigError(f"min_repeats must be an integer >= 2 (one copy is not a loop), got {min_repeats}")
+        raise ConfigError(f"min_repeats must be an integer >= 2 (one copy is not a loop), got {min_repeats}")
     if min_span < 2:
-        raise TrapConfigError(f"min_span must be an integer >= 2, got {min_span}")
+        raise ConfigError(f"min_span must be an integer >= 2, got {min_span}")
 
 
 def _loop_condition(run: np.ndarray | torch.Tensor, periods, min_repeats: int, min_span: int):
@@ -84,7 +80,7 @@ def find_repeated_lines(text: str, *, min_repeats: int = MIN_LINE_REPEATS) -> in
     allowed, since a limit hit usually stops mid-copy.
     """
     if min_repeats < 2:
-        raise TrapConfigError(f"min_repeats must be an integer >= 2, got {min_repeats}")
+        raise ConfigError(f"min_repeats must be an integer >= 2, got {min_repeats}")
     lines, pos = [], 0
     for raw in text.splitlines(keepends=True):
         if raw.strip():
@@ -142,7 +138,7 @@ def classify(
     close inside the first copy of the loop: a model repeating its boxed answer did answer.
     """
     if token_ids is not None and tokenizer is None and token_to_char is None:
-        raise TrapConfigError("classify: token_ids given without tokenizer= or token_to_char= to map them to text")
+        raise ConfigError("classify: token_ids given without tokenizer= or token_to_char= to map them to text")
     loops = []  # (char start, char end of the first copy, reason)
     if token_ids is not None and len(token_ids) > 1:
         _check_thresholds(max_period, min_repeats, min_span)
@@ -204,7 +200,7 @@ class LoopStoppingCriteria(StoppingCriteria):
     ):
         _check_thresholds(max_period, min_repeats, min_span)
         if prompt_length < 0:
-            raise TrapConfigError(f"prompt_length must be >= 0, got {prompt_length}")
+            raise ConfigError(f"prompt_length must be >= 0, got {prompt_length}")
         self.prompt_length = prompt_length
         self.max_period, self.min_repeats, self.min_span = max_period, min_repeats, min_span
         self.eos = _eos_set(eos_token_id)
@@ -267,9 +263,9 @@ class AnswerStoppingCriteria(StoppingCriteria):
 
     def __init__(self, tokenizer, has_answer: Callable[[str], bool], prompt_length: int, *, chunk: int = 16):
         if prompt_length < 0:
-            raise TrapConfigError(f"prompt_length must be >= 0, got {prompt_length}")
+            raise ConfigError(f"prompt_length must be >= 0, got {prompt_length}")
         if chunk < 1:
-            raise TrapConfigError(f"chunk must be >= 1, got {chunk}")
+            raise ConfigError(f"chunk must be >= 1, got {chunk}")
         self.tokenizer, self.has_answer = tokenizer, has_answer
         self.prompt_length, self.chunk = prompt_length, chunk
         self.reset()

@@ -28,16 +28,12 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ModelError, PrunekitError
 
 # torch, transformers and prunekit.checkpoint are imported where used: a bad option is refused in about a second
 # instead of after torch's ~10 s import (on a busy 2-core machine)
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(PrunekitError):
-    """A checkpoint, type or output path that cannot be exported."""
 
 
 # transformers model_type -> llama.cpp architecture. Mistral is llama in llama.cpp (its converter does the same);
@@ -68,11 +64,11 @@ _NOT_COPIED = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE, gguf
 def check_type(name: str) -> Q:
     """`--type`: a type the gguf package can write; K-quants get the llama-quantize command instead."""
     if name in K_QUANTS:
-        raise ExportError(f"--type {name}: the gguf package ({importlib.metadata.version('gguf')}) cannot quantize to "
+        raise ModelError(f"--type {name}: the gguf package ({importlib.metadata.version('gguf')}) cannot quantize to "
                           f"K-quants in Python (it writes {', '.join(TYPES)}); export --type f16 and run llama.cpp's "
                           f"`llama-quantize model-f16.gguf model-{name}.gguf {name.upper()}`")
     if name not in TYPES:
-        raise ExportError(f"--type {name}: unknown type; allowed: {', '.join(TYPES)} (K-quants: via llama-quantize)")
+        raise ModelError(f"--type {name}: unknown type; allowed: {', '.join(TYPES)} (K-quants: via llama-quantize)")
     return TYPES[name]
 
 
@@ -118,7 +114,7 @@ def _source_gguf(record: dict | None, cache_dir: str | Path) -> tuple[Path | Non
     try:
         source = models.resolve(name)
     except PrunekitError as e:
-        raise ExportError(f"pruning.json names source_model={name!r}, whose GGUF metadata cannot be read: {e}") from None
+        raise ModelError(f"pruning.json names source_model={name!r}, whose GGUF metadata cannot be read: {e}") from None
     own = source.gguf_file(cache_dir)
     if own is not None:
         return own, True
@@ -130,7 +126,7 @@ def _load_state(model_dir: Path) -> dict:
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise ExportError(f"{model_dir}: no *.safetensors weights (is it a prunekit <run>/model directory?)")
+        raise ModelError(f"{model_dir}: no *.safetensors weights (is it a prunekit <run>/model directory?)")
     state = {}
     for f in files:
         state.update(load_file(f))
@@ -171,7 +167,7 @@ def _check_same_model(reader: dict[str, tuple], arch: str, config) -> None:
     for key, value in expect.items():
         got = _field(reader, f"{arch}.{key}")
         if got is not None and got != value:
-            raise ExportError(f"the source GGUF says {arch}.{key}={got} but the checkpoint has {value}: "
+            raise ModelError(f"the source GGUF says {arch}.{key}={got} but the checkpoint has {value}: "
                               "pruning.json's source_model is not this checkpoint's source")
 
 
@@ -198,7 +194,7 @@ def _rope_theta(config) -> float:
     theta = params.get("rope_theta", getattr(config, "rope_theta", None))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
-        raise ExportError(f"rope scaling {kind!r} is not exported yet; only plain RoPE models (rope_type default)")
+        raise ModelError(f"rope scaling {kind!r} is not exported yet; only plain RoPE models (rope_type default)")
     return float(theta)
 
 
@@ -208,14 +204,14 @@ def _write_hf_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: in
     try:
         vocab = gguf.vocab.BpeVocab(model_dir)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        raise ExportError(f"{model_dir}: no byte-level BPE tokenizer gguf can read ({e}); only GGUF-sourced models "
+        raise ModelError(f"{model_dir}: no byte-level BPE tokenizer gguf can read ({e}); only GGUF-sourced models "
                           "and BPE tokenizers are exported") from None
     tokens, types = [], []
     for text, _score, kind in vocab.all_tokens():
         tokens.append(text)
         types.append(kind)
     if len(tokens) > vocab_size:
-        raise ExportError(f"{model_dir}: tokenizer has {len(tokens)} tokens, the embedding {vocab_size} rows")
+        raise ModelError(f"{model_dir}: tokenizer has {len(tokens)} tokens, the embedding {vocab_size} rows")
     for i in range(len(tokens), vocab_size):  # embedding rows no token uses (as llama.cpp's converter pads)
         tokens.append(f"[PAD{i}]".encode())
         types.append(gguf.TokenType.UNUSED)
@@ -260,7 +256,7 @@ def _tensors(state: dict, config, arch) -> list[tuple[str, np.ndarray]]:
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ExportError(f"checkpoint tensor {hf_name} has no llama.cpp name for {gguf.MODEL_ARCH_NAMES[arch]}")
+            raise ModelError(f"checkpoint tensor {hf_name} has no llama.cpp name for {gguf.MODEL_ARCH_NAMES[arch]}")
         w = t.to(torch.float32).numpy()
         if config.model_type in PERMUTED_QK and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             w = _permute_qk(w, config.num_attention_heads)
@@ -283,7 +279,7 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     qtype = check_type(type_name)
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
-        raise ExportError(f"{model_dir}: not a checkpoint directory (no config.json); pass <run>/model")
+        raise ModelError(f"{model_dir}: not a checkpoint directory (no config.json); pass <run>/model")
     from transformers import AutoConfig
 
     from prunekit.checkpoint import read_json
@@ -292,15 +288,15 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     config = AutoConfig.from_pretrained(model_dir)
     model_type = config.model_type
     if model_type in NOT_EXPORTED:
-        raise ExportError(f"{model_dir}: architecture '{model_type}' is not exported to GGUF: "
+        raise ModelError(f"{model_dir}: architecture '{model_type}' is not exported to GGUF: "
                           f"{NOT_EXPORTED[model_type]}; exported: {', '.join(ARCHS)}")
     if model_type not in ARCHS:
-        raise ExportError(f"{model_dir}: architecture '{model_type}' has no GGUF export; exported: {', '.join(ARCHS)}")
+        raise ModelError(f"{model_dir}: architecture '{model_type}' has no GGUF export; exported: {', '.join(ARCHS)}")
     arch = ARCHS[model_type]
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     out = Path(out).expanduser() if out else default_out(model_dir, type_name)
     if out.suffix != ".gguf":
-        raise ExportError(f"--out {out}: must end in .gguf")
+        raise ModelError(f"--out {out}: must end in .gguf")
     record_file = model_dir.parent / PRUNING_FILE
     record = read_json(record_file) if record_file.is_file() else None
     cache_dir = cache_dir or os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")

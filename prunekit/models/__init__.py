@@ -9,6 +9,7 @@ from prunekit.errors import ModelError
 from prunekit.models.load import (
     DTYPES,
     LoadedModel,
+    ModelSettings,
     load,
     load_config,
     load_model,
@@ -42,7 +43,8 @@ from prunekit.models.sources import (
 
 __all__ = [
     "DTYPES", "PATH_SOURCES", "PIP_ENCODERS", "PIP_MODELS", "SOURCES", "TINY_ARCHS", "TOKENIZER_SOURCE", "DirSource",
-    "GgufSource", "HubSource", "LoadedModel", "ModelError", "ModelSource", "PipModel", "PipSource", "TinySource", "gguf_file",
-    "identity", "load", "load_config", "load_model", "load_stored", "load_tokenizer", "materialize", "register", "resolve",
+    "GgufSource", "HubSource", "LoadedModel", "ModelError", "ModelSettings", "ModelSource", "PipModel", "PipSource",
+    "TinySource", "gguf_file", "identity", "load", "load_config", "load_model", "load_stored", "load_tokenizer",
+    "materialize", "register", "resolve",
     "resolve_dtype", "stored_dtype", "tiny_config", "tiny_model",
 ]

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,31 @@ from prunekit import dist
 from prunekit.cache import ArtifactCache, Damaged
 from prunekit.checkpoint import atomic_dir
 from prunekit.errors import ModelError
+from prunekit.schema import Checked
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSettings(Checked):
+    """`model.*`: which weights, in which dtype (the source itself is resolved by `sources.resolve`)."""
+
+    name_or_path: str = ""
+    dtype: str = field(default="auto", metadata={"allowed": "auto, float32, bfloat16 or float16"})
+    # dtype of the saved checkpoint: null = the source's stored dtype (whatever `dtype` computes in)
+    save_dtype: str | None = field(default=None, metadata={"allowed": "null, float32, bfloat16 or float16"})
+    revision: str | None = None
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    cache_dir: str | None = None  # converted pip/GGUF models (the preset: ${cache_dir}/models)
+    _prefix: str = field(default="model.", repr=False, kw_only=True, compare=False)
+
+    def check(self):
+        if self.save_dtype is not None and self.save_dtype not in DTYPES:
+            raise self.error(f"{self._prefix}save_dtype={self.save_dtype!r}: unknown dtype; allowed: null (the "
+                             f"source's stored dtype), {', '.join(DTYPES)}")
 
 
 # ---------------------------------------------------------------------------------------------- dtypes

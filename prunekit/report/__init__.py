@@ -6,8 +6,8 @@ or picks (the before -> after table, the best run of a detrimental grid)."""
 from prunekit.report.build import build_report, log_to_wandb, main, render_section
 from prunekit.report.records import (
     PRIMARY_METRICS,
-    ReportError,
     Run,
+    RunError,
     find_run_dirs,
     load_run,
     load_runs,
@@ -30,7 +30,7 @@ from prunekit.report.tables import (
 )
 
 __all__ = ["PAPER_RATIOS", "PAPER_SIZES", "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5",
-           "PRIMARY_METRICS", "ReportError", "Run", "before_after", "best_of_grid", "build_report", "detrimental_grid",
+           "PRIMARY_METRICS", "RunError", "Run", "before_after", "best_of_grid", "build_report", "detrimental_grid",
            "find_run_dirs", "grid_metric",
            "load_run", "load_runs", "log_to_wandb", "main", "paper_column", "paper_value", "primary_metric",
            "render_section", "section_tables", "sections"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from prunekit.data import get_path
-from prunekit.errors import PrunekitError
+from prunekit.errors import RunError
 from prunekit.evaluation import benchmarks
 from prunekit.runs import store
 from prunekit.runs.layout import (
@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 PRIMARY_METRICS = tuple(benchmarks.primary_metrics())
 # Folders under a sweep that hold no run records of their own (checkpoints, W&B files, the report itself).
 SKIP_PARTS = {WANDB_DIR, MODEL_DIR, "checkpoints", ".hydra", "report"}
-
-
-class ReportError(PrunekitError):
-    """Bad report input (no runs found, unreadable records)."""
 
 
 @dataclass
@@ -60,7 +56,7 @@ def _read_json(path: Path):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read {path}: {exc}") from exc
+        raise RunError(f"cannot read {path}: {exc}") from exc
 
 
 def _read_config(run_dir: Path) -> dict:
@@ -118,7 +114,7 @@ def _task_of(config: dict, metrics: dict) -> str:
 def load_run(run_dir: Path) -> Run:
     metrics = _read_json(run_dir / METRICS_FILE)
     if not isinstance(metrics, dict):
-        raise ReportError(f"{run_dir / METRICS_FILE} is not a JSON object of metrics")
+        raise RunError(f"{run_dir / METRICS_FILE} is not a JSON object of metrics")
     config = _read_config(run_dir)
     pruning = _pruning_record(run_dir, config)
     trained = (run_dir / TRAINING_FILE).is_file() or any(k.startswith("train/") for k in metrics)
@@ -141,15 +137,15 @@ def load_runs(sweep_dirs: list[str | os.PathLike]) -> list[Run]:
     runs = []
     for sweep in map(Path, sweep_dirs):
         if not sweep.is_dir():
-            raise ReportError(f"sweep directory {sweep} does not exist")
+            raise RunError(f"sweep directory {sweep} does not exist")
         dirs = find_run_dirs(sweep)
         if not dirs:
-            raise ReportError(f"no runs in {sweep}: expected run directories with a metrics.json "
+            raise RunError(f"no runs in {sweep}: expected run directories with a metrics.json "
                               "(written by prune.py / evaluate.py / train.py)")
         for d in dirs:
             try:
                 runs.append(load_run(d))
-            except ReportError as exc:  # one damaged record must not cost the whole report
+            except RunError as exc:  # one damaged record must not cost the whole report
                 log.warning("report: %s left out: %s", d, exc)
     return runs
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 
+from prunekit.errors import RunError
 from prunekit.evaluation import benchmarks
-from prunekit.report.records import ReportError, load_runs
+from prunekit.report.records import load_runs
 from prunekit.report.tables import detrimental_grid
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def best_of_grid(sweep_dir) -> dict:
     metric it was chosen by."""
     _, best, metric = detrimental_grid(load_runs([sweep_dir]))
     if best is None:
-        raise ReportError(f"best_of={sweep_dir}: no strategy=detrimental runs with a task or lm-eval metric")
+        raise RunError(f"best_of={sweep_dir}: no strategy=detrimental runs with a task or lm-eval metric")
     log.info("best_of: layer %s, percent %s (%s = %s on the grid's adaptation split): %s", best["layer"],
              best["percent"], metric, best[metric], best["run"])
     return {**best, "metric": metric}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prunekit.checkpoint import atomic_write_json, clean_stale_temps, read_json
-from prunekit.errors import PrunekitError
+from prunekit.errors import RunError
 from prunekit.runs.layout import (
     CONFIG_FILE,
     FINAL_FILES,
@@ -32,11 +32,6 @@ from prunekit.runs.layout import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class RunError(PrunekitError):
-    """A run directory or tracking option that cannot be used: another job's directory, other settings with
-    resume on, an unknown job type or wandb.mode."""
 
 
 def check_job_type(job_type: str) -> str:

@@ -10,7 +10,6 @@ from prunekit.evaluation.benchmarks import gsm8k, humaneval  # importing registe
 from prunekit.evaluation.benchmarks.base import (
     REGISTRY,
     Benchmark,
-    BenchmarkError,
     get,
     names,
     primary_metrics,
@@ -18,5 +17,5 @@ from prunekit.evaluation.benchmarks.base import (
 )
 from prunekit.evaluation.benchmarks.humaneval import CodeBenchmark
 
-__all__ = ["REGISTRY", "Benchmark", "BenchmarkError", "CodeBenchmark", "get", "gsm8k", "humaneval", "names",
+__all__ = ["REGISTRY", "Benchmark", "CodeBenchmark", "get", "gsm8k", "humaneval", "names",
            "primary_metrics", "register"]

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 from prunekit.registry import Registry
 
-
-class BenchmarkError(PrunekitError):
-    """Unknown benchmark name or an eval record it cannot use."""
-
-
-REGISTRY = Registry("benchmark", "task.eval.metric", BenchmarkError, sort=True)
+REGISTRY = Registry("benchmark", "task.eval.metric", ConfigError, sort=True)
 register = REGISTRY.register
 
 

@@ -13,7 +13,8 @@ from typing import Literal
 # Imported here, not inside the check: a broken math-verify must fail loudly, not mark every non-numeric answer wrong.
 from math_verify import parse, verify
 
-from prunekit.evaluation.benchmarks.base import Benchmark, BenchmarkError, register
+from prunekit.errors import DataError
+from prunekit.evaluation.benchmarks.base import Benchmark, register
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class GSM8K(Benchmark):
         whole = (isinstance(raw, int) and not isinstance(raw, bool)) or (
             isinstance(raw, str) and raw.strip().lstrip("-").isdigit())
         if not whole:  # 1.7 or "1.7" is never read as 1
-            raise BenchmarkError(f"id {raw!r} is not a GSM8K test index (an integer)")
+            raise DataError(f"id {raw!r} is not a GSM8K test index (an integer)")
         return int(raw)
 
     def verdict(self, output: str, sample: dict) -> dict:
@@ -243,7 +244,7 @@ class GSM8K(Benchmark):
         if "####" not in answer and cot:
             answer = str(cot)
         if not answer.strip():
-            raise BenchmarkError("nll: GSM8K records need a worked solution in `answer`; drop `nll` from eval.parts")
+            raise DataError("nll: GSM8K records need a worked solution in `answer`; drop `nll` from eval.parts")
         return sample["prompt"], answer
 
     def extra_metrics(self, rows: list[dict]) -> dict:

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from prunekit.errors import PrunekitError
-from prunekit.evaluation.benchmarks.base import Benchmark, BenchmarkError, register
+from prunekit.errors import ConfigError, DataError
+from prunekit.evaluation.benchmarks.base import Benchmark, register
 from prunekit.evaluation.benchmarks.sandbox import run_python
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "CodeEvalError", "HumanEval", "MBPP", "build_prompt", "check",
+    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "HumanEval", "MBPP", "build_prompt", "check",
     "has_complete_function", "pass_at_1", "sanitize",
 ]
 
@@ -36,10 +36,6 @@ REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
 _FENCE = re.compile(r"```[^`\n]*$", re.MULTILINE)
 _CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)")
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-
-
-class CodeEvalError(PrunekitError):
-    """Bad input to the HumanEval evaluation (missing data file or field, bad option)."""
 
 
 def build_prompt(problem: Mapping) -> str:
@@ -245,11 +241,11 @@ def _align(problems: Sequence[Mapping], completions: Mapping[str, str] | Sequenc
     if isinstance(completions, Mapping):
         missing = [p["task_id"] for p in problems if p["task_id"] not in completions]
         if missing:
-            raise CodeEvalError(f"pass_at_1: no completion for {len(missing)} task(s), e.g. {missing[:3]}; "
+            raise DataError(f"pass_at_1: no completion for {len(missing)} task(s), e.g. {missing[:3]}; "
                                 "completions must have one entry per problem task_id")
         return [completions[p["task_id"]] for p in problems]
     if isinstance(completions, str) or len(completions) != len(problems):
-        raise CodeEvalError(f"pass_at_1: completions must be a {{task_id: text}} mapping or a list of "
+        raise DataError(f"pass_at_1: completions must be a {{task_id: text}} mapping or a list of "
                             f"{len(problems)} texts (one per problem), got {type(completions).__name__}")
     return list(completions)
 
@@ -263,9 +259,9 @@ def pass_at_1(
 ) -> dict:
     """Greedy pass@1 (fraction of problems whose completion passes) and the per-task results, in parallel."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise CodeEvalError(f"pass_at_1: workers={workers!r} is invalid; allowed: an integer >= 1")
+        raise ConfigError(f"pass_at_1: workers={workers!r} is invalid; allowed: an integer >= 1")
     if not problems:
-        raise CodeEvalError("pass_at_1: problems is empty; at least one problem is needed for a rate")
+        raise DataError("pass_at_1: problems is empty; at least one problem is needed for a rate")
     texts = _align(problems, completions)
     # Threads suffice: each check waits on its own sandbox subprocess, which is where the work happens.
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -317,7 +313,7 @@ class HumanEval(CodeBenchmark):
     def sample(self, index: int, record, prompt_text: str, gold) -> dict:
         missing = [k for k in REQUIRED_FIELDS if k != "test" and k not in record]
         if missing:
-            raise BenchmarkError(f"task.eval.target: HumanEval record {index} lacks {missing}; "
+            raise DataError(f"task.eval.target: HumanEval record {index} lacks {missing}; "
                                  f"required: {list(REQUIRED_FIELDS)}")
         problem = {**record, "test": gold}
         return {"id": record["task_id"], "prompt": build_prompt(problem), "gold": gold, "record": problem}
@@ -325,7 +321,7 @@ class HumanEval(CodeBenchmark):
     def nll_pair(self, sample: dict) -> tuple[str, str]:
         rec = sample["record"]
         if "canonical_solution" not in rec:
-            raise BenchmarkError("nll: HumanEval records need canonical_solution; drop `nll` from eval.parts")
+            raise DataError("nll: HumanEval records need canonical_solution; drop `nll` from eval.parts")
         return sample["prompt"], rec["prompt"] + rec["canonical_solution"]
 
 
@@ -349,7 +345,7 @@ class MBPP(CodeBenchmark):
         tests = list(gold) if isinstance(gold, (list, tuple)) else []
         missing = [k for k in ("task_id", "text", "code") if k not in record]
         if missing or not tests:
-            raise BenchmarkError(f"task.eval.target: MBPP record {index} lacks {missing or ['test_list']}; "
+            raise DataError(f"task.eval.target: MBPP record {index} lacks {missing or ['test_list']}; "
                                  "required: task_id, text, code, test_list")
         entry = self.entry_point(record, tests)
         setup = record.get("test_setup_code") or ""
@@ -367,7 +363,7 @@ class MBPP(CodeBenchmark):
             return m.group(1)
         names = [n.name for n in ast.parse(record["code"]).body if isinstance(n, ast.FunctionDef)]
         if not names:
-            raise BenchmarkError(f"MBPP task {record['task_id']}: no function name in its tests or reference code")
+            raise DataError(f"MBPP task {record['task_id']}: no function name in its tests or reference code")
         return names[0]
 
     def parse_id(self, raw):

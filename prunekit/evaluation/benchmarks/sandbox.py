@@ -31,11 +31,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExecResult", "SandboxError", "isolation", "run_python"]
+__all__ = ["ExecResult", "isolation", "run_python"]
 
 # Exit code the bootstrap uses when the sandbox itself could not be set up (never the program's fault).
 SETUP_FAILED_RC = 97
@@ -45,10 +45,6 @@ STDERR_TAIL_CHARS = 2000
 _UID_BASE = 1_500_000
 _UID_SLOTS = 64
 _MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class SandboxError(PrunekitError):
-    """Bad sandbox option (the message names the option and the allowed values)."""
 
 
 @dataclass
@@ -252,9 +248,9 @@ def _check_options(timeout_s, memory_mb, max_file_mb, max_procs, max_open_files,
                         ("max_procs", max_procs), ("max_open_files", max_open_files),
                         ("workdir_mb", workdir_mb)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise SandboxError(f"sandbox option {name}={value!r} is invalid: allowed values are numbers > 0")
+            raise ConfigError(f"sandbox option {name}={value!r} is invalid: allowed values are numbers > 0")
     if memory_mb < 128:
-        raise SandboxError(f"sandbox option memory_mb={memory_mb} is too small: allowed values are >= 128 "
+        raise ConfigError(f"sandbox option memory_mb={memory_mb} is too small: allowed values are >= 128 "
                            "(the interpreter itself needs ~64 MB of address space)")
 
 

@@ -15,7 +15,7 @@ from prunekit import data, models
 from prunekit.data import DataError, pip_datasets
 from prunekit.export import gguf as export_gguf
 from prunekit.packages import package_dir
-from tests.test_export import _pruned_run, bpe_tokenizer  # noqa: F401 (bpe_tokenizer: a fixture)
+from tests.helpers import sliced_run
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_HEAD = "Write a Python function `main_solution` that solves the following task.\n\n"
@@ -117,12 +117,12 @@ def test_a_registered_pip_dataset_is_read_through_its_entry(monkeypatch):
     assert "seed" not in data.normalise({"path": "pip:newset", "field": "q"})  # only a generated set takes one
 
 
-def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,  # noqa: F811
+def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,
                                                                    model_cache):
     """`pip:qwen2.5-coder-0.5b-instruct` on a tiny Qwen2 GGUF (Q5_0, the real file's main tensor type) split in order
     over six stand-in packages named like the real ones: the joined, converted checkpoint has the logits of the
     whole file read directly by transformers' GGUF reader, and a second call reuses the conversion."""
-    run, _ = _pruned_run(tmp_path, "qwen2", bpe_tokenizer)
+    run, _ = sliced_run(tmp_path, "qwen2", bpe_tokenizer)
     whole = export_gguf.export(run / "model", "q5_0", tmp_path / "whole" / "tiny.gguf", cache_dir=model_cache.parent).path
     blob, site = whole.read_bytes(), tmp_path / "site"
     cuts = [len(blob) * i // 6 for i in range(7)]

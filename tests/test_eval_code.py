@@ -246,7 +246,7 @@ def test_bad_options_are_clear_errors(problems):
 
 # ---------------------------------------------------------------------------------------------- MBPP
 def _mbpp_records(n):
-    from tests.conftest import shared_data
+    from tests.helpers import shared_data
 
     path = shared_data("mbpp", "mbpp.jsonl")
     with open(path) as f:
@@ -283,7 +283,7 @@ def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from prunekit import recipes
-    from tests.conftest import REPO, SHARED_DATA
+    from tests.helpers import REPO, SHARED_DATA
 
     recs = _mbpp_records(14)[10:14]  # task ids 11..14: MBPP's test split starts there
     gens = tmp_path / "g.jsonl"

@@ -9,7 +9,7 @@ import pytest
 
 from prunekit import models, recipes, report
 from prunekit.evaluation import baseline, generation, resources, suite
-from tests.test_prune_pipeline import _cfg
+from tests.helpers import prune_cfg as _cfg
 
 
 def _samples():

@@ -18,9 +18,8 @@ from prunekit.config import ConfigError
 from prunekit.evaluation import baseline, suite
 from prunekit.runs import store
 from prunekit.surgery import RatioError
-from tests.test_recipes import _cfg
-from tests.test_report import make_sweep
-from tests.test_runs import write_checkpoint
+from tests.helpers import make_sweep, write_checkpoint
+from tests.helpers import recipe_cfg as _cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -212,7 +211,8 @@ def test_a_non_finite_learning_rate_fails_before_any_model_loads(tmp_path, model
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path):
-    from tests.test_training import examples, lora, make_tok, tiny_model
+    from tests.helpers import examples, lora, make_tok
+    from tests.helpers import tiny_llama as tiny_model
 
     tok = make_tok()
     ex = examples(tok, 16)

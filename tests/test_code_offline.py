@@ -4,26 +4,22 @@ distractors, HumanEval evaluation, CodeIO recovery rows disjoint from the captur
 import gzip
 import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from prunekit import data, models
 from prunekit.data import DataError, pip_datasets
 from prunekit.export import gguf as export_gguf
 from prunekit.packages import package_dir
-from tests.helpers import sliced_run
+from tests.helpers import compose, sliced_run
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_HEAD = "Write a Python function `main_solution` that solves the following task.\n\n"
 
 
 def compose_default(*overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("prune", overrides=list(overrides))
+    return compose("prune", overrides)
 
 
 def codeio_file_rows() -> list[dict]:
@@ -39,8 +35,7 @@ def test_the_default_job_is_the_code_model_on_the_offline_code_task():
     assert cfg.task.name == "code_offline" and cfg.task.eval.metric == "humaneval"
     assert cfg.strategy.name == "contrastive"
     for job in ("evaluate", "train"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            other = compose(job)
+        other = compose(job)
         assert other.model.name_or_path == cfg.model.name_or_path and other.task.name == "code_offline"
 
 

@@ -80,16 +80,13 @@ def test_rescoring_an_edited_generations_file_is_not_skipped(tmp_path, model_cac
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
 
 
-def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path):
-    from hydra import compose, initialize_config_dir
-
+def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path, compose_config):
     from prunekit import models
 
     target = tmp_path / "E.jsonl"
 
     def key():
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("prune", overrides=[f"task.eval.target.path={target}", "cache_dir=/C"])
+        cfg = compose_config("prune", f"task.eval.target.path={target}", "cache_dir=/C")
         settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
         return baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
                                    recipes.plain(cfg.task), settings)

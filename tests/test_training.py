@@ -241,13 +241,11 @@ def test_merge_off_the_main_process_writes_nothing(tok, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ presets
-def test_presets_match_paper_table_7():
-    from hydra import compose, initialize_config_dir
+def test_presets_match_paper_table_7(compose_config):
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):  # each preset over the lora/schema
-        math, code = (OmegaConf.to_container(compose("train", overrides=[f"lora={n}"]).lora) for n in ("math", "code"))
+    # each preset over the lora/schema
+    math, code = (OmegaConf.to_container(compose_config("train", f"lora={n}").lora) for n in ("math", "code"))
     assert (math["r"], math["alpha"], math["lr"], math["effective_batch_size"]) == (8, 16, 2e-5, 8)
     assert (code["r"], code["alpha"], code["lr"], code["effective_batch_size"]) == (16, 32, 2e-4, 16)
     for p in (math, code):

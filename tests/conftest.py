@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models of every supported architecture and the offline default's tokenizer."""
+"""Shared fixtures: tiny random models of every supported architecture, the offline default's tokenizer, a small BPE
+tokenizer and the composed config (plain helpers are in helpers.py)."""
 
 import os
 
@@ -16,11 +17,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from prunekit import config, models  # noqa: E402,F401 (config: registers the schemas every composition extends)
+from tests import helpers  # noqa: E402
+from tests.helpers import MODEL_CACHE  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-# Converted pip models are cached across test sessions (the one-time GGUF conversion takes ~20 s).
-MODEL_CACHE = Path(os.environ.get("PRUNEKIT_TEST_CACHE", Path.home() / ".cache" / "prunekit-tests")) / "models"
 ARCHS = models.TINY_ARCHS
 
 
@@ -48,23 +47,14 @@ def arch(request) -> str:
     return request.param
 
 
-def shared_data(*parts) -> Path:
-    """Path into ../shared/data; skips the test when the shared datasets are not beside the repo."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
-    return path
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A small byte-level BPE tokenizer with a chat template, trained in memory (helpers.bpe_tokenizer)."""
+    return helpers.bpe_tokenizer()
 
 
-def word_tokenizer(texts):
-    """A WordLevel tokenizer built in memory over the words of ``texts`` (unknown words map to <unk>)."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as tk_models
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for t in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(t)})
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(words)}}
-    tk = Tokenizer(tk_models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+@pytest.fixture
+def compose_config():
+    """compose_config(job="prune", *overrides): the job's primary config composed from conf/ as its entry script
+    composes it (helpers.compose)."""
+    return lambda job="prune", *overrides: helpers.compose(job, overrides)

@@ -5,7 +5,6 @@ IG completeness per layer, deactivation == removal, the in-process grid search a
 """
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -266,14 +265,11 @@ def test_bad_input_to_ig_and_deactivate():
 
 
 @pytest.mark.parametrize("option", ["attribution", "detrimental", "detrimental_random", "selective_attribution"])
-def test_strategy_configs_compose_and_pass_validation(option, monkeypatch):
-    from hydra import compose, initialize_config_dir
+def test_strategy_configs_compose_and_pass_validation(option, monkeypatch, compose_config):
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="prune", overrides=[f"strategy={option}", "strategy.seed=7"])
+    cfg = compose_config("prune", f"strategy={option}", "strategy.seed=7")
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
     assert strategy["name"] == option and strategy["seed"] == 7
     A.check_options(strategy, n_layers=30, available=10)

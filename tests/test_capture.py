@@ -2,66 +2,22 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers.activations import ACT2FN
 
 from prunekit import capture
 from prunekit.mlp import mlp_layers
 from prunekit.models import tiny_model
 from prunekit.scoring import RunningStats
-
-
-def _mlp_inputs(model, input_ids, attention_mask):
-    """The hidden states entering each layer's MLP (recorded, not recomputed)."""
-    seen = {}
-    handles = [m.module.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].detach()))
-               for i, m in enumerate(mlp_layers(model))]
-    with torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask)
-    for h in handles:
-        h.remove()
-    return seen
-
-
-def _reference(model, mlp, x):
-    """act(gate(x)) * up(x) straight from the weights."""
-    act = ACT2FN[getattr(model.config, "hidden_activation", None) or model.config.hidden_act]
-    if mlp.layout == "fused":
-        gate_w, up_w = mlp.module.gate_up_proj.weight.chunk(2, dim=0)
-    else:
-        gate_w, up_w = mlp.module.gate_proj.weight, mlp.module.up_proj.weight
-    return act(F.linear(x, gate_w)) * F.linear(x, up_w)
-
-
-def hooked_batch(arch: str, seed: int = 0):
-    """A right-padded batch through a tiny model under the capture hooks: (model, mask, MLP inputs, hook buffer)."""
-    model = tiny_model(arch, vocab_size=256)
-    input_ids = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(seed))
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 5:] = 0  # right padding
-    mask[2, 2:] = 0
-    inputs = _mlp_inputs(model, input_ids, mask)
-    with capture.down_proj_inputs(model) as (buffer, set_mask), torch.no_grad():
-        set_mask(mask)
-        model.get_decoder()(input_ids=input_ids, attention_mask=mask)
-    return model, mask, inputs, buffer
+from tests.helpers import PROMPTS, hand_reference, hooked_batch, mlp_inputs
 
 
 def test_hook_equals_hand_reference(arch):
     model, mask, inputs, buffer = hooked_batch(arch)
     for i, mlp in enumerate(mlp_layers(model)):
-        act = _reference(model, mlp, inputs[i]).abs()  # [B, T, F]
+        act = hand_reference(model, mlp, inputs[i]).abs()  # [B, T, F]
         for b in range(3):
             n = int(mask[b].sum())
             torch.testing.assert_close(buffer[i][b], act[b, :n].mean(0), rtol=1e-5, atol=1e-7)
     assert not any(h for m in mlp_layers(model) for h in m.down._forward_pre_hooks.values())  # hooks removed
-
-
-PROMPTS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
-           "Hi!",
-           "What is the capital of France? Paris is a city on the Seine, and the Louvre is there.",
-           "Compute 12 * 7.",
-           "Tell me about your weekend."]
 
 
 @pytest.mark.parametrize("chat_template", [False, True])
@@ -78,8 +34,8 @@ def test_statistics_equal_per_prompt_reference(tokenizer, chat_template):
                                                 return_tensors="pt", return_dict=True)["input_ids"][:, :64]
         else:
             ids = tokenizer(p, return_tensors="pt", truncation=True, max_length=64)["input_ids"]
-        inputs = _mlp_inputs(model, ids, torch.ones_like(ids))
-        per_prompt.append(torch.stack([_reference(model, m, inputs[i]).abs()[0].mean(0)
+        inputs = mlp_inputs(model, ids, torch.ones_like(ids))
+        per_prompt.append(torch.stack([hand_reference(model, m, inputs[i]).abs()[0].mean(0)
                                        for i, m in enumerate(mlp_layers(model))]))
     ref = RunningStats.of(torch.stack(per_prompt))
     assert stats["target"].count == 3 and stats["distractor/x"].count == 2
@@ -96,8 +52,8 @@ def test_skip_first_leaves_the_first_tokens_out_of_the_means(tokenizer):
     per_prompt = []
     for p in prompts:
         ids = tokenizer(p, return_tensors="pt")["input_ids"]
-        inputs = _mlp_inputs(model, ids, torch.ones_like(ids))  # attention still sees the first tokens
-        per_prompt.append(torch.stack([_reference(model, m, inputs[i]).abs()[0, 2:].mean(0)
+        inputs = mlp_inputs(model, ids, torch.ones_like(ids))  # attention still sees the first tokens
+        per_prompt.append(torch.stack([hand_reference(model, m, inputs[i]).abs()[0, 2:].mean(0)
                                        for i, m in enumerate(mlp_layers(model))]))
     torch.testing.assert_close(stats["target"].mean, RunningStats.of(torch.stack(per_prompt)).mean, rtol=1e-4, atol=1e-7)
     n_tokens = sum(len(ids) - 2 for ids in tokenizer(prompts)["input_ids"])

@@ -4,26 +4,22 @@ distractors, HumanEval evaluation, CodeIO recovery rows disjoint from the captur
 import gzip
 import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from prunekit import data, models
 from prunekit.data import DataError, pip_datasets
 from prunekit.export import gguf as export_gguf
 from prunekit.packages import package_dir
-from tests.test_export import _pruned_run, bpe_tokenizer  # noqa: F401 (bpe_tokenizer: a fixture)
+from tests.helpers import compose, sliced_run
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_HEAD = "Write a Python function `main_solution` that solves the following task.\n\n"
 
 
 def compose_default(*overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("prune", overrides=list(overrides))
+    return compose("prune", overrides)
 
 
 def codeio_file_rows() -> list[dict]:
@@ -39,8 +35,7 @@ def test_the_default_job_is_the_code_model_on_the_offline_code_task():
     assert cfg.task.name == "code_offline" and cfg.task.eval.metric == "humaneval"
     assert cfg.strategy.name == "contrastive"
     for job in ("evaluate", "train"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            other = compose(job)
+        other = compose(job)
         assert other.model.name_or_path == cfg.model.name_or_path and other.task.name == "code_offline"
 
 
@@ -117,12 +112,12 @@ def test_a_registered_pip_dataset_is_read_through_its_entry(monkeypatch):
     assert "seed" not in data.normalise({"path": "pip:newset", "field": "q"})  # only a generated set takes one
 
 
-def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,  # noqa: F811
+def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, monkeypatch, bpe_tokenizer,
                                                                    model_cache):
     """`pip:qwen2.5-coder-0.5b-instruct` on a tiny Qwen2 GGUF (Q5_0, the real file's main tensor type) split in order
     over six stand-in packages named like the real ones: the joined, converted checkpoint has the logits of the
     whole file read directly by transformers' GGUF reader, and a second call reuses the conversion."""
-    run, _ = _pruned_run(tmp_path, "qwen2", bpe_tokenizer)
+    run, _ = sliced_run(tmp_path, "qwen2", bpe_tokenizer)
     whole = export_gguf.export(run / "model", "q5_0", tmp_path / "whole" / "tiny.gguf", cache_dir=model_cache.parent).path
     blob, site = whole.read_bytes(), tmp_path / "site"
     cuts = [len(blob) * i // 6 for i in range(7)]

@@ -1,17 +1,21 @@
-"""Every config in conf/ composes, and the CLI's bad-input paths fail fast with a one-line message."""
+"""Every config in conf/ composes, and the CLI's bad-input paths fail fast with a one-line message: in this process
+through each entry's guarded recipe (what the entry scripts run once Hydra has composed the config), and a few
+through the real entry scripts."""
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from tests.conftest import MODEL_CACHE
+from prunekit import recipes
+from prunekit.cli import guarded
+from tests.helpers import CONF, MODEL_CACHE, REPO, compose
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
 
 
@@ -24,17 +28,12 @@ JOB_GROUPS = {"prune": {"model", "task", "strategy", "eval", "wandb"}, "evaluate
               "train": {"model", "task", "lora", "eval", "wandb"}}
 
 
-def _compose(overrides, job="prune"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=job, overrides=overrides, return_hydra_config=False)
-
-
 @pytest.mark.parametrize("job, group, option",
                          [(j, g, o) for j, groups in JOB_GROUPS.items() for g in GROUPS if g in groups
                           for o in _options(g)])
-def test_every_config_composes_and_resolves(job, group, option, monkeypatch):
+def test_every_config_composes_and_resolves(job, group, option, monkeypatch, compose_config):
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    cfg = _compose([f"{group}={option}"], job)
+    cfg = compose_config(job, f"{group}={option}")
     plain = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert plain[group] is not None
     assert {g for g in GROUPS if g in plain} == JOB_GROUPS[job]  # a job carries only its own groups
@@ -45,29 +44,58 @@ def test_every_config_composes_and_resolves(job, group, option, monkeypatch):
 
 @pytest.mark.parametrize("job", ["prune", "evaluate"])
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("paper_*.yaml")))
-def test_paper_experiments_compose_for_prune_and_the_baseline_evaluation(job, experiment, monkeypatch):
+def test_paper_experiments_compose_for_prune_and_the_baseline_evaluation(job, experiment, monkeypatch,
+                                                                         compose_config):
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    plain = OmegaConf.to_container(_compose([f"experiment={experiment}"], job), resolve=True)
+    plain = OmegaConf.to_container(compose_config(job, f"experiment={experiment}"), resolve=True)
     assert plain["model"]["name_or_path"].startswith("Qwen/") and plain["task"]["name"] in ("math", "code")
 
 
-def test_defaults_are_the_offline_default():
-    cfg = _compose([])
+def test_defaults_are_the_offline_default(compose_config):
+    cfg = compose_config()
     assert cfg.model.name_or_path == "pip:qwen2.5-coder-0.5b-instruct" and cfg.task.name == "code_offline"
     assert cfg.strategy.name == "contrastive" and cfg.strategy.weight == 0.5
     assert cfg.ratio == 0.05 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
 
 
-def test_cli_fields_reach_every_spec():
-    cfg = _compose(["task=math", "task.target.path=my.jsonl", "task.distractors.squad.n=200",
-                    "model.name_or_path=/some/dir", "ratio=0.25"])
+def test_cli_fields_reach_every_spec(compose_config):
+    cfg = compose_config("prune", "task=math", "task.target.path=my.jsonl", "task.distractors.squad.n=200",
+                         "model.name_or_path=/some/dir", "ratio=0.25")
     assert cfg.task.target.path == "my.jsonl" and cfg.task.distractors.squad.n == 200
     assert cfg.model.name_or_path == "/some/dir" and cfg.ratio == 0.25
 
 
-def _prune(*overrides, cwd, script="prune.py"):
+def _subprocess(*overrides, cwd, script="prune.py"):
+    """The real entry script, as a user runs it (Hydra's short error report, no traceback)."""
     return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"})
+                          text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def _in_process(*overrides, run_dir, script="prune.py") -> subprocess.CompletedProcess:
+    """The entry script `script` in this process: its config composed from `overrides` as Hydra composes it, then
+    what its main() runs, the recipe under cli.guarded (a usage error: one `error:` line, exit status 2). A
+    composition error is what hydra.main reports without HYDRA_FULL_ERROR: the message, exit status 1. Returns the
+    exit status and stderr as the subprocess would."""
+    job = script.removesuffix(".py")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            cfg = compose(job, overrides)
+        except ConfigCompositionException as exc:
+            return subprocess.CompletedProcess(script, 1, "", f"{exc}\n")
+        try:
+            guarded(getattr(recipes, job), cfg, run_dir=str(run_dir), sweep_dir=None)
+        except SystemExit as exc:
+            return subprocess.CompletedProcess(script, exc.code, "", err.getvalue())
+    return subprocess.CompletedProcess(script, 0, "", err.getvalue())
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """cli(*overrides, script="prune.py"): `_in_process` run from tmp_path (as the subprocess was), its run directory
+    tmp_path/run."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *overrides, script="prune.py": _in_process(*overrides, run_dir=tmp_path / "run", script=script)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -94,8 +122,8 @@ def _prune(*overrides, cwd, script="prune.py"):
     (["strategy=detrimental", "strategy.layer=99", "model=tiny", f"model.cache_dir={MODEL_CACHE}"],
      "strategy.layer=99"),
 ])
-def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
-    out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path, cli):
+    out = cli(*overrides)
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
@@ -115,8 +143,8 @@ def test_bad_input_fails_fast_with_one_line(overrides, message, tmp_path):
     ("evaluate.py", ["eval.n=abc"], "eval.n='abc': must be an integer"),
     ("evaluate.py", ["generations=/no/such.jsonl"], "generations='/no/such.jsonl': no such file"),
 ])
-def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, message, tmp_path):
-    out = _prune(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, message, cli):
+    out = cli(*overrides, script=script)
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
@@ -124,19 +152,40 @@ def test_evaluate_and_train_reject_bad_values_in_one_line(script, overrides, mes
 
 @pytest.mark.parametrize("script, key", [("evaluate.py", "ratio"), ("train.py", "ratio"),
                                          ("evaluate.py", "eval.generations")])  # one key re-scores: generations=
-def test_keys_a_job_does_not_have_are_refused(script, key, tmp_path):
-    out = _prune(f"{key}=0.2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+def test_keys_a_job_does_not_have_are_refused(script, key, cli):
+    out = cli(f"{key}=0.2", script=script)
     assert out.returncode != 0 and f"Could not override '{key}'" in out.stderr
 
 
 @pytest.mark.parametrize("group, bad, listed", [
     ("strategy", "best", "selective"), ("model", "gpt5", "smollm2-135m"), ("task", "poetry", "math_offline")])
-def test_unknown_group_option_lists_the_options(group, bad, listed, tmp_path):
-    out = _prune(f"{group}={bad}", cwd=tmp_path)
+def test_unknown_group_option_lists_the_options(group, bad, listed, cli):
+    out = cli(f"{group}={bad}")
     assert out.returncode != 0
     assert f"Could not find '{group}/{bad}'" in out.stderr and f"Available options in '{group}'" in out.stderr
     assert f"\t{listed}\n" in out.stderr
 
+
+
+# The real entry scripts: the contract the in-process cases stand for (one `error:` line, exit 2, nothing written).
+@pytest.mark.parametrize("script, overrides, message", [
+    ("prune.py", ["ratio=1.5"], "ratio=1.5: must be in the open interval (0, 1)"),
+    ("evaluate.py", ["seed=abc"], "seed='abc': must be an integer"),
+    ("train.py", ["lora.r=0"], "lora.r must be a positive integer, got 0"),
+])
+def test_entry_scripts_fail_with_one_line_and_status_2(script, overrides, message, tmp_path):
+    out = _subprocess(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, script=script)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_entry_script_lists_the_options_of_an_unknown_group_option(tmp_path):
+    out = _subprocess("strategy=best", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "Could not find 'strategy/best'" in out.stderr and "Available options in 'strategy'" in out.stderr
+    assert "\tselective\n" in out.stderr
 
 def test_job_and_sweep_dirnames_are_stable_short_and_distinct():
     from prunekit.cli import job_dirname, sweep_id

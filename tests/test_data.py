@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from prunekit import data
 from prunekit.data import DataError, pip_datasets, readers
+from tests.helpers import compose
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -314,11 +315,8 @@ def test_real_shared_files_load_through_specs(parts, spec, start):
 
 def preset(name: str, capture_n: int | None = None, job: str = "prune"):
     """A task preset as a job composes it (each prompt set over the prompt_set schema, beside `capture`)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(TASKS.parent), version_base="1.3"):
-        extra = [] if capture_n is None else [f"capture.n={capture_n}"]
-        return compose(job, overrides=[f"task={name}", *extra]).task
+    extra = [] if capture_n is None else [f"capture.n={capture_n}"]
+    return compose(job, [f"task={name}", *extra]).task
 
 
 def _capture_counts(task) -> list:

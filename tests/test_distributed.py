@@ -10,7 +10,7 @@ import torch
 
 from prunekit import capture, models
 from prunekit.evaluation.generation import generate
-from tests.test_capture import PROMPTS
+from tests.helpers import PROMPTS
 
 SCRIPT = textwrap.dedent("""
     import sys, torch

@@ -245,7 +245,7 @@ def test_bad_options_are_clear_errors(problems):
 
 # ---------------------------------------------------------------------------------------------- MBPP
 def _mbpp_records(n):
-    from tests.conftest import shared_data
+    from tests.helpers import shared_data
 
     path = shared_data("mbpp", "mbpp.jsonl")
     with open(path) as f:
@@ -278,18 +278,15 @@ def test_mbpp_reference_solutions_pass_and_mutants_fail():
     assert bad["humaneval/passed"] <= len(broken) // 10
 
 
-def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path):
-    from hydra import compose, initialize_config_dir
-
+def test_evaluate_rescores_mbpp_generations_by_task_id(tmp_path, compose_config):
     from prunekit import recipes
-    from tests.conftest import REPO, SHARED_DATA
+    from tests.helpers import SHARED_DATA
 
     recs = _mbpp_records(14)[10:14]  # task ids 11..14: MBPP's test split starts there
     gens = tmp_path / "g.jsonl"
     gens.write_text("".join(json.dumps({"id": r["task_id"], "output": r["code"] if i % 2 == 0 else "def f(): pass"})
                             + "\n" for i, r in enumerate(recs)))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
-                                           "wandb.mode=disabled", "eval.parts=[task,traps]"])
+    cfg = compose_config("evaluate", "task=mbpp", f"generations={gens}", f"data_dir={SHARED_DATA}",
+                         "wandb.mode=disabled", "eval.parts=[task,traps]")
     metrics = recipes.evaluate(cfg, tmp_path / "run")
     assert metrics["mbpp/n"] == 4 and metrics["mbpp/correct"] == 2 and metrics["mbpp/pass@1"] == 0.5

@@ -15,10 +15,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from prunekit import models, strategies, surgery
 from prunekit.errors import ModelError
 from prunekit.export import gguf as export_gguf
-from tests.test_prune_pipeline import _cfg
+from tests.helpers import BPE_VOCAB as VOCAB
+from tests.helpers import REPO, sliced_run
+from tests.helpers import prune_cfg as _cfg
 
-REPO = Path(__file__).resolve().parents[1]
-VOCAB = 320  # the small byte-level BPE tokenizer below: GGUFReader parses SmolLM2's 49k tokens in ~5-15 s per read
 IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
 # f16: each weight is rounded to 11 significant bits (relative error <= 2^-11); through two tiny layers the logits
 # move by less than 4e-3 x max|logit| (measured: 4.5e-4 x). Q8_0: each weight within half a quantization step of its
@@ -26,43 +26,6 @@ IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0
 # ~1.1 %).
 F16_LOGIT_TOL = 4e-3
 Q8_LOGIT_TOL = 3e-2
-
-
-@pytest.fixture(scope="module")
-def bpe_tokenizer():
-    """A byte-level BPE tokenizer (the kind Llama 3, Qwen2 and SmolLM2 use) trained in memory, with a chat template."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers import models as tk_models
-    from transformers import PreTrainedTokenizerFast
-
-    texts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.",
-             "Question: what is 2 + 3? Answer: 5"] * 3
-    tk = Tokenizer(tk_models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>",
-                                                      "<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>")
-    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    assert len(tok) == VOCAB
-    return tok
-
-
-def _pruned_run(root: Path, arch: str, tokenizer, ratio: float = 0.3,
-                source: str = "org/tiny") -> tuple[Path, torch.nn.Module]:
-    """A run directory as prune.py leaves it: model/ (tiny model sliced at random kept indices) + pruning.json.
-    `source` as pruning.json names it: a hub id takes the tokenizer from model/'s files, tiny:<arch> from the GGUF
-    the tiny models' tokenizer comes from."""
-    model = models.tiny_model(arch, len(tokenizer), d_ff=384)
-    n_prune = surgery.check_ratio(384, ratio)
-    strategies.get({"name": "random", "seed": 42}).plan(
-        strategies.Scores(), n_prune=n_prune, d_ff=384, layers=2, seed=42).apply(model)
-    run = root / arch
-    model.save_pretrained(run / "model")
-    tokenizer.save_pretrained(run / "model")
-    (run / "pruning.json").write_text(json.dumps({"source_model": source, "kept_width": 384 - n_prune}))
-    return run, model
 
 
 def _export(run: Path, type_name: str, model_cache: Path):
@@ -87,7 +50,7 @@ def _logits(model, ids=IDS):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, bpe_tokenizer):
     root = tmp_path_factory.mktemp("export")
-    return {arch: _pruned_run(root, arch, bpe_tokenizer) for arch in ("llama", "qwen2", "qwen3", "mistral")}
+    return {arch: sliced_run(root, arch, bpe_tokenizer) for arch in ("llama", "qwen2", "qwen3", "mistral")}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
@@ -152,7 +115,7 @@ def _wide_run(root: Path, tokenizer, align: int) -> Path:
 
 def test_tiny_model_takes_its_tokenizer_from_the_source_gguf(tmp_path, tokenizer, model_cache):
     # the tiny models' tokenizer is the offline default's, which comes from a pip GGUF: its tokenizer keys are copied
-    run, _ = _pruned_run(tmp_path, "llama", tokenizer, source="tiny:llama")
+    run, _ = sliced_run(tmp_path, "llama", tokenizer, source="tiny:llama")
     report = _export(run, "q8_0", model_cache)
     src = export_gguf.read_fields(models.gguf_file(models.TOKENIZER_SOURCE, model_cache))
     out = export_gguf.read_fields(report.path)
@@ -183,7 +146,7 @@ def test_types_the_package_cannot_write_are_one_line_errors(type_name, message, 
 
 
 def test_unexported_architecture_says_why(tmp_path, bpe_tokenizer, model_cache):
-    run, _ = _pruned_run(tmp_path, "phi3", bpe_tokenizer)
+    run, _ = sliced_run(tmp_path, "phi3", bpe_tokenizer)
     with pytest.raises(ModelError, match="'phi3' is not exported to GGUF: Phi-3's fused"):
         _export(run, "f16", model_cache)
 

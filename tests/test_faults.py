@@ -16,7 +16,9 @@ import torch
 
 from prunekit import recipes
 from prunekit.errors import DataError
-from tests.test_prune_pipeline import REPO, TINY, _cfg, _env
+from tests.helpers import REPO, TINY
+from tests.helpers import prune_cfg as _cfg
+from tests.helpers import subprocess_env as _env
 
 
 def _cache_file(tmp_path):

@@ -12,8 +12,8 @@ from prunekit.errors import ConfigError
 from prunekit.mlp import mlp_layers
 from prunekit.models import tiny_model
 from prunekit.scoring import RunningStats, TokenStats, contrastive, flap, merge_all, wanda_sp
-from tests.test_capture import _reference, hooked_batch
-from tests.test_prune_pipeline import _cfg
+from tests.helpers import hand_reference, hooked_batch
+from tests.helpers import prune_cfg as _cfg
 
 
 def _tokens(x: torch.Tensor) -> RunningStats:
@@ -62,7 +62,7 @@ def test_token_statistics_merge_exactly():
 def test_capture_token_sums_equal_hand_reference(arch):
     model, mask, inputs, buffer = hooked_batch(arch, seed=1)
     for i, mlp in enumerate(mlp_layers(model)):
-        x = _reference(model, mlp, inputs[i])[mask.bool()].double()  # [real tokens, F]
+        x = hand_reference(model, mlp, inputs[i])[mask.bool()].double()  # [real tokens, F]
         s, sq = buffer[("tokens", i)]
         torch.testing.assert_close(s, x.sum(0), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sq, (x * x).sum(0), rtol=1e-5, atol=1e-6)

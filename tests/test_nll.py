@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prunekit.errors import ConfigError
 from prunekit.evaluation import nll as N
-from tests.conftest import word_tokenizer
+from tests.helpers import word_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = [

@@ -10,7 +10,7 @@ import pytest
 from prunekit import models, recipes, report
 from prunekit.errors import DataError
 from prunekit.evaluation import baseline, generation, resources, suite
-from tests.test_prune_pipeline import _cfg
+from tests.helpers import prune_cfg as _cfg
 
 
 def _samples():
@@ -117,16 +117,10 @@ def test_proxy_agreement_counts_pairs_against_the_task_metric():
 @pytest.mark.parametrize("task, key", [("math_offline", "6449b65ddf27a92a417f"), ("code_local", "eb15d7b5f1e47de71336"),
                                        ("math", "d2977cb57f4be22601fa"),
                                        ("code_offline", "1e04ce01147fb1a4c905")])  # the default since stop 17
-def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key):
+def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key, compose_config):
     """A new key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B on 2 cores). These are the keys
     of the stop-13 code; a deliberate change bumps baseline.SOURCE_EVAL_VERSION and updates them here."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("prune", overrides=[f"task={task}", "data_dir=/D", "cache_dir=/C"])
+    cfg = compose_config("prune", f"task={task}", "data_dir=/D", "cache_dir=/C")
     settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
     assert baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32", recipes.plain(cfg.task),
                                settings) == key
@@ -200,19 +194,13 @@ def test_fidelity_qwen_runs_each_job_in_order_with_the_extra_overrides(tmp_path)
     assert out.stdout.count("done in") == 3
 
 
-def test_drop_finished_every_keys_the_source_cache_only_when_on():
+def test_drop_finished_every_keys_the_source_cache_only_when_on(compose_config):
     """Off (0) the pinned keys above hold; on, the batch changes shape mid-decode (other rounding on some
     devices), so the source model's generations get their own cache entry."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
     keys = []
     for drop in (0, 16):
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose("prune", overrides=["task=math_offline", "data_dir=/D", "cache_dir=/C",
-                                                  f"eval.drop_finished_every={drop}"])
+        cfg = compose_config("prune", "task=math_offline", "data_dir=/D", "cache_dir=/C",
+                             f"eval.drop_finished_every={drop}")
         settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
         keys.append(baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
                                         recipes.plain(cfg.task), settings))

@@ -7,28 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from prunekit import recipes
 from prunekit.data import DataError
 from prunekit.evaluation import suite
-from tests.test_runs import inspect_run
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
-         "capture.max_length=48", "wandb.mode=disabled", "eval.n=4", "task.eval.distractors.conversations.n=3",
-         "task.eval.distractors.squad.n=3", "eval.max_new_tokens=16",
-         "eval.similarity.max_new_tokens=12", "eval.throughput.prompts=2", "eval.throughput.max_new_tokens=8"]
-
-
-def _cfg(tmp_path, model_cache, *overrides, job="prune"):
-    """The composed primary config of `job` (prune | evaluate | train) with the small settings it has."""
-    small = SMALL if job == "prune" else [o for o in SMALL if not o.startswith("capture.")]
-    fixed = [] if job != "prune" or any(o.startswith("strategy=") for o in overrides) else ["strategy=selective"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):  # (selective: the default
-        return compose(job, overrides=[*small, *fixed, f"cache_dir={tmp_path}/cache",  # before contrastive)
-                                       f"model.cache_dir={model_cache}", *overrides])
+from tests.helpers import REPO, SMALL, inspect_run
+from tests.helpers import recipe_cfg as _cfg
 
 
 def _lines(path: Path) -> list[dict]:

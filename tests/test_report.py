@@ -1,6 +1,5 @@
 """Report: every table and figure from a tiny hand-written sweep; numbers checked against the records."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,50 +9,8 @@ import yaml
 from prunekit import report
 from prunekit.errors import RunError
 from prunekit.runs import store
-from tests.test_runs import write_checkpoint
-
-D_FF = 8960  # the paper's 1.5B width, so --paper finds its column
-EM = {("selective", 0.1): 0.70, ("selective", 0.2): 0.50, ("reverse", 0.1): 0.40, ("reverse", 0.2): 0.20,
-      ("random", 0.1, 42): 0.60, ("random", 0.2, 42): 0.30, ("random", 0.1, 33): 0.50, ("random", 0.2, 33): 0.20}
-BASE_EM, FT_EM = 0.80, 0.75
-KEPT = {0.1: 8064, 0.2: 7168}  # 128-aligned kept widths for d_ff 8960
-
-
-def _write(run_dir, metrics, config, pruning=None, training=None):
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    if pruning is not None:
-        (run_dir / "pruning.json").write_text(json.dumps(pruning))
-    if training is not None:
-        (run_dir / "training.json").write_text(json.dumps(training))
-    (run_dir / "complete-evaluate.json").write_text(json.dumps({"status": "complete"}))  # a finished job
-
-
-def make_sweep(root, model="Qwen/Qwen2.5-Math-1.5B-Instruct", task="math", metric="gsm8k/em", scale=1.0):
-    """A sweep of a baseline, 2 ratios x {selective, reverse, random 42/33} and one fine-tuned run."""
-    bench = metric.split("/")[0]
-    cfg = {"model": {"name": "qwen", "name_or_path": model}, "task": {"name": task}, "ratio": 0.1, "seed": 42}
-    _write(root / "baseline", {metric: BASE_EM * scale, f"{bench}/trap_rate": 0.01, "resources/peak_mem_gb": 3.0,
-                               "resources/tokens_per_s": 40.0, "resources/params": 1000},
-           {**cfg, "strategy": {"name": "selective"}})
-    summary = [{"layer": i, "mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0, "target_dominant": 100 * (i + 1),
-                "distractor_dominant": D_FF - 100 * (i + 1)} for i in range(3)]
-    for key, em in EM.items():
-        strategy, ratio, seed = (key + (42,))[:3]
-        name = f"ratio={ratio},strategy={strategy},seed={seed}"
-        pruning = {"source_model": model, "strategy": strategy, "seed": seed, "ratio": ratio,
-                   "real_ratio": (D_FF - KEPT[ratio]) / D_FF, "d_ff": D_FF, "kept_width": KEPT[ratio],
-                   "selectivity_summary": summary if strategy != "random" else None, "kept_indices": []}
-        metrics = {"prune/real_ratio": pruning["real_ratio"], metric: em * scale, f"{bench}/trap_rate": ratio / 5,
-                   "distractor/sss": {"selective": 0.5, "reverse": 0.9, "random": 0.7}[strategy] - ratio,
-                   "resources/peak_mem_gb": 3.0 - ratio, "resources/tokens_per_s": 40.0 + 10 * ratio,
-                   "resources/params": 1000 - 1000 * ratio}
-        _write(root / name, metrics, {**cfg, "ratio": ratio, "strategy": {"name": strategy, "seed": seed}}, pruning)
-    pruned = root / "ratio=0.1,strategy=selective,seed=42"
-    _write(root / "finetune-selective-0.1", {metric: FT_EM * scale, f"{bench}/trap_rate": 0.0, "train/loss": 0.3},
-           {**cfg, "model": {"name": "pruned", "name_or_path": str(pruned / "model")}}, training={"steps": 10})
-    return root
+from tests.helpers import D_FF, EM, KEPT, make_sweep, write_checkpoint
+from tests.helpers import write_records as _write
 
 
 def md_table(md: str, heading: str) -> dict[str, dict[str, str]]:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from prunekit.errors import ConfigError
 from prunekit.evaluation import generation as G
 from prunekit.evaluation import resources as R
-from tests.conftest import word_tokenizer
+from tests.helpers import word_tokenizer
 
 PROMPTS = ["the cat sat on the mat", "a dog", "the dog and the cat sat on the mat and the dog ran"]
 H, FF, L, HEADS, KV = 64, 256, 2, 4, 2

@@ -17,9 +17,8 @@ from prunekit import cli, data, models, recipes, report, training
 from prunekit.errors import ConfigError
 from prunekit.evaluation import baseline, suite
 from prunekit.runs import store
-from tests.test_recipes import _cfg
-from tests.test_report import make_sweep
-from tests.test_runs import write_checkpoint
+from tests.helpers import make_sweep, write_checkpoint
+from tests.helpers import recipe_cfg as _cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,16 +79,13 @@ def test_rescoring_an_edited_generations_file_is_not_skipped(tmp_path, model_cac
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
 
 
-def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path):
-    from hydra import compose, initialize_config_dir
-
+def test_the_source_evaluation_key_follows_the_eval_files_content(tmp_path, compose_config):
     from prunekit import models
 
     target = tmp_path / "E.jsonl"
 
     def key():
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("prune", overrides=[f"task.eval.target.path={target}", "cache_dir=/C"])
+        cfg = compose_config("prune", f"task.eval.target.path={target}", "cache_dir=/C")
         settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
         return baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
                                    recipes.plain(cfg.task), settings)
@@ -211,7 +207,8 @@ def test_a_non_finite_learning_rate_fails_before_any_model_loads(tmp_path, model
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path):
-    from tests.test_training import examples, lora, make_tok, tiny_model
+    from tests.helpers import examples, lora, make_tok
+    from tests.helpers import tiny_llama as tiny_model
 
     tok = make_tok()
     ex = examples(tok, 16)

@@ -16,6 +16,7 @@ import pytest
 
 from prunekit.runs import layout, store
 from prunekit.runs import wandb as mirror
+from tests.helpers import inspect_run, write_checkpoint
 
 CFG = {"model": {"name": "smollm2-135m", "name_or_path": "pip:smollm2-135m-instruct"},
        "task": {"name": "math_offline", "target": {"path": "gsm8k.jsonl", "n": 8}},
@@ -31,27 +32,6 @@ def _wandb_sandbox(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-
-
-def inspect_run(run_dir: Path) -> dict:
-    """Read an offline run back from its .wandb transaction log with wandb's own reader (`wandb leet inspect`)."""
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, f"expected exactly one offline run under {run_dir}, found {runs}"
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(runs[0])], check=True,
-                         capture_output=True, text=True).stdout
-    run = {"config": {}, "summary": {}, "exit_code": None}
-    for record in (json.loads(line) for line in out.splitlines() if line.strip()):
-        kind = record["type"]
-        if kind == "run":
-            run.update({k: record["run"].get(k) for k in ("display_name", "job_type", "run_group", "tags", "run_id")})
-            run["config"].update(record["run"]["config"]["update"])
-        elif kind == "config":
-            run["config"].update(record["config"].get("update", {}))
-        elif kind == "summary":
-            run["summary"].update(record["summary"].get("update", {}))
-        elif kind == "exit":
-            run["exit_code"] = record["exit"].get("exit_code", 0)
-    return run
 
 
 def test_names_tags_group(tmp_path):
@@ -253,16 +233,6 @@ def test_runs_jsonl_concurrent_appends_stay_whole_lines(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def write_checkpoint(model_dir: Path) -> None:
-    """A minimal loadable checkpoint: config.json and one safetensors file (what completion checks)."""
-    import torch
-    from safetensors.torch import save_file
-
-    from prunekit.checkpoint import atomic_write_json
-    atomic_write_json(model_dir / "config.json", {"intermediate_size": 256})
-    save_file({"w": torch.zeros(4, 4)}, str(model_dir / "model.safetensors"))
-
-
 def _write_prune_outputs(run_dir: Path, em: float) -> None:
     from prunekit.checkpoint import atomic_write_json
     write_checkpoint(run_dir / "model")
@@ -271,7 +241,7 @@ def _write_prune_outputs(run_dir: Path, em: float) -> None:
 
 
 def run_job(run_dir: Path, em: float, resume: bool = True) -> bool:
-    """The resume protocol the pipeline follows: skip, or begin -> record config -> write outputs -> mark_complete.
+    """The resume protocol the recipes follow: skip, or begin -> record config -> write outputs -> mark_complete.
     True if run."""
     if store.check_resume(run_dir, "prune", CFG, resume):
         return False

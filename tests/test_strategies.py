@@ -12,7 +12,7 @@ def _scores(layers=3, d_ff=512, seed=0):
 
 
 def _plan(options, scores=None, n_prune=128, d_ff=512, layers=3, seed=42, **given):
-    """The plan strategy ``options`` makes, as the pipeline asks for it."""
+    """The plan strategy ``options`` makes, as the prune recipe asks for it."""
     scores = scores if scores is not None else strategies.Scores(**given)
     return strategies.get(options).plan(scores, n_prune=n_prune, d_ff=d_ff, layers=layers, seed=seed)
 

@@ -346,13 +346,11 @@ def test_max_new_tokens_precedence(math_task):
     assert suite.max_new_tokens(suite.resolve_settings({}), ev) == 1024
 
 
-def test_the_eval_preset_is_the_schema_plus_its_reference_cache(monkeypatch):
-    from hydra import compose, initialize_config_dir
+def test_the_eval_preset_is_the_schema_plus_its_reference_cache(monkeypatch, compose_config):
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("PRUNEKIT_CACHE", "/tmp/prunekit-compose")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        composed = OmegaConf.to_container(compose("evaluate").eval, resolve=True)
+    composed = OmegaConf.to_container(compose_config("evaluate").eval, resolve=True)
     assert composed == {**suite.DEFAULTS, "reference_cache_dir": "/tmp/prunekit-compose/references"}
     assert set(composed["parts"]) == set(suite.PARTS)
     assert suite.check_settings(composed, {"eval": {"metric": "gsm8k", "target": {"path": "x", "field": "q"}}})

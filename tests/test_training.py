@@ -6,59 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from prunekit import training
 from prunekit.errors import ConfigError
+from tests.helpers import TEMPLATE, examples, lora, make_tok, records
+from tests.helpers import tiny_llama as tiny_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-WORDS = ["###", "Question", "Answer", ":", "reverse", "copy"] + [str(i) for i in range(10)]
-TEMPLATE = "### Question: {question}\n### Answer: "
-
-
-def make_tok():
-    """Word-level tokenizer built in memory: BOS prepended, EOS and PAD defined."""
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + WORDS)}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
 def tok():
     return make_tok()
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def records(n, seed=0):
-    """Synthetic task: reverse a digit list; the answer sits at a dotted path (answer.text)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        digits = [str(rng.randrange(10)) for _ in range(rng.randint(2, 6))]
-        out.append({"question": "reverse " + " ".join(digits), "answer": {"text": " ".join(reversed(digits))}})
-    return out
-
-
-def lora(**kw):
-    base = {"r": 8, "alpha": 16, "lr": 5e-3, "effective_batch_size": 8, "per_device_batch_size": 4, "epochs": 1,
-            "dropout": 0.1, "scheduler": "cosine", "warmup_ratio": 0.1, "max_grad_norm": 1.0, "max_length": 64,
-            "save_every_steps": 0, "mixed_precision": "auto", "seed": 0}
-    return {**base, **kw}
-
-
-def examples(tok, n, seed=0, max_length=64):
-    return training.build_examples(records(n, seed), tokenizer=tok, prompt_template=TEMPLATE,
-                                   response_field="answer.text", max_length=max_length)
 
 
 def lora_state(model):
@@ -281,13 +241,11 @@ def test_merge_off_the_main_process_writes_nothing(tok, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ presets
-def test_presets_match_paper_table_7():
-    from hydra import compose, initialize_config_dir
+def test_presets_match_paper_table_7(compose_config):
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):  # each preset over the lora/schema
-        math, code = (OmegaConf.to_container(compose("train", overrides=[f"lora={n}"]).lora) for n in ("math", "code"))
+    # each preset over the lora/schema
+    math, code = (OmegaConf.to_container(compose_config("train", f"lora={n}").lora) for n in ("math", "code"))
     assert (math["r"], math["alpha"], math["lr"], math["effective_batch_size"]) == (8, 16, 2e-5, 8)
     assert (code["r"], code["alpha"], code["lr"], code["effective_batch_size"]) == (16, 32, 2e-4, 16)
     for p in (math, code):

@@ -1,26 +1,19 @@
-"""prune.py end to end on a tiny model: a 2x2 multirun captures once, resumes, and writes stock checkpoints."""
+"""The prune recipe end to end on a tiny model: a 2x2 multirun of prune.py captures once and resumes; each strategy
+writes a stock checkpoint."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from prunekit import checkpoint, recipes
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "task=math_offline", "task.target.n=6", "task.distractors.conversations.n=6", "task.distractors.squad.n=6",
-        "capture.max_length=48",
-        "capture.batch_size=4", "wandb.mode=disabled"]
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+from tests.helpers import REPO, TINY
+from tests.helpers import prune_cfg as _cfg
+from tests.helpers import subprocess_env as _env
 
 
 def _run_sweep(tmp_path, model_cache):
@@ -61,14 +54,6 @@ def test_sweep_runs_four_jobs_and_one_capture_then_resumes(tmp_path, model_cache
     assert {r.name: (r / "model" / "model.safetensors").stat().st_mtime_ns for r in runs} == stamps
     logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob("*/prune.log"))
     assert logs.count("already complete") == 4
-
-
-def _cfg(tmp_path, model_cache, *overrides):
-    # The paper's selective at 0.1 unless a test says otherwise (the CLI default is contrastive at 0.05).
-    fixed = [o for o in ("strategy=selective", "ratio=0.1") if not any(x.startswith(o.split("=")[0] + "=") for x in overrides)]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("prune", overrides=[*TINY, *fixed, f"cache_dir={tmp_path}/cache", f"model.cache_dir={model_cache}",
-                                            *overrides])
 
 
 def test_random_strategy_needs_no_capture_and_is_seeded(tmp_path, model_cache):

@@ -1,4 +1,4 @@
-"""GGUF export (issue 21): pruned tiny models of several architectures written with the gguf package, read back with
+"""GGUF export: pruned tiny models of several architectures written with the gguf package, read back with
 transformers' GGUF reader, compared tensor by tensor and logit by logit with the pruned checkpoint."""
 
 import json

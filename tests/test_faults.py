@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): damaged or mismatched caches are noticed, moved aside and rebuilt, and never change
+"""Fault injection: damaged or mismatched caches are noticed, moved aside and rebuilt, and never change
 the pruning; a job killed with SIGKILL at capture, save or evaluation is finished by the next run of the same
 command with the same results; bad model directories and files are one-line errors; stale temps are cleaned."""
 

@@ -116,7 +116,7 @@ def test_proxy_agreement_counts_pairs_against_the_task_metric():
 
 @pytest.mark.parametrize("task, key", [("math_offline", "6449b65ddf27a92a417f"), ("code_local", "eb15d7b5f1e47de71336"),
                                        ("math", "d2977cb57f4be22601fa"),
-                                       ("code_offline", "1e04ce01147fb1a4c905")])  # the default since stop 17
+                                       ("code_offline", "1e04ce01147fb1a4c905")])  # the offline default task
 def test_the_source_evaluation_cache_key_does_not_move_by_accident(task, key, compose_config):
     """A new key re-evaluates every unpruned model (1.5 h for Qwen2.5-Coder-1.5B on 2 cores). These are the keys
     of the stop-13 code; a deliberate change bumps baseline.SOURCE_EVAL_VERSION and updates them here."""

@@ -1,4 +1,4 @@
-"""Issue 19, defects 4, 5, 9, 10 and 11: another job's run directory is refused, edited local files are never
+"""Robustness: another job's run directory is refused, edited local files are never
 served from a stale cache or resume, damaged records do not pass as complete, bad input is one line, and the
 messages say what is wrong."""
 

@@ -45,7 +45,7 @@ def test_ratio_leaving_too_few_neurons():
 @pytest.mark.parametrize("d_ff, ratio, kept", [(320, 0.3, 128), (320, 0.6, 128), (320, 0.1, 256), (200, 0.36, 128),
                                                (130, 0.01, 128), (8960, 0.1, 8064)])
 def test_kept_width_is_a_multiple_of_align_for_any_d_ff(d_ff, ratio, kept):
-    # issue 19 (8): d_ff 320 at 0.3 kept 192, not a multiple of 128; the kept width is now the largest multiple of
+    # a regression: d_ff 320 at 0.3 kept 192, not a multiple of 128; the kept width is now the largest multiple of
     # 128 not above (1 - ratio) * d_ff, so at least `ratio` of the neurons go
     assert surgery.kept_width(d_ff, ratio) == kept
     assert surgery.check_ratio(d_ff, ratio) == d_ff - kept
@@ -56,7 +56,7 @@ def test_kept_width_is_a_multiple_of_align_for_any_d_ff(d_ff, ratio, kept):
                                                    (200, 0.37, 0.36, r"\(0, 0\.3600\]$"),
                                                    (130, 0.02, 0.0153, r"\(0, 0\.0153\] \(1 - 128/130\)$")])
 def test_allowed_ratios_printed_are_the_true_range(d_ff, bad, top, shown):
-    # issue 19 (8): d_ff 320 printed (0, 0.6] while 0.41 was refused; 200 and 130 printed a range no ratio met
+    # a regression: d_ff 320 printed (0, 0.6] while 0.41 was refused; 200 and 130 printed a range no ratio met
     with pytest.raises(ConfigError, match=shown):
         surgery.check_ratio(d_ff, bad)
     assert surgery.check_ratio(d_ff, top) == d_ff - 128  # the printed bound itself is allowed

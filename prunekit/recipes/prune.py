@@ -31,15 +31,14 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     # 1. Setup: check everything cheap before any weight is loaded.
     with timer("checks"):
-        check_config(cfg, "prune")
+        job = check_config(cfg, "prune")  # every value checked once, by its owner's settings class
         wandb.check_mode(cfg.wandb.mode)
         options = plain(cfg.strategy)
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
         align = prune_align(cfg)
         if strategy.physical:
             surgery.kept_width(1, cfg.ratio, align)  # range check of ratio, before anything else
-        settings = capture.CaptureSettings(**{k: cfg.capture[k] for k in ("max_length", "batch_size", "chat_template",
-                                                                           "skip_first")})
+        settings = job.capture
         source = models.resolve(cfg.model.name_or_path)
         task = plain(cfg.task)
         needs = strategy.needs

@@ -22,7 +22,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     run_dir = Path(run_dir)
 
     # 1. Setup: the settings, the training rows and the model's config, before any weight is loaded.
-    check_config(cfg, "train")
+    job = check_config(cfg, "train")  # every value checked once, by its owner's settings class
     wandb.check_mode(cfg.wandb.mode)
     task, lora = plain(cfg.task), plain(cfg.lora)
     source = models.resolve(cfg.model.name_or_path)
@@ -52,10 +52,10 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         examples = training.build_examples(records, tokenizer=tokenizer,
                                            prompt_template=task["train"]["prompt_template"],
                                            response_field=task["train"]["response_field"],
-                                           max_length=int(lora.get("max_length", 1024)))
+                                           max_length=job.lora.max_length)
         resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
         with timer("train"):
-            summary = training.train_lora(loaded.model, tokenizer, examples, lora, out_dir=run_dir,
+            summary = training.train_lora(loaded.model, tokenizer, examples, job.lora, out_dir=run_dir,
                                           resume_from=resume_from, log=tracker.log,
                                           base_model=str(cfg.model.name_or_path))
         main = dist.process_state().is_main_process

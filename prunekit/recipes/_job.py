@@ -123,9 +123,10 @@ def run_job(cfg, job_type: str, run_dir: Path, sweep_dir, body, timer: Timer, re
 
 
 # ---------------------------------------------------------------------------------------------- shared stages
-def check_evaluation(cfg, task: dict, generations=None) -> None:
-    """The evaluation settings and the data they read, before any weights load."""
-    suite.check_data(suite.check_settings(plain(cfg.eval), task), task, generations)
+def check_evaluation(settings, task: dict, generations=None) -> None:
+    """The evaluation settings (the Job's, checked once by config.check) against the task, and the data they read,
+    before any weights load."""
+    suite.check_data(suite.check_settings(settings, task), task, generations)
 
 
 def reference_outputs(cfg, loaded: models.LoadedModel) -> dict | None:

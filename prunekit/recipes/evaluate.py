@@ -23,11 +23,11 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
     run_dir = Path(run_dir)
 
     # 1. Setup: the settings, the data and the model's config, before any weight is loaded.
-    check_config(cfg, "evaluate")
+    job = check_config(cfg, "evaluate")  # every value checked once, by its owner's settings class
     wandb.check_mode(cfg.wandb.mode)
     task, settings = plain(cfg.task), plain(cfg.eval)
     generations = cfg.get("generations")  # re-score this file of {id, output} lines: no model is loaded
-    check_evaluation(cfg, task, generations)
+    check_evaluation(job.eval, task, generations)
     rescoring = generations is not None
     chosen = None
     if cfg.get("best_of"):  # the best run of a detrimental grid sweep

@@ -49,7 +49,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         strategy.check(n_layers=n_layers, available=len(sets.get("target", [])) or None)
         n_prune = surgery.check_ratio(d_ff, cfg.ratio, align) if strategy.physical else 0
         if cfg.evaluate:
-            check_evaluation(cfg, task)
+            check_evaluation(job.eval, task)
 
     # 2. Run: inside the job lifecycle (skipped when complete with the same settings).
     def body(tracker) -> dict:

@@ -30,7 +30,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
     records = data.load_records(task["train"], "task.train")
     if cfg.evaluate:
-        check_evaluation(cfg, task)
+        check_evaluation(job.eval, task)
     check_architecture(models.load_config(source, cfg.model.cache_dir, cfg.model.revision))
     if cfg.resume_from:  # another run's or base model's checkpoint: one line now, not size mismatches after load
         training.check_resume_checkpoint(cfg.resume_from, str(cfg.model.name_or_path))

@@ -204,10 +204,11 @@ def main() -> None:
     ap.add_argument("--tables", default="3,4,5")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in PAPER_RATIOS))
-    # 80 examples x 1 epoch at 512 tokens, batch 1 x 16 accumulation: 5 optimizer steps, ~38k tokens, estimated
-    # 38-44 min on 2 idle AVX2 cores from benchmarks/train_throughput.py (120-140 CPU s per 1k tokens); batch 4 at
-    # 512 tokens peaked at 15 GB RSS (151k-vocabulary fp32 logits), batch 1 fits beside other jobs.
-    ap.add_argument("--recovery", default="task.train.n=80 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1",
+    # 320 examples x 1 epoch at 512 tokens, batch 1 x 16 accumulation: 20 optimizer steps, ~151k tokens. On 2 cores
+    # with native bf16 (train.py computes in model.dtype=auto = bf16 there) an estimated 20-25 min idle, 45 min
+    # measured beside other jobs (docs/results/qwen2.5-coder-0.5b.md); batch 1 because batch 4 at 512 tokens peaked
+    # at 15 GB RSS (151k-vocabulary logits). On AVX2-only cores (fp32, ~15 tokens/s) pass task.train.n=80.
+    ap.add_argument("--recovery", default="task.train.n=320 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1",
                     help="train.py overrides of the recovery budget")
     ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
     ap.add_argument("--print", action="store_true", help="only print the tables from the journal")

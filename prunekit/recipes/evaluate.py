@@ -52,7 +52,7 @@ def evaluate(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> d
             with timer("source"):  # the unpruned model the checkpoint came from (cached results)
                 reference, original, source_rows = source_results(cfg, record["source_model"], settings["parts"])
         with timer("load"):
-            loaded = models.load_model(source, cfg.model)
+            loaded = models.load_model(source, job.model)
         if record is None:  # the unpruned model itself: its cached source evaluation, copied into the run
             for name in baseline.not_on_source(settings["parts"]):
                 log.info("%s skipped: not measured on an unpruned model (similarity to its own outputs is 1 by "

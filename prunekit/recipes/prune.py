@@ -35,7 +35,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         wandb.check_mode(cfg.wandb.mode)
         options = plain(cfg.strategy)
         strategy = strategies.get(options)  # a registered Strategy, its own options checked
-        align = prune_align(cfg)
+        align = job.prune.align  # the paper's 128 when the config has no prune.align
         if strategy.physical:
             surgery.kept_width(1, cfg.ratio, align)  # range check of ratio, before anything else
         settings = job.capture
@@ -54,7 +54,7 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     # 2. Run: inside the job lifecycle (skipped when complete with the same settings).
     def body(tracker) -> dict:
         with timer("load"):
-            loaded = models.load_model(source, cfg.model)
+            loaded = models.load_model(source, job.model)
             model, tokenizer = loaded.model, loaded.tokenizer
             params_before = count_parameters(model)
 
@@ -130,12 +130,6 @@ def prune(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- its stages
-def prune_align(cfg) -> int:
-    """`prune.align` (checked by config.check), or the paper's 128 for a config composed before the key existed."""
-    node = cfg.get("prune") if hasattr(cfg, "get") else None
-    return (node or {}).get("align", surgery.ALIGN)
-
-
 def capture_sets(task) -> tuple[dict[str, list[str]], dict]:
     """Prompt sets keyed ``target`` and ``distractor/<name>``, and their specs (for the cache key)."""
     prompts = data.prompt_sets(task)

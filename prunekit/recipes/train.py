@@ -47,7 +47,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                 unpruned = (record or {"source_model": cfg.model.name_or_path})["source_model"]
                 reference, _, source_rows = source_results(cfg, unpruned, cfg.eval.parts)
         with timer("load"):
-            loaded = models.load_model(source, cfg.model)
+            loaded = models.load_model(source, job.model)
             tokenizer = loaded.tokenizer
         examples = training.build_examples(records, tokenizer=tokenizer,
                                            prompt_template=task["train"]["prompt_template"],

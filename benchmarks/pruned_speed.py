@@ -12,9 +12,11 @@ Models may stop at EOS after different lengths; tokens/s normalises for that (lo
     .venv/bin/python benchmarks/pruned_speed.py --ratios 0.5 --dtype bfloat16 --threads 2 --repeats 5
     .venv/bin/python benchmarks/pruned_speed.py --model pip:qwen2.5-coder-0.5b-instruct --json   # + a JSON line
 
-Peak memory (`--memory`, on by default) is measured per variant in a fresh process of this script
-(`--peak-of RATIO`): load, prune, generate the same prompts once, and read the peak RSS (Linux VmHWM; CUDA: torch's
-peak allocation). A shared process could not tell the variants' peaks apart.
+Peak memory (`--memory`, on by default) is measured per variant in fresh processes of this script: one prunes and
+saves the pruned checkpoint (`--save-pruned RATIO --to DIR`), the next (`--peak-of RATIO --from DIR`) loads only that
+checkpoint, generates the same prompts once and reads the peak RSS (Linux VmHWM; CUDA: torch's peak allocation):
+what a user of the pruned model pays. A shared process could not tell the variants' peaks apart, and one that
+pruned in memory would report the unpruned model's load.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -59,19 +62,25 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="~/.cache/prunekit/models")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the rows (benchmarks/paper_tables.py)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-variant peak-memory runs")
-    ap.add_argument("--peak-of", type=float, default=None, help=argparse.SUPPRESS)  # internal: one variant's peak
+    # internal (peak_of): save one pruned variant; load a checkpoint alone and read its peak
+    ap.add_argument("--save-pruned", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--to", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--peak-of", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--from", dest="from_dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    base, tok = models.load(models.resolve(args.model), args.cache_dir, dtype=args.dtype)
+    base, tok = models.load(models.resolve(args.from_dir or args.model), args.cache_dir, dtype=args.dtype)
+    if args.save_pruned is not None:
+        pruned_copy(base, args.save_pruned, args.seed).save_pretrained(args.to)
+        tok.save_pretrained(args.to)
+        return
     prompts = data.load_prompts({"path": "pip:gsm_symbolic", "seed": 42, "field": "question", "n": args.prompts},
                                 "bench")
-    if args.peak_of is not None:
-        model = pruned_copy(base, args.peak_of, args.seed) if args.peak_of else base
-        del base
-        throughput(model, tok, prompts, max_new_tokens=args.new_tokens, warmup=0, chat_template=True, progress=False)
-        print(json.dumps({"peak_gb": peak_memory_gb(next(model.parameters()).device)}))
+    if args.peak_of is not None:  # `base` is the saved pruned checkpoint (--from), or the unpruned model
+        throughput(base, tok, prompts, max_new_tokens=args.new_tokens, warmup=0, chat_template=True, progress=False)
+        print(json.dumps({"peak_gb": peak_memory_gb(next(base.parameters()).device)}))
         return
     d_ff = mlp_layers(base)[0].d_ff
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -112,11 +121,15 @@ def main() -> None:
 
 
 def peak_of(args, ratio: float) -> float:
-    """One variant's peak memory, measured in a fresh process of this script (see the module docstring)."""
+    """One variant's peak memory: its saved checkpoint loaded alone in a fresh process (see the module docstring)."""
     cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--prompts", str(args.prompts),
            "--new-tokens", str(args.new_tokens), "--seed", str(args.seed), "--cache-dir", args.cache_dir,
-           "--peak-of", str(ratio)] + (["--threads", str(args.threads)] if args.threads else [])
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+           *(["--threads", str(args.threads)] if args.threads else [])]
+    with tempfile.TemporaryDirectory(prefix="pruned-speed-") as saved:
+        if ratio:
+            subprocess.run([*cmd, "--save-pruned", str(ratio), "--to", saved], check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([*cmd, "--peak-of", str(ratio), *(["--from", saved] if ratio else [])],
+                              stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_gb"]
 
 

@@ -125,23 +125,26 @@ def plan(lengths: list[int], *, per_device: int, effective: int, steps: int, see
     return {"batches": batches, "epoch_padding": epoch_padding}
 
 
-def load_data(a) -> tuple[list[dict], str, str]:
-    """(records, prompt_template, response_field): the task's `train:` rows (offline, via prunekit.data) or GSM8K."""
+def load_data(a) -> tuple[list[dict], dict]:
+    """(records, the training format's keys): the task's `train:` rows and format (offline, via prunekit.data), or
+    GSM8K in the paper's raw format."""
     from prunekit import data
 
     if a.data != "task":
         if not Path(a.data).is_file():
             raise SystemExit(f"--data: {a.data} not found (a GSM8K-style JSONL with question/answer, or 'task')")
-        return [json.loads(line) for _, line in zip(range(a.pool), open(a.data))], GSM8K_TEMPLATE, "answer"
+        rows = [json.loads(line) for _, line in zip(range(a.pool), open(a.data))]
+        return rows, {"prompt_template": GSM8K_TEMPLATE, "response_field": "answer"}
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from prunekit import config  # noqa: F401 (registers the schemas the presets extend)
+    from prunekit import config, training  # noqa: F401 (config registers the schemas the presets extend)
+    from prunekit.schema import as_dict
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="train", overrides=[f"task={a.task}", f"task.train.n={a.pool}"])
     spec = OmegaConf.to_container(cfg.task.train, resolve=True)
-    return data.load_records(spec, "task.train"), spec["prompt_template"], spec["response_field"]
+    return data.load_records(spec, "task.train"), as_dict(training.TrainFormat.of(spec))
 
 
 def full_finetune(model, tok, examples, lora: dict) -> dict:
@@ -292,9 +295,8 @@ def main(argv=None) -> None:
     from prunekit import models, training
 
     tok = models.load_tokenizer(models.resolve(a.model), a.cache_dir)
-    records, template, response_field = load_data(a)
-    examples = training.build_examples(records, tokenizer=tok, prompt_template=template, response_field=response_field,
-                                       max_length=a.max_length)
+    records, train_format = load_data(a)
+    examples = training.build_examples(records, tokenizer=tok, max_length=a.max_length, **train_format)
     lengths = [len(e["input_ids"]) for e in examples]
     p_ = plan(lengths, per_device=a.per_device_batch_size, effective=a.effective_batch_size, steps=a.steps, seed=a.seed)
     args = {"model": a.model, "cache_dir": a.cache_dir, "lora": str(preset), "examples": list(examples),

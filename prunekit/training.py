@@ -34,6 +34,7 @@ from prunekit.text import IGNORE
 log_ = logging.getLogger(__name__)
 
 SCHEDULERS = ("cosine", "linear")
+OVERLONG = ("drop", "truncate")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 STATE_FILE = "trainer_state.json"
 # Fields a checkpoint must agree on with the resumed run, or skipping batches would land on the wrong data.
@@ -65,6 +66,9 @@ class LoraSettings(Checked):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0             # gradient clipping; 0 = no clipping
     max_length: int = 1024                 # tokens per example (prompt + answer + EOS)
+    # An example longer than max_length: drop it (an answer cut short ends without EOS, so it teaches the model to
+    # go on writing: the Type 1 traps), or truncate it to its first max_length tokens.
+    overlong: str = "drop"
     save_every_steps: int = 0              # checkpoint (checkpoints/step-N) every N optimizer steps; 0 = none
     mixed_precision: str = "auto"          # auto (bf16 on CUDA, no on CPU) | no | bf16 | fp16
     seed: int = 42
@@ -97,6 +101,8 @@ class LoraSettings(Checked):
             raise self.error(f"lora.save_every_steps must be >= 0 (0 = no checkpoints), got {self.save_every_steps!r}")
         if self.scheduler not in SCHEDULERS:
             raise self.error(f"lora.scheduler={self.scheduler!r} is unknown; allowed: {list(SCHEDULERS)}")
+        if self.overlong not in OVERLONG:
+            raise self.error(f"lora.overlong={self.overlong!r} is unknown; allowed: {list(OVERLONG)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise self.error(f"lora.mixed_precision={self.mixed_precision!r} is unknown; allowed: "
                              f"{list(MIXED_PRECISION)}")
@@ -169,35 +175,108 @@ def field(record: Mapping, path: str):
         raise ConfigError(f"response_field={path!r}: no {e.key!r} in record (available: {e.available})") from None
 
 
-def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str, response_field: str,
-                   max_length: int) -> Examples:
-    """Tokenise prompt + response + EOS with prompt labels = -100; right-truncate, dropping answer-less examples.
+CHAT_CHOICES = (True, False, "auto")
 
-    The prompt (`prompt_template.format_map(record)`) and the response are tokenised separately so the mask
-    boundary is exact; the EOS teaches the model to stop (traps are loops without EOS).
+
+@dataclass
+class TrainFormat(Checked):
+    """`task.train`'s keys for how a record becomes a training example (its other keys, the rows to read, are
+    data.spec.PromptSetSpec's). Checked once, before any weight loads."""
+
+    prompt_template: str | None = None     # the prompt, `str.format_map(record)`
+    response_field: str | None = None      # the response: this (dotted) field's value ...
+    response_template: str | None = None   # ... or this template of the record (e.g. a markdown code block)
+    # false: raw prompt + response + EOS (the paper's `### Question/### Answer` format); true: a user turn and an
+    # assistant turn of the tokenizer's chat template, the format the evaluation prompts in (eval.chat_template);
+    # auto: true when the tokenizer has a chat template.
+    chat_template: Any = False
+    _prefix: str = dataclasses.field(default="task.train.", repr=False, kw_only=True, compare=False)
+
+    @classmethod
+    def of(cls, spec: Mapping | TrainFormat) -> TrainFormat:
+        return spec if isinstance(spec, TrainFormat) else from_mapping(cls, spec, "task.train.")
+
+    def check(self) -> None:
+        if not self.prompt_template:
+            raise self.error("task.train.prompt_template is missing: the training prompt, a template of the record")
+        if (self.response_field is None) == (self.response_template is None):
+            raise self.error("task.train: set exactly one of response_field (a record field) and response_template "
+                             f"(a template of the record); got response_field={self.response_field!r}, "
+                             f"response_template={self.response_template!r}")
+        if self.chat_template not in CHAT_CHOICES:
+            raise self.error(f"task.train.chat_template={self.chat_template!r}: allowed: true, false, auto")
+
+    def uses_chat(self, tokenizer) -> bool:
+        if self.chat_template == "auto":
+            return bool(getattr(tokenizer, "chat_template", None))
+        return bool(self.chat_template)
+
+    def render(self, record: Mapping, i: int) -> tuple[str, str]:
+        """(prompt, response) text of one record."""
+        try:
+            prompt = self.prompt_template.format_map(record)
+            response = (self.response_template.format_map(record) if self.response_template is not None
+                        else str(field(record, self.response_field)))
+        except (KeyError, IndexError) as e:
+            both = f" / response_template {self.response_template!r}" if self.response_template is not None else ""
+            raise ConfigError(f"prompt_template {self.prompt_template!r}{both} names {e} which record {i} lacks "
+                              f"(keys: {list(record)})") from None
+        return prompt, response
+
+
+def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a user turn and the assistant's answer in the tokenizer's chat template. The
+    prompt part is exactly what the evaluation feeds (text.format_prompt: the user turn + the generation prompt);
+    the response part is the rest of the rendered conversation, so it ends with the template's own end-of-turn
+    (Qwen's `<|im_end|>`, the token generation stops at) instead of an appended EOS."""
+    prompt_text = text.format_prompt(tokenizer, prompt, True)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt_text):  # a template that renders the user turn differently when answered
+        raise ConfigError("task.train.chat_template=true: this tokenizer's chat template does not render a "
+                          "conversation as the generation prompt + the answer; use task.train.chat_template=false")
+    ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731 (the template has its own)
+    return list(ids(prompt_text)), list(ids(full[len(prompt_text):]))
+
+
+def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str | None = None,
+                   response_field: str | None = None, max_length: int, response_template: str | None = None,
+                   chat_template: Any = False, overlong: str = "drop") -> Examples:
+    """Tokenise prompt + response (+ EOS) with prompt labels = -100. An example over max_length is dropped, or with
+    overlong="truncate" right-truncated (dropped all the same when not one answer token would be left).
+
+    The prompt and the response are tokenised separately so the mask boundary is exact. A raw example ends with
+    EOS, which teaches the model to stop (traps are loops without EOS); a chat example ends with the template's
+    end-of-turn (TrainFormat.chat_template).
     """
+    if overlong not in OVERLONG:
+        raise ConfigError(f"lora.overlong={overlong!r} is unknown; allowed: {list(OVERLONG)}")
+    fmt = TrainFormat(prompt_template=prompt_template, response_field=response_field,
+                      response_template=response_template, chat_template=chat_template)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
+    chat = fmt.uses_chat(tokenizer)
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("task.train.chat_template=true but the tokenizer has no chat template; use false")
     out = Examples()
     for i, rec in enumerate(records):
-        try:
-            prompt = prompt_template.format_map(rec)
-        except (KeyError, IndexError) as e:
-            raise ConfigError(
-                f"prompt_template {prompt_template!r} names {e} which record {i} lacks (keys: {list(rec)})") from None
-        p_ids = text.encode(tokenizer, [prompt], chat_template=False)[0]  # a raw prompt, special tokens added
-        r_ids = tokenizer(str(field(rec, response_field)), add_special_tokens=False)["input_ids"]
-        ids = list(p_ids) + list(r_ids) + [tokenizer.eos_token_id]
-        if len(p_ids) >= max_length:  # truncation would leave no answer token: nothing to learn from
-            out.dropped += 1
+        prompt, response = fmt.render(rec, i)
+        if chat:
+            p_ids, r_ids = chat_ids(tokenizer, prompt, response)
+        else:
+            p_ids = text.encode(tokenizer, [prompt], chat_template=False)[0]  # a raw prompt, special tokens added
+            r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = list(p_ids) + list(r_ids)
+        if len(ids) > max_length and (overlong == "drop" or len(p_ids) >= max_length):
+            out.dropped += 1  # (a truncation that leaves no answer token has nothing to learn from)
             continue
         if len(ids) > max_length:
             out.truncated += 1
             ids = ids[:max_length]
         out.append({"input_ids": ids, "labels": [IGNORE] * len(p_ids) + ids[len(p_ids):]})
     if out.dropped or out.truncated:
-        log_.warning("build_examples: %d kept, %d dropped (prompt >= max_length=%d), %d answers truncated",
-                     len(out), out.dropped, max_length, out.truncated)
+        log_.warning("build_examples: %d kept, %d dropped (over max_length=%d, lora.overlong=%s), %d answers "
+                     "truncated", len(out), out.dropped, max_length, overlong, out.truncated)
     return out
 
 

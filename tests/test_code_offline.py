@@ -75,11 +75,13 @@ def test_code_offline_training_rows_are_disjoint_from_the_capture_rows():
     assert min(r["id"] for r in train) >= 200 and len(train) >= 2790
     capture_text = {data.render(r, task.target) for r in capture}
     assert not capture_text & {data.render(r, task.train) for r in train}
-    # The training example is the instruction and CodeIO's reference solution.
+    # The training example is the instruction (the capture prompt's text) and CodeIO's reference solution, in the
+    # chat format the evaluation prompts in.
     first = train[0]
     assert task.train.prompt_template.format_map(first) == (
-        "### Question: " + TEMPLATE_HEAD + first["task_description"] + "\n\n" + first["input_output_spec"] + "\n### Answer: ")
+        TEMPLATE_HEAD + first["task_description"] + "\n\n" + first["input_output_spec"])
     assert "def main_solution" in data.get_path(first, task.train.response_field)
+    assert task.train.chat_template is True  # ${eval.chat_template}, whose default is true
 
 
 def test_code_offline_evaluates_humaneval_with_held_out_distractors():

@@ -37,16 +37,80 @@ def test_build_examples_masks_prompt_and_appends_eos(tok):
     assert e["labels"] == [-100] * len(p_ids) + r_ids + [tok.eos_token_id]
 
 
+# Qwen's template shape: a conversation, and the generation prompt when asked for one.
+QWEN_LIKE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat_tok(bpe_tokenizer, template=QWEN_LIKE):
+    import copy
+
+    t = copy.deepcopy(bpe_tokenizer)
+    t.chat_template = template
+    return t
+
+
+def test_chat_examples_are_the_evaluation_prompt_then_the_answer_turn(bpe_tokenizer):
+    """chat_template=true: the prompt ids are what the evaluation feeds (the user turn + the generation prompt),
+    the labels are the answer and the template's end-of-turn; no EOS is appended (generation stops at
+    <|im_end|>). Reference: the conversation written out by hand."""
+    from prunekit import text
+
+    t = chat_tok(bpe_tokenizer)
+    rec = {"q": "add 2 and 3", "a": "def add(a, b):\n    return a + b"}
+    ex = training.build_examples([rec], tokenizer=t, prompt_template="Task: {q}", response_field="a",
+                                 max_length=256, chat_template=True)[0]
+    ids = lambda s: t(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = ids("<|im_start|>user\nTask: add 2 and 3<|im_end|>\n<|im_start|>assistant\n")
+    answer = ids(rec["a"] + "<|im_end|>\n")
+    assert prompt == text.encode(t, ["Task: add 2 and 3"], chat_template=True)[0]
+    assert ex["input_ids"] == prompt + answer and ex["labels"] == [-100] * len(prompt) + answer
+    assert t.convert_tokens_to_ids("<|im_end|>") in ex["labels"] and t.eos_token_id not in ex["input_ids"]
+    raw = training.build_examples([rec], tokenizer=t, prompt_template="Task: {q}", response_field="a",
+                                  max_length=256, chat_template="auto")[0]
+    assert raw == ex  # auto: the tokenizer has a template
+
+
+def test_response_template_and_bad_train_formats(bpe_tokenizer, tok):
+    rec = {"q": "x", "code": "def f(): pass"}
+    fenced = training.build_examples([rec], tokenizer=tok, prompt_template="{q}", response_template="```{code}```",
+                                     max_length=64)
+    assert training.TrainFormat(prompt_template="{q}", response_template="```{code}```").render(rec, 0) == (
+        "x", "```def f(): pass```") and len(fenced) == 1
+    with pytest.raises(ConfigError, match="task.train.chat_template='yes': allowed: true, false, auto"):
+        training.TrainFormat(prompt_template="{q}", response_field="code", chat_template="yes")
+    with pytest.raises(ConfigError, match="exactly one of response_field .* and response_template"):
+        training.TrainFormat(prompt_template="{q}", response_field="code", response_template="{code}")
+    with pytest.raises(ConfigError, match="task.train.prompt_template is missing"):
+        training.TrainFormat.of({"response_field": "code"})
+    with pytest.raises(ConfigError, match="task.train.chat_template=true but the tokenizer has no chat template"):
+        training.build_examples([rec], tokenizer=tok, prompt_template="{q}", response_field="code", max_length=64,
+                                chat_template=True)
+    # A template that marks the last user turn differently once answered: the prompt is not a prefix.
+    odd = chat_tok(bpe_tokenizer, "{% for m in messages %}{{ m['role'] }}{% if loop.last %}!{% endif %}: "
+                                  "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(ConfigError, match="does not render a conversation as the generation prompt"):
+        training.build_examples([rec], tokenizer=odd, prompt_template="{q}", response_field="code", max_length=64,
+                                chat_template=True)
+
+
 def test_truncation_keeps_answer_tokens_and_drops_answerless(tok):
     recs = [{"question": "reverse 1 2 3", "answer": {"text": "3 2 1"}}]
     p_len = len(tok(TEMPLATE.format_map(recs[0]))["input_ids"])
-    cut = training.build_examples(recs, tokenizer=tok, prompt_template=TEMPLATE, response_field="answer.text",
-                                  max_length=p_len + 1)
+    kw = {"tokenizer": tok, "prompt_template": TEMPLATE, "response_field": "answer.text"}
+    cut = training.build_examples(recs, max_length=p_len + 1, overlong="truncate", **kw)
     assert len(cut) == 1 and cut.truncated == 1 and len(cut[0]["input_ids"]) == p_len + 1
     assert cut[0]["labels"][-1] != -100 and cut[0]["labels"][:p_len] == [-100] * p_len
-    gone = training.build_examples(recs, tokenizer=tok, prompt_template=TEMPLATE, response_field="answer.text",
-                                   max_length=p_len)
+    gone = training.build_examples(recs, max_length=p_len, overlong="truncate", **kw)
     assert len(gone) == 0 and gone.dropped == 1
+    # The default drops every example over max_length: a cut answer has no EOS to learn stopping from.
+    full = len(training.build_examples(recs, max_length=64, **kw)[0]["input_ids"])
+    kept = training.build_examples(recs, max_length=full, **kw)
+    dropped = training.build_examples(recs, max_length=full - 1, **kw)
+    assert len(kept) == 1 and kept[0]["input_ids"][-1] == tok.eos_token_id
+    assert len(dropped) == 0 and dropped.dropped == 1 and dropped.truncated == 0
+    with pytest.raises(ConfigError, match="lora.overlong='cut' is unknown; allowed: \\['drop', 'truncate'\\]"):
+        training.LoraSettings(**lora(overlong="cut"))
 
 
 def test_bad_field_names_are_reported(tok):

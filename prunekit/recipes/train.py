@@ -13,6 +13,7 @@ from prunekit.mlp import check_architecture
 from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, run_job, source_results
 from prunekit.runs import layout, wandb
 from prunekit.runs.store import pruning_record_of
+from prunekit.schema import as_dict
 
 GAIN_METRICS = (*benchmarks.primary_metrics(), "distractor/sss")
 
@@ -28,6 +29,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     source = models.resolve(cfg.model.name_or_path)
     if "train" not in task:
         raise data.DataError(f"task '{task.get('name')}' has no `train` section (training data spec)")
+    train_format = training.TrainFormat.of(task["train"])  # how a record becomes an example, checked now
     records = data.load_records(task["train"], "task.train")
     if cfg.evaluate:
         check_evaluation(job.eval, task)
@@ -49,10 +51,8 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
         with timer("load"):
             loaded = models.load_model(source, job.model)
             tokenizer = loaded.tokenizer
-        examples = training.build_examples(records, tokenizer=tokenizer,
-                                           prompt_template=task["train"]["prompt_template"],
-                                           response_field=task["train"]["response_field"],
-                                           max_length=job.lora.max_length)
+        examples = training.build_examples(records, tokenizer=tokenizer, max_length=job.lora.max_length,
+                                           overlong=job.lora.overlong, **as_dict(train_format))
         resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
         with timer("train"):
             summary = training.train_lora(loaded.model, tokenizer, examples, job.lora, out_dir=run_dir,

@@ -12,13 +12,20 @@ timestamps every decode step, so the decode rate excludes the prefill. Beside it
 - compute bound: B / (FLOPs per step / matmul FLOP/s). FLOPs per step = 2 x B x matmul weights + attention
   (4 x B x layers x heads x head_dim x mean context); the matmul rate is a 2048^2 matmul in the model's dtype.
 achieved / bound uses the lower (binding) bound. `same rows`: the rows shared with the previous (smaller)
-batch's run (its prompts come first) have the same tokens. Qwen2.5-Coder-0.5B is read from /work/models/READY or --qwen.
+batch's run (its prompts come first) have the same tokens. Both models come from their pip packages.
+
+With `--llama-cpp` (needs llama-cpp-python, e.g. `pip install llama-cpp-python==0.3.36`, built from its sdist) each
+model is also exported to an f16 GGUF (`prunekit.export`) and llama.cpp decodes the first prompt greedily at batch 1,
+with as many threads: its decode tokens/s beside transformers' batch-1 row, and how many of the first tokens agree
+(f16 and bf16 round differently, so the two greedy paths may part after a while).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +35,7 @@ from transformers import StoppingCriteria
 from prunekit import data, models, text
 from prunekit.evaluation import generation, traps
 
-SOURCES = {"smollm2": "pip:smollm2-135m-instruct"}
-READY = Path("/work/models/READY")
+SOURCES = {"smollm2": "pip:smollm2-135m-instruct", "qwen": "pip:qwen2.5-coder-0.5b-instruct"}
 
 
 class StepClock(StoppingCriteria):
@@ -104,35 +110,64 @@ def bench_model(name: str, source: str, batches: list[int], args, bw: float) -> 
     print(f"{name}: {model.dtype}, weights read per step {read / 1e6:.0f} MB, matmul FLOP/s {flops / 1e9:.1f} G, "
           f"prompt tokens {[len(t) for t in text.encode(tok, prompts, True)][:max(batches)]}", flush=True)
     prev: list = []  # the previous (smaller) batch's generations: a larger batch must repeat them token for token
+    first: list = []  # batch 1's tokens, for the llama.cpp comparison
     for b in batches:
         tps, ctx, gens = decode_rate(model, tok, prompts[:b], args.max_new_tokens, args.drop_finished_every)
         same = all(a.token_ids == g.token_ids for a, g in zip(prev, gens))
         prev = gens
+        first = first or gens[0].token_ids
         mem_bound = b * bw / read
         compute_bound = b * flops / (2 * b * matmul + 4 * b * attn_width * ctx)
         bound = min(mem_bound, compute_bound)
         print(f"  {name:<8}{b:>6}{tps:>11.2f}{mem_bound:>12.1f}{compute_bound:>14.1f}"
               f"{'memory' if mem_bound <= compute_bound else 'compute':>9}{tps / bound:>10.1%}{ctx:>8.0f}"
               f"{str(same):>11}", flush=True)
+    if args.llama_cpp:
+        tps, agree, n = llama_cpp_rate(model, tok, source, prompts[0], args.max_new_tokens, first)
+        print(f"  {name:<8}{'1 llama.cpp f16':>17}{tps:>11.2f}{1 * bw / (read * 2 / model.dtype.itemsize):>12.1f}"
+              f"  first {agree} of {n} tokens as transformers' batch 1", flush=True)
+
+
+def llama_cpp_rate(model, tok, source: str, prompt: str, max_new_tokens: int,
+                   reference: list) -> tuple[float, int, int]:
+    """(llama.cpp decode tokens/s, tokens agreeing with `reference` before the first difference, tokens made) of one
+    greedy batch-1 generation from the model exported as an f16 GGUF. The memory bound printed beside it counts
+    2 bytes a weight."""
+    from llama_cpp import Llama
+
+    from prunekit.export import gguf as export_gguf
+
+    with tempfile.TemporaryDirectory(prefix="gen-throughput-") as tmp:
+        model.save_pretrained(Path(tmp) / "model")
+        tok.save_pretrained(Path(tmp) / "model")
+        # as a run directory records it: a GGUF-sourced model's export starts from its source file's metadata
+        (Path(tmp) / "pruning.json").write_text(json.dumps({"source_model": source}))
+        path = export_gguf.export(Path(tmp) / "model", "f16", out=Path(tmp) / "model.gguf").path
+        llm = Llama(model_path=str(path), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+        ids = llm.tokenize(text.format_prompt(tok, prompt, True).encode(), add_bos=False, special=True)
+        made, stamps = [], []
+        for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):  # greedy
+            stamps.append(time.perf_counter())
+            made.append(token)
+            if token == llm.token_eos() or len(made) >= max_new_tokens:
+                break
+    agree = next((i for i, (a, b) in enumerate(zip(made, reference)) if a != b), min(len(made), len(reference)))
+    return (len(made) - 1) / (stamps[-1] - stamps[0]), agree, len(made)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2,qwen", help="comma-separated: smollm2, qwen, or a model directory")
-    ap.add_argument("--qwen", default=None, help="Qwen2.5-Coder-0.5B-Instruct directory (default: /work/models/READY)")
     ap.add_argument("--batches", default="1,8,16")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="auto", help="model.dtype: auto | float32 | bfloat16")
     ap.add_argument("--drop-finished-every", type=int, default=0, help="eval.drop_finished_every (0: off)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--llama-cpp", action="store_true", help="also llama.cpp's batch-1 decode of an f16 export")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    qwen = args.qwen or (READY.read_text().strip() if READY.exists() else None)
-    sources = {**SOURCES, "qwen": qwen}
-    if "qwen" in args.models.split(",") and qwen is None:
-        ap.error("--models qwen: no Qwen2.5-Coder-0.5B directory; pass --qwen DIR")
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e9:.2f} GB/s (read + write), threads={torch.get_num_threads()}, "
           f"max_new_tokens={args.max_new_tokens}, drop_finished_every={args.drop_finished_every}, "
@@ -140,7 +175,7 @@ def main() -> None:
     print(f"  {'model':<8}{'batch':>6}{'decode t/s':>11}{'mem bound':>12}{'compute bound':>14}{'binding':>9}"
           f"{'achieved':>10}{'context':>8}{'same rows':>11}", flush=True)
     for name in args.models.split(","):
-        bench_model(name, sources.get(name, name), batches, args, bw)
+        bench_model(name, SOURCES.get(name, name), batches, args, bw)
 
 
 if __name__ == "__main__":

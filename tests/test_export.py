@@ -26,6 +26,9 @@ IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0
 # ~1.1 %).
 F16_LOGIT_TOL = 4e-3
 Q8_LOGIT_TOL = 3e-2
+# llama.cpp on the f16 export of a 30-layer model against transformers in fp32: the f16 weight rounding through 30
+# layers plus llama.cpp's own kernels (measured: see the test; the bound has a 2x margin over it).
+LLAMA_CPP_LOGIT_TOL = 2e-2
 
 
 def _export(run: Path, type_name: str, model_cache: Path):
@@ -223,3 +226,39 @@ def test_gguf_sourced_model_starts_from_the_source_files_metadata(runs, tmp_path
     (wrong / "pruning.json").write_text(json.dumps({"source_model": str(source)}))
     with pytest.raises(ModelError, match="llama.block_count=2 but the checkpoint has 1"):
         _export(wrong, "f16", model_cache)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_llama_cpp_loads_the_exported_pruned_smollm2_and_generates(tmp_path, model_cache):
+    """llama.cpp itself (llama-cpp-python, built from its sdist; skipped where it is not installed) loads the f16
+    export of SmolLM2 pruned at 5 %, reads the kept width, and its logits and greedy tokens follow transformers'."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    source = models.resolve("pip:smollm2-135m-instruct")
+    model, tokenizer = models.load(source, model_cache, dtype="float32")
+    strategies.get({"name": "random", "seed": 42}).plan(
+        strategies.Scores(), n_prune=surgery.check_ratio(1536, 0.05), d_ff=1536, layers=30, seed=42).apply(model)
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "pruning.json").write_text(json.dumps({"source_model": "pip:smollm2-135m-instruct"}))
+    path = _export(run, "f16", model_cache).path
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    assert llm.metadata["llama.feed_forward_length"] == "1408"
+    prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids  # the source's tokenizer, pre-tokenizer
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([ids])).logits[0]
+    assert (theirs - ours).abs().max() <= LLAMA_CPP_LOGIT_TOL * ours.abs().max()
+    llm.reset()
+    made = []
+    for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+        made.append(token)
+        if len(made) == 8:
+            break
+    with torch.no_grad():
+        greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    assert made == greedy

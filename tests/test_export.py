@@ -27,7 +27,8 @@ IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0
 F16_LOGIT_TOL = 4e-3
 Q8_LOGIT_TOL = 3e-2
 # llama.cpp on the f16 export of a 30-layer model against transformers in fp32: the f16 weight rounding through 30
-# layers plus llama.cpp's own kernels (measured: see the test; the bound has a 2x margin over it).
+# layers plus llama.cpp's own kernels. NOT YET MEASURED: llama-cpp-python's build did not finish on the machine
+# this test was written on; run it once and set this to ~2x the measured max|dlogit| / max|logit|.
 LLAMA_CPP_LOGIT_TOL = 2e-2
 
 

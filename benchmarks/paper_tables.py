@@ -209,8 +209,8 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in PAPER_RATIOS))
     # The CodeIO rows after the capture's, those that fit in 512 tokens whole (lora.overlong=drop): 346 of the first
-    # 1,200, ~139k tokens, 1 epoch, batch 1 x 16 accumulation = 22 optimizer steps; ~15 min on 2 cores with native
-    # bf16 (train.py computes in model.dtype=auto = bf16 there). Batch 1 because batch 4 at 512 tokens peaked at
+    # 1,200, ~139k tokens, 1 epoch, batch 1 x 16 accumulation = 22 optimizer steps; 20.1 min measured alone on 2 cores
+    # with native bf16 (train.py computes in model.dtype=auto = bf16 there). Batch 1 because batch 4 at 512 tokens peaked at
     # 15 GB RSS (151k-vocabulary logits). On AVX2-only cores (fp32, ~15 tokens/s) pass task.train.n=300.
     ap.add_argument("--recovery", default="task.train.n=1200 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1",
                     help="train.py overrides of the recovery budget")

@@ -12,6 +12,13 @@ from prunekit.errors import ConfigError
 IGNORE = -100  # label of a position that carries no loss (prompt tokens, padding): torch's cross-entropy default
 
 
+def resolve_chat(chat_template, tokenizer) -> bool:
+    """A chat_template setting (true, false or 'auto': apply it when the tokenizer has one) as a flag."""
+    if chat_template == "auto":
+        return bool(getattr(tokenizer, "chat_template", None))
+    return bool(chat_template)
+
+
 def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
     """The text fed to the model: the raw prompt (the paper's capture), or the prompt as the user turn of the
     tokenizer's chat template, ending with the generation prompt."""

@@ -206,11 +206,6 @@ class TrainFormat(Checked):
         if self.chat_template not in CHAT_CHOICES:
             raise self.error(f"task.train.chat_template={self.chat_template!r}: allowed: true, false, auto")
 
-    def uses_chat(self, tokenizer) -> bool:
-        if self.chat_template == "auto":
-            return bool(getattr(tokenizer, "chat_template", None))
-        return bool(self.chat_template)
-
     def render(self, record: Mapping, i: int) -> tuple[str, str]:
         """(prompt, response) text of one record."""
         try:
@@ -255,7 +250,7 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
                       response_template=response_template, chat_template=chat_template)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
-    chat = fmt.uses_chat(tokenizer)
+    chat = text.resolve_chat(fmt.chat_template, tokenizer)
     if chat and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("task.train.chat_template=true but the tokenizer has no chat template; use false")
     out = Examples()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunekit import text
 from prunekit.errors import ConfigError
 from prunekit.evaluation import benchmarks
 from prunekit.schema import Checked, as_dict, defaults
@@ -211,10 +212,8 @@ def distractor_kind(name: str, spec: Mapping | None = None) -> str:
 
 
 def use_chat(settings: dict, tokenizer) -> bool:
-    """The resolved chat_template flag ('auto': apply it when the tokenizer has one)."""
-    if settings["chat_template"] == "auto":
-        return bool(getattr(tokenizer, "chat_template", None))
-    return bool(settings["chat_template"])
+    """The resolved eval.chat_template flag ('auto': apply it when the tokenizer has one)."""
+    return text.resolve_chat(settings["chat_template"], tokenizer)
 
 
 def max_new_tokens(settings: dict, ev: dict) -> int:

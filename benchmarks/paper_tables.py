@@ -91,7 +91,8 @@ def record(job: str, metrics: dict, wall_s: float, overrides: list[str]) -> None
 def table3_job(s: str, r: float) -> tuple[str, str, list[str]]:
     """A Table 3 cell: pass@1 + traps + the proxies for PASS_CELLS, the proxies alone otherwise."""
     parts = "[task,traps,similarity,nll]" if (s, r) in PASS_CELLS else "[similarity,nll]"
-    return f"t3/{s}_r{r:g}", "prune", [*strategy_overrides(s), f"ratio={r}", *ALL_PROBLEMS, f"eval.parts={parts}"]
+    return f"t3/{s}_r{r:g}", "prune", [*strategy_overrides(s), f"ratio={r}", *ALL_PROBLEMS, f"eval.parts={parts}",
+                                       "eval.nll.gold=true"]  # the journal's NLL-gold column
 
 
 def jobs(tables: list[str], strategies: list[str], ratios: list[float], recovery: list[str]) -> list[tuple]:

@@ -65,7 +65,8 @@ def test_generation_journal_resumes_without_regenerating(tokenizer, tmp_path, mo
 
 
 def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, model_cache, capsys):
-    overrides = ["eval.parts=[task,traps,nll]", "eval.n=2", "eval.max_new_tokens=8", "task.eval.target.offset=10000"]
+    overrides = ["eval.parts=[task,traps,nll]", "eval.nll.gold=true", "eval.n=2", "eval.max_new_tokens=8",
+                 "task.eval.target.offset=10000"]
     m1 = recipes.prune(_cfg(tmp_path, model_cache, *overrides), tmp_path / "a")
     sources = list((tmp_path / "cache" / "sources").iterdir())
     assert len(sources) == 1 and (sources[0] / "target.json").is_file()
@@ -80,6 +81,10 @@ def test_prune_records_the_source_model_once_and_prints_before_after(tmp_path, m
     assert m2["original/gsm8k/nll"] == m1["original/gsm8k/nll"]
     rows = [json.loads(x) for x in (sources[0] / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 2
+    # eval.nll.gold off (the default): the source's cached metrics made with it on are not reused for the table
+    m3 = recipes.prune(_cfg(tmp_path, model_cache, *overrides[:1], *overrides[2:]), tmp_path / "c")
+    assert "gsm8k/nll_gold" not in m3 and "original/gsm8k/nll_gold" not in m3
+    assert m3["original/gsm8k/nll"] == m1["original/gsm8k/nll"] and m3["gsm8k/nll"] == m1["gsm8k/nll"]
 
 
 def test_before_after_table_lists_both_columns():

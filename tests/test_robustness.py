@@ -315,7 +315,7 @@ def test_a_source_that_writes_only_whitespace_still_saves_the_prune_and_counts_p
         metrics = recipes.prune(_cfg(tmp_path, model_cache, f"task.target.path={target}", "task.target.split=null"),
                                  run)
     assert store.is_complete(run, "prune") and AutoModelForCausalLM.from_pretrained(run / "model")
-    assert "gsm8k/nll" not in metrics and "gsm8k/nll_gold" in metrics and "gsm8k/em" in metrics
+    assert "gsm8k/nll" not in metrics and "gsm8k/nll_answers" in metrics and "gsm8k/em" in metrics
     assert any("gsm8k/nll skipped" in r.getMessage() for r in caplog.records)
     checks = json.loads((run / "pruning.json").read_text())["prompt_checks"]["target"]
     assert checks == {"prompts": 6, "duplicates": 2, "truncated": 1}

@@ -4,7 +4,8 @@ kinds, and both take the job's ``prunekit.models.LoadedModel``, whose identity a
 
 - its target generations with verdicts and the metrics of the parts that score them (`source_evaluation`),
   keyed by model + dtype + task evaluation data + generation settings (`source_key`);
-- the metrics of its other parts, beside them per set of parts (speed aside: measured again in every run);
+- the metrics of its other parts, beside them per set of parts and those parts' own settings (speed aside:
+  measured again in every run);
 - its distractor outputs, the similarity reference (`reference_outputs`), keyed by model + prompts + settings.
 
 What enters the generation key comes from the parts' declarations (`parts.EvalPart.owns`, `generation_key`), so
@@ -98,6 +99,13 @@ class SourceEvaluation(ArtifactCache):
         atomic_write_json(path, metrics)
 
 
+def _owned_suffix(names: list[str], settings: dict) -> str:
+    """The settings those parts own (eval.nll.*, ...), hashed into their cached metrics' file name: a changed
+    eval.nll.max_length or eval.nll.gold measures the source again instead of reusing numbers made without it."""
+    owned = {k: settings[k] for name in names for k in parts.REGISTRY[name].owns if k in settings}
+    return f"-{digest(owned, 10)}" if owned else ""
+
+
 def _untimed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
@@ -128,7 +136,7 @@ def source_evaluation(loaded, task: Mapping, settings: Mapping | None, cache_dir
     rest = [p for p in s["parts"] if not parts.REGISTRY[p].scores_generations and parts.REGISTRY[p].on_source]
     if rest:
         measured, cached = cache.get(
-            f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}",
+            f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}{_owned_suffix(rest, s)}",
             lambda: suite.evaluate(model, tokenizer, task, {**s, "parts": rest}, run_dir=cache.root,
                                    source_rows=rows).metrics)
         metrics.update(_untimed(measured))

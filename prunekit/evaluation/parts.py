@@ -339,8 +339,8 @@ def own_answer_pairs(samples: list[dict], source_rows: list[dict]) -> tuple[list
 @register
 class NLL(EvalPart):
     """`<metric>/nll`: mean token NLL of the source model's own correct answers (the validated target proxy);
-    `<metric>/nll_gold`: of the dataset's gold solutions (the earlier definition; they are not in the format the
-    model writes: raw canonical code, GSM8K's <<48/2=24>> calculator marks)."""
+    `<metric>/nll_gold` (with eval.nll.gold=true): of the dataset's gold solutions (the earlier definition; they are
+    not in the format the model writes: raw canonical code, GSM8K's <<48/2=24>> calculator marks)."""
 
     name, order, owns, data = "nll", 30, ("nll",), ("target",)
     needs_correct = needs_source_rows = True
@@ -349,16 +349,19 @@ class NLL(EvalPart):
     def check_settings(cls, settings: dict) -> None:
         if not isinstance(settings["nll"]["max_length"], int) or settings["nll"]["max_length"] < 2:
             raise ConfigError(f"eval.nll.max_length={settings['nll']['max_length']!r}: must be an integer >= 2")
+        if not isinstance(settings["nll"]["gold"], bool):
+            raise ConfigError(f"eval.nll.gold={settings['nll']['gold']!r}: must be true or false")
 
     def run(self, ctx: Context) -> dict:
         s, metric = ctx.settings, ctx.metric
         kw = dict(batch_size=s["batch_size"], max_length=s["nll"]["max_length"],
                   chat_template=use_chat(s, ctx.tokenizer))
-        gold = {f"{metric}/nll_gold": nll.target_nll(ctx.model, ctx.tokenizer, nll_pairs(ctx.samples, metric), **kw)}
+        gold = ({f"{metric}/nll_gold": nll.target_nll(ctx.model, ctx.tokenizer, nll_pairs(ctx.samples, metric), **kw)}
+                if s["nll"]["gold"] else {})
         try:
             pairs, correct_only = own_answer_pairs(ctx.samples, ctx.source_rows)
         except DataError as e:  # a source that writes only whitespace: no own answers, the other results stand
-            log.warning("%s/nll skipped (%s); %s/nll_gold is still measured", metric, e, metric)
+            log.warning("%s/nll skipped (%s)", metric, e)
             return {f"{metric}/nll_answers": 0, **gold}
         return {f"{metric}/nll": nll.target_nll(ctx.model, ctx.tokenizer, pairs, **kw),
                 f"{metric}/nll_answers": len(pairs), f"{metric}/nll_correct_only": correct_only, **gold}

@@ -51,6 +51,10 @@ class CodeSettings:  # HumanEval / MBPP execution in the sandbox
 @dataclass
 class NLLSettings:
     max_length: int = 1024         # tokens per prompt + answer
+    # Also `<metric>/nll_gold`, the NLL of the dataset's gold solutions (the earlier definition, kept for
+    # benchmarks/proxy_agreement.py): off by default, since it is a second forward pass over the whole target set
+    # (107 s a model for 40 HumanEval problems on 2 bf16 cores, a sixth of the default run) that no table prints.
+    gold: bool = False
 
 
 @dataclass

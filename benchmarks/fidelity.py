@@ -90,7 +90,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # 32 evaluation prompts with 256 new tokens on both mixes (the paper mix's GSM8K preset would allow 1024).
-    extra = ["eval.parts=[traps,similarity,nll]", "eval.nll.gold=true", "eval.n=32", "task.eval.max_new_tokens=256", *args.overrides]
+    extra = ["eval.parts=[traps,similarity,nll]", "eval.nll.gold=true", "eval.n=32", "task.eval.max_new_tokens=256",
+             *args.overrides]
     for mix in args.mixes.split(","):
         results = {}
         for ratio in map(float, args.ratios.split(",")):

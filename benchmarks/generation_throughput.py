@@ -2,6 +2,7 @@
 
     python benchmarks/generation_throughput.py                                   # SmolLM2 + Qwen, batch 1 8 16
     python benchmarks/generation_throughput.py --models smollm2 --batches 1,8 --max-new-tokens 16   # short
+    python benchmarks/generation_throughput.py --models '' --gguf run/model-f16.gguf,run/model-q4_k_m.gguf
 
 Per model and batch size B the first B HumanEval prompts (pip:humaneval, chat template) run through
 prunekit.evaluation.generation.generate with the loop detector, as the evaluation runs them; a clock criterion
@@ -133,8 +134,6 @@ def llama_cpp_rate(model, tok, source: str, prompt: str, max_new_tokens: int,
     """(llama.cpp decode tokens/s, tokens agreeing with `reference` before the first difference, tokens made) of one
     greedy batch-1 generation from the model exported as an f16 GGUF. The memory bound printed beside it counts
     2 bytes a weight."""
-    from llama_cpp import Llama
-
     from prunekit.export import gguf as export_gguf
 
     with tempfile.TemporaryDirectory(prefix="gen-throughput-") as tmp:
@@ -143,16 +142,40 @@ def llama_cpp_rate(model, tok, source: str, prompt: str, max_new_tokens: int,
         # as a run directory records it: a GGUF-sourced model's export starts from its source file's metadata
         (Path(tmp) / "pruning.json").write_text(json.dumps({"source_model": source}))
         path = export_gguf.export(Path(tmp) / "model", "f16", out=Path(tmp) / "model.gguf").path
-        llm = Llama(model_path=str(path), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
-        ids = llm.tokenize(text.format_prompt(tok, prompt, True).encode(), add_bos=False, special=True)
-        made, stamps = [], []
-        for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):  # greedy
-            stamps.append(time.perf_counter())
-            made.append(token)
-            if token == llm.token_eos() or len(made) >= max_new_tokens:
-                break
+        tps, made = gguf_rate(path, text.format_prompt(tok, prompt, True), max_new_tokens)
     agree = next((i for i, (a, b) in enumerate(zip(made, reference)) if a != b), min(len(made), len(reference)))
-    return (len(made) - 1) / (stamps[-1] - stamps[0]), agree, len(made)
+    return tps, agree, len(made)
+
+
+def gguf_rate(path: Path, prompt_text: str, max_new_tokens: int) -> tuple[float, list]:
+    """(decode tokens/s, tokens) of llama.cpp's greedy batch-1 generation from one GGUF file, prefill excluded."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+    ids = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
+    made, stamps = [], []
+    for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):  # greedy
+        stamps.append(time.perf_counter())
+        made.append(token)
+        if token == llm.token_eos() or len(made) >= max_new_tokens:
+            break
+    return (len(made) - 1) / (stamps[-1] - stamps[0]), made
+
+
+def bench_gguf_files(files: list[str], args) -> None:
+    """--gguf: llama.cpp's batch-1 decode of exported files (e.g. f16 / q8_0 / q4_k_m of one pruned run), on the
+    first HumanEval prompt in the chat template the file carries."""
+    import gguf
+    from jinja2 import Template
+
+    spec = {"path": "pip:humaneval", "split": None, "field": "prompt", "n": 1}
+    prompt = data.load_records(spec, "benchmark")[0]["prompt"]
+    for f in files:
+        chat = gguf.GGUFReader(f).fields["tokenizer.chat_template"].contents()  # the file's own template
+        rendered = Template(chat).render(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+        tps, made = gguf_rate(Path(f), rendered, args.max_new_tokens)
+        print(f"  llama.cpp {Path(f).name:<28}{os.path.getsize(f) / 2**20:>9.0f} MiB{tps:>11.2f} decode t/s "
+              f"({len(made)} tokens)", flush=True)
 
 
 def main() -> None:
@@ -164,6 +187,8 @@ def main() -> None:
     ap.add_argument("--drop-finished-every", type=int, default=0, help="eval.drop_finished_every (0: off)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--llama-cpp", action="store_true", help="also llama.cpp's batch-1 decode of an f16 export")
+    ap.add_argument("--gguf", default="", help="comma-separated GGUF files: llama.cpp's batch-1 decode of each "
+                                               "(with --models '' alone)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,8 +199,10 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  {'model':<8}{'batch':>6}{'decode t/s':>11}{'mem bound':>12}{'compute bound':>14}{'binding':>9}"
           f"{'achieved':>10}{'context':>8}{'same rows':>11}", flush=True)
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         bench_model(name, SOURCES.get(name, name), batches, args, bw)
+    if args.gguf:
+        bench_gguf_files(args.gguf.split(","), args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("gguf", help="GGUF for llama.cpp / ollama")
     g.error = parser.error
     g.add_argument("model_dir", help="a checkpoint directory, e.g. <run>/model")
-    g.add_argument("--type", default="f16", help="f16 (default), q8_0, bf16, f32, q4_0, q4_1, q5_0, q5_1")
+    g.add_argument("--type", default="f16", help="f16 (default), q8_0, bf16, f32, q4_0, q4_1, q5_0, q5_1; K-quants "
+                                                 "(q4_k_m, q5_k_m, q6_k, ...) with llama-cpp-python installed")
     g.add_argument("--out", help="output file (default: <run>/model-<type>.gguf)")
     g.add_argument("--cache-dir", help="prunekit cache with converted pip models (default: $PRUNEKIT_CACHE or "
                                        "~/.cache/prunekit)")

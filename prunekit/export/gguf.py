@@ -11,12 +11,16 @@ What goes in:
   llama.cpp's rotary embedding expects (transformers' GGUF reader undoes it on load).
 
 The `gguf` package quantizes F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 in Python, not the K-quants (Q4_K_M, ...):
-those come from llama.cpp's `llama-quantize` run on an f16 export. K-quants need rows that are a multiple of 256;
-`K_QUANT_FALLBACKS` lists the tensors llama-quantize would store in another type instead.
+those come from llama.cpp's own quantizer run on an f16 export, here through llama-cpp-python's binding of
+`llama_model_quantize` when it is installed (an optional extra, built from its sdist), else with the
+`llama-quantize` command. K-quants need rows that are a multiple of 256; the report's `k_quant_fallbacks` lists
+the tensors the quantizer stores in another type instead.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import functools
 import importlib.metadata
 import logging
@@ -61,15 +65,42 @@ K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", 
 _NOT_COPIED = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE, gguf.Keys.General.QUANTIZATION_VERSION)
 
 
-def check_type(name: str) -> Q:
-    """`--type`: a type the gguf package can write; K-quants get the llama-quantize command instead."""
+def check_type(name: str) -> Q | None:
+    """`--type`: a type the gguf package writes, or (None) a K-quant that llama.cpp's quantizer writes, which needs
+    llama-cpp-python; without it the error gives the llama-quantize command."""
     if name in K_QUANTS:
-        raise ModelError(f"--type {name}: the gguf package ({importlib.metadata.version('gguf')}) cannot quantize to "
-                          f"K-quants in Python (it writes {', '.join(TYPES)}); export --type f16 and run llama.cpp's "
-                          f"`llama-quantize model-f16.gguf model-{name}.gguf {name.upper()}`")
+        if _llama_cpp() is None:
+            raise ModelError(f"--type {name}: the gguf package ({importlib.metadata.version('gguf')}) cannot quantize "
+                              f"to K-quants in Python (it writes {', '.join(TYPES)}) and llama-cpp-python is not "
+                              f"installed; install it (pip install llama-cpp-python==0.3.36, built from its sdist), or "
+                              f"export --type f16 and run llama.cpp's `llama-quantize model-f16.gguf "
+                              f"model-{name}.gguf {name.upper()}`")
+        return None
     if name not in TYPES:
-        raise ModelError(f"--type {name}: unknown type; allowed: {', '.join(TYPES)} (K-quants: via llama-quantize)")
+        raise ModelError(f"--type {name}: unknown type; allowed: {', '.join(TYPES)}, {', '.join(K_QUANTS)} "
+                          f"(K-quants with llama-cpp-python installed)")
     return TYPES[name]
+
+
+def _llama_cpp():
+    """llama-cpp-python, or None: an optional dependency (no wheel on the registry; its sdist builds llama.cpp)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp
+
+
+def _llama_quantize(src: Path, out: Path, name: str) -> None:
+    """llama.cpp's own quantizer (what `llama-quantize` runs), through llama-cpp-python's binding: the gguf
+    package has no K-quant encoder, and a hand-written one would be a second implementation of llama.cpp's format
+    to keep in step with it."""
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}")
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise ModelError(f"--type {name}: llama.cpp's quantizer failed on {src} (see its log above)")
 
 
 @dataclass
@@ -85,8 +116,10 @@ class ExportReport:
     k_quant_fallbacks: list[str] = field(default_factory=list)  # row length not a multiple of 256
 
     def summary(self) -> str:
+        kinds = collections.Counter(kind for kind, _ in self.tensors.values())
         lines = [f"wrote {self.path} ({self.arch}, feed_forward_length {self.kept_width}, {self.type}, "
-                 f"{len(self.tensors)} tensors, {self.path.stat().st_size / 2**20:.1f} MiB)"]
+                 f"{len(self.tensors)} tensors, {self.path.stat().st_size / 2**20:.1f} MiB)",
+                 "tensor types: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())]
         if self.fell_back:
             lines.append(f"stored as F16 (row length not a multiple of the {self.type} block): {_names(self.fell_back)}")
         if self.k_quant_fallbacks:
@@ -280,6 +313,8 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: not a checkpoint directory (no config.json); pass <run>/model")
+    if qtype is None:
+        return _export_k_quant(model_dir, type_name, out, cache_dir)
     from transformers import AutoConfig
 
     from prunekit.checkpoint import read_json
@@ -339,6 +374,26 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
         os.replace(tmp, out)  # a failed or killed export never leaves a half-written FILE under the final name
     finally:
         tmp.unlink(missing_ok=True)
+    return report
+
+
+def _export_k_quant(model_dir: Path, type_name: str, out: str | Path | None, cache_dir) -> ExportReport:
+    """An f16 export (temporary), then llama.cpp's quantizer into `out`; the report lists the types it chose."""
+    out = Path(out).expanduser() if out else default_out(model_dir, type_name)
+    if out.suffix != ".gguf":
+        raise ModelError(f"--out {out}: must end in .gguf")
+    f16 = out.with_name(f".{out.name}.{os.getpid()}.f16.gguf")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        base = export(model_dir, "f16", f16, cache_dir)
+        _llama_quantize(f16, tmp, type_name)
+        os.replace(tmp, out)  # as export(): never a half-written file under the final name
+    finally:
+        f16.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    report = ExportReport(out, base.arch, base.kept_width, type_name, k_quant_fallbacks=base.k_quant_fallbacks)
+    for t in gguf.GGUFReader(out).tensors:  # GGUF lists dimensions innermost first; the report uses numpy's order
+        report.tensors[t.name] = (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)))
     return report
 
 

@@ -190,6 +190,9 @@ class TrainFormat(Checked):
     # assistant turn of the tokenizer's chat template, the format the evaluation prompts in (eval.chat_template);
     # auto: true when the tokenizer has a chat template.
     chat_template: Any = False
+    # Regular expressions (re.search); a response line matching one is left out of the answer, e.g. the scaffold
+    # comments CodeIO's solutions share ('^\\s*# import necessary packages$'), which recovered models copy.
+    drop_response_lines: list | None = None
     _prefix: str = dataclasses.field(default="task.train.", repr=False, kw_only=True, compare=False)
 
     @classmethod
@@ -205,6 +208,14 @@ class TrainFormat(Checked):
                              f"response_template={self.response_template!r}")
         if self.chat_template not in CHAT_CHOICES:
             raise self.error(f"task.train.chat_template={self.chat_template!r}: allowed: true, false, auto")
+        drop = self.drop_response_lines
+        if drop is not None and (not isinstance(drop, (list, tuple)) or not all(isinstance(p, str) for p in drop)):
+            raise self.error(f"task.train.drop_response_lines={drop!r}: must be a list of regular expressions")
+        for pattern in drop or ():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise self.error(f"task.train.drop_response_lines: {pattern!r} is not a regular expression ({e})") from None
 
     def render(self, record: Mapping, i: int) -> tuple[str, str]:
         """(prompt, response) text of one record."""
@@ -216,7 +227,12 @@ class TrainFormat(Checked):
             both = f" / response_template {self.response_template!r}" if self.response_template is not None else ""
             raise ConfigError(f"prompt_template {self.prompt_template!r}{both} names {e} which record {i} lacks "
                               f"(keys: {list(record)})") from None
+        if self.drop_response_lines:
+            response = "\n".join(line for line in response.split("\n") if not self._dropped(line))
         return prompt, response
+
+    def _dropped(self, line: str) -> bool:
+        return any(re.search(p, line) for p in self.drop_response_lines)
 
 
 def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
@@ -236,7 +252,8 @@ def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int
 
 def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str | None = None,
                    response_field: str | None = None, max_length: int, response_template: str | None = None,
-                   chat_template: Any = False, overlong: str = "drop") -> Examples:
+                   chat_template: Any = False, overlong: str = "drop",
+                   drop_response_lines: list | None = None) -> Examples:
     """Tokenise prompt + response (+ EOS) with prompt labels = -100. An example over max_length is dropped, or with
     overlong="truncate" right-truncated (dropped all the same when not one answer token would be left).
 
@@ -247,7 +264,8 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
     if overlong not in OVERLONG:
         raise ConfigError(f"lora.overlong={overlong!r} is unknown; allowed: {list(OVERLONG)}")
     fmt = TrainFormat(prompt_template=prompt_template, response_field=response_field,
-                      response_template=response_template, chat_template=chat_template)
+                      response_template=response_template, chat_template=chat_template,
+                      drop_response_lines=drop_response_lines)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
     chat = text.resolve_chat(fmt.chat_template, tokenizer)

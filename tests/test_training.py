@@ -94,6 +94,22 @@ def test_response_template_and_bad_train_formats(bpe_tokenizer, tok):
                                 chat_template=True)
 
 
+def test_drop_response_lines_leaves_matching_lines_out_of_the_answer(tok):
+    code = "# import necessary packages\nimport math\n\n# main function\ndef main_solution(x):\n    # keep me\n    return x"
+    fmt = training.TrainFormat(prompt_template="{q}", response_field="code",
+                               drop_response_lines=[r"^\s*# import necessary packages$", r"^# main function$"])
+    assert fmt.render({"q": "x", "code": code}, 0)[1] == "import math\n\ndef main_solution(x):\n    # keep me\n    return x"
+    kept = training.build_examples([{"q": "x", "code": code}], tokenizer=tok, prompt_template="{q}",
+                                   response_field="code", max_length=256, drop_response_lines=[r"^# main function$"])
+    without_main = code.replace("# main function\n", "")
+    assert [t for t in kept[0]["labels"] if t != training.IGNORE] == tok(without_main, add_special_tokens=False)[
+        "input_ids"] + [tok.eos_token_id]
+    with pytest.raises(ConfigError, match=r"task.train.drop_response_lines: '\(' is not a regular expression"):
+        training.TrainFormat(prompt_template="{q}", response_field="code", drop_response_lines=["("])
+    with pytest.raises(ConfigError, match="task.train.drop_response_lines='# x': must be a list of regular"):
+        training.TrainFormat(prompt_template="{q}", response_field="code", drop_response_lines="# x")
+
+
 def test_truncation_keeps_answer_tokens_and_drops_answerless(tok):
     recs = [{"question": "reverse 1 2 3", "answer": {"text": "3 2 1"}}]
     p_len = len(tok(TEMPLATE.format_map(recs[0]))["input_ids"])

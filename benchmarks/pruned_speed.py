@@ -13,8 +13,9 @@ Models may stop at EOS after different lengths; tokens/s normalises for that (lo
     .venv/bin/python benchmarks/pruned_speed.py --model pip:qwen2.5-coder-0.5b-instruct --json   # + a JSON line
 
 Peak memory (`--memory`, on by default) is measured per variant in fresh processes of this script: one prunes and
-saves the pruned checkpoint (`--save-pruned RATIO --to DIR`; ratio 0: the unpruned model, in the same dtype), the next (`--peak-of RATIO --from DIR`) loads only that
-checkpoint, generates the same prompts once and reads the peak RSS (Linux VmHWM; CUDA: torch's peak allocation):
+saves the pruned checkpoint (`--save-pruned RATIO --to DIR`; ratio 0: the unpruned model, in the same dtype), the
+next (`--peak-of RATIO --from DIR`) loads only that checkpoint, generates the same prompts once and reads the peak
+RSS (Linux VmHWM; CUDA: torch's peak allocation):
 what a user of the pruned model pays. A shared process could not tell the variants' peaks apart, and one that
 pruned in memory would report the unpruned model's load.
 """

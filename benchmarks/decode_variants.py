@@ -33,6 +33,8 @@ def compiled_decode():
     config = CompileConfig(mode="default")
     config._compile_all_devices = True
     return config
+
+
 @contextlib.contextmanager
 def preallocated_kv():
     """transformers' DynamicLayer growing into a buffer of doubling capacity instead of a torch.cat of the whole

@@ -313,6 +313,9 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: not a checkpoint directory (no config.json); pass <run>/model")
+    out = Path(out).expanduser() if out else default_out(model_dir, type_name)
+    if out.suffix != ".gguf":
+        raise ModelError(f"--out {out}: must end in .gguf")
     if qtype is None:
         return _export_k_quant(model_dir, type_name, out, cache_dir)
     from transformers import AutoConfig
@@ -329,9 +332,6 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
         raise ModelError(f"{model_dir}: architecture '{model_type}' has no GGUF export; exported: {', '.join(ARCHS)}")
     arch = ARCHS[model_type]
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
-    out = Path(out).expanduser() if out else default_out(model_dir, type_name)
-    if out.suffix != ".gguf":
-        raise ModelError(f"--out {out}: must end in .gguf")
     record_file = model_dir.parent / PRUNING_FILE
     record = read_json(record_file) if record_file.is_file() else None
     cache_dir = cache_dir or os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")
@@ -377,11 +377,8 @@ def export(model_dir: str | Path, type_name: str = "f16", out: str | Path | None
     return report
 
 
-def _export_k_quant(model_dir: Path, type_name: str, out: str | Path | None, cache_dir) -> ExportReport:
+def _export_k_quant(model_dir: Path, type_name: str, out: Path, cache_dir) -> ExportReport:
     """An f16 export (temporary), then llama.cpp's quantizer into `out`; the report lists the types it chose."""
-    out = Path(out).expanduser() if out else default_out(model_dir, type_name)
-    if out.suffix != ".gguf":
-        raise ModelError(f"--out {out}: must end in .gguf")
     f16 = out.with_name(f".{out.name}.{os.getpid()}.f16.gguf")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

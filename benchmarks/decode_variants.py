@@ -1,18 +1,18 @@
-"""Candidate speed-ups of the evaluation's greedy decode, side by side in one run, against the current setting.
+"""Candidate speed-ups of the evaluation's greedy decode, side by side in one run, against the plain
+decode (transformers' DynamicCache, one generate call per batch).
 
     python benchmarks/decode_variants.py --model smollm2 --n 32 --max-new-tokens 128
-    python benchmarks/decode_variants.py --model /path/to/Qwen2.5-Coder-0.5B-Instruct --variants current,drop16
+    python benchmarks/decode_variants.py --model /path/to/Qwen2.5-Coder-0.5B-Instruct --variants plain,drop16
 
 Each variant runs the evaluation's own generation path (suite._generate: chat template, loop detector, length-sorted
 batches) on the first --n HumanEval prompts (pip:humaneval). Variants run interleaved (A B C A B C ...) so load
 changes on a shared machine hit all of them alike; the fastest repeat of each is kept. Every variant's tokens are
-compared with the current setting's, row by row: a speed-up only counts if `identical` is True.
+compared with the plain decode's, row by row: a speed-up only counts if `identical` is True.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -35,50 +35,20 @@ def compiled_decode():
     return config
 
 
-@contextlib.contextmanager
-def preallocated_kv():
-    """transformers' DynamicLayer growing into a buffer of doubling capacity instead of a torch.cat of the whole
-    cache at every step (15.7 % of the batch-8 decode in a profile); attention gets a view of the same values.
-    A benchmark-only patch, to see whether it pays and keeps the tokens before building it properly (a Cache
-    class passed as past_key_values)."""
-    from transformers.cache_utils import DynamicLayer
-
-    original = DynamicLayer.update
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        buf = getattr(self, "_kv_buffer", None)
-        n, new = self.keys.shape[-2] if self.keys.numel() else 0, key_states.shape[-2]
-        linked = buf is not None and self.keys.numel() and self.keys.data_ptr() == buf[0].data_ptr()
-        if not linked or buf[0].shape[0] != key_states.shape[0] or n + new > buf[0].shape[-2]:
-            shape = (*key_states.shape[:2], max(64, 2 * (n + new)), key_states.shape[-1])
-            buf = (key_states.new_empty(shape), value_states.new_empty(shape))
-            if n:  # after a reorder/select the cache is a fresh tensor: start the buffer from it
-                buf[0][..., :n, :], buf[1][..., :n, :] = self.keys, self.values
-            self._kv_buffer = buf
-        buf[0][..., n:n + new, :], buf[1][..., n:n + new, :] = key_states, value_states
-        self.keys, self.values = buf[0][..., :n + new, :], buf[1][..., :n + new, :]
-        return self.keys, self.values
-
-    DynamicLayer.update = update
-    try:
-        yield
-    finally:
-        DynamicLayer.update = original
-
-
-# name -> (eval.* overrides, generation_config overrides[, a context to run in]). "current" is the default.
+# The reference every variant is compared with: transformers' DynamicCache, each batch in one generate call (the
+# evaluation's decode before eval.kv_cache and eval.drop_finished_every existed).
+PLAIN = {"kv_cache": "dynamic", "drop_finished_every": 0}
+# name -> (eval.* overrides on PLAIN, generation_config overrides)
 VARIANTS = {
-    "current": ({}, {}),
+    "plain": ({}, {}),
     "drop16": ({"drop_finished_every": 16}, {}),
     "static": ({}, {"cache_implementation": "static"}),
     "b16": ({"batch_size": 16, "max_batch_tokens": 16384}, {}),
     "b16+drop16": ({"batch_size": 16, "max_batch_tokens": 16384, "drop_finished_every": 16}, {}),
     "b32+drop16": ({"batch_size": 32, "max_batch_tokens": 32768, "drop_finished_every": 16}, {}),
     "compile": ({}, {"cache_implementation": "static", "compile_config": compiled_decode}),  # built when used
-    "prealloc": ({}, {}, preallocated_kv),
-    "prealloc+drop16": ({"drop_finished_every": 16}, {}, preallocated_kv),
+    "prealloc": ({"kv_cache": "preallocated"}, {}),
+    "prealloc+drop16": ({"kv_cache": "preallocated", "drop_finished_every": 16}, {}),
 }
 
 
@@ -93,17 +63,15 @@ def load(which: str, dtype: str):
     return models.load(models.resolve(source), os.path.expanduser("~/.cache/prunekit/models"), dtype=dtype)
 
 
-def run_variant(model, tok, prompts, budget: int, settings: dict, gen_overrides: dict,
-                context=contextlib.nullcontext):
+def run_variant(model, tok, prompts, budget: int, settings: dict, gen_overrides: dict):
     """(seconds, generations) of one variant; the model's generation_config is restored afterwards."""
     saved = {k: getattr(model.generation_config, k, None) for k in gen_overrides}
     for k, v in gen_overrides.items():
         setattr(model.generation_config, k, v() if callable(v) else v)
     try:
-        with context():
-            t0 = time.perf_counter()
-            gens = suite._generate(model, tok, prompts, settings, budget, stop_on_answer=False, desc="bench")
-            return time.perf_counter() - t0, gens
+        t0 = time.perf_counter()
+        gens = suite._generate(model, tok, prompts, settings, budget, stop_on_answer=False, desc="bench")
+        return time.perf_counter() - t0, gens
     finally:
         for k, v in saved.items():
             setattr(model.generation_config, k, v)
@@ -119,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    names = ["current"] + [v for v in args.variants.split(",") if v != "current"]
+    names = ["plain"] + [v for v in args.variants.split(",") if v != "plain"]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; allowed: {', '.join(VARIANTS)}")
@@ -131,15 +99,15 @@ def main() -> None:
     runs: dict[str, list] = {v: [] for v in names}
     for _ in range(args.repeats):
         for v in names:  # interleaved
-            overrides, gen, *context = VARIANTS[v]
-            runs[v].append(run_variant(model, tok, prompts, args.max_new_tokens, {**base, **overrides}, gen, *context))
+            overrides, gen = VARIANTS[v]
+            runs[v].append(run_variant(model, tok, prompts, args.max_new_tokens, {**base, **PLAIN, **overrides}, gen))
             print(f"  {v}: {runs[v][-1][0]:.1f} s", flush=True)
-    ref = min(runs["current"], key=lambda r: r[0])[1]
-    base_tps = sum(g.n_tokens for g in ref) / min(r[0] for r in runs["current"])
+    ref = min(runs["plain"], key=lambda r: r[0])[1]
+    base_tps = sum(g.n_tokens for g in ref) / min(r[0] for r in runs["plain"])
     print(f"model={args.model} dtype={model.dtype} device={model.device} threads={torch.get_num_threads()} "
           f"HumanEval n={len(prompts)} max_new_tokens={args.max_new_tokens} repeats={args.repeats} (fastest kept); "
           f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'variant':<14}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'vs current':>12}  identical")
+    print(f"{'variant':<14}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'vs plain':>12}  identical")
     for v in names:
         s, gens = min(runs[v], key=lambda r: r[0])
         same = all(a.token_ids == b.token_ids and a.stop_reason == b.stop_reason for a, b in zip(ref, gens))

@@ -290,3 +290,77 @@ def test_throughput_decode_rate_runs_the_engine(smol_tok, tiny):
     assert [g.token_ids for g in gens] == [g.token_ids for g in ref] and tps > 0
     longest = max(len(ids) for ids in text.encode(smol_tok, PROMPTS[:3], True))
     assert longest < ctx < longest + 5  # mean padded context over the decode steps
+
+
+# ---------------------------------------------------------------------------------------------- kv_cache
+def _cat_reference(chunks):
+    """What transformers' DynamicLayer holds after these updates: one torch.cat along the sequence."""
+    return torch.cat([k for k, _ in chunks], -2), torch.cat([v for _, v in chunks], -2)
+
+
+def test_buffered_layer_holds_what_dynamic_layer_holds():
+    """Through a prefill, single steps past the buffer's capacity, a crop, a batch select and a reset, the buffered
+    layer returns exactly DynamicLayer's keys and values, and writes in place while the buffer has room."""
+    from transformers.cache_utils import DynamicLayer
+
+    from prunekit.evaluation.kv_cache import MIN_CAPACITY, BufferedLayer
+
+    torch.manual_seed(0)
+    ours, ref = BufferedLayer(), DynamicLayer()
+    steps = [40] + [1] * 60  # the first buffer (80 positions) fills up and is replaced by one of 162
+    assert 2 * 40 >= MIN_CAPACITY
+    ptrs = []
+    for n in steps:
+        k, v = torch.randn(3, 2, n, 8), torch.randn(3, 2, n, 8)
+        got, want = ours.update(k, v), ref.update(k.clone(), v.clone())
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        ptrs.append(got[0].data_ptr())
+    assert len(set(ptrs)) == 2  # one buffer for positions 1-80, one after: no copy per step
+    for op in (lambda layer: layer.crop(-5), lambda layer: layer.batch_select_indices(torch.tensor([2, 0]))):
+        op(ours), op(ref)
+        k, v = torch.randn(ref.keys.shape[0], 2, 1, 8), torch.randn(ref.keys.shape[0], 2, 1, 8)
+        got, want = ours.update(k, v), ref.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert ours.get_seq_length() == ref.get_seq_length()
+    ours.reset()
+    k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    assert torch.equal(ours.update(k, v)[0], _cat_reference([(k, v)])[0]) and ours.get_seq_length() == 3
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("every", [0, 3])
+def test_preallocated_cache_keeps_every_token(smol_tok, attn, every):
+    """Padded batches decoded with the preallocated cache give DynamicCache's tokens and stop reasons, alone and
+    with rows leaving the batch (a select rebuilds the buffer); a prompt longer than the first buffer included."""
+    model = _tiny(smol_tok, attn)
+    prompts = [*PROMPTS, " ".join(["word"] * 80)]
+    kw = dict(max_new_tokens=N_NEW, batch_size=len(prompts), progress=False, drop_finished_every=every)
+    free = G.generate(model, smol_tok, prompts, **kw)
+    model.generation_config.eos_token_id = [smol_tok.eos_token_id, free[0].token_ids[3]]  # a row stops early
+    plain = G.generate(model, smol_tok, prompts, **kw)
+    ours = G.generate(model, smol_tok, prompts, kv_cache="preallocated", **kw)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in plain]
+    assert [g.stop_reason for g in ours] == [g.stop_reason for g in plain] and "eos" in {g.stop_reason for g in ours}
+
+
+def test_preallocated_cache_is_the_one_generate_fills(smol_tok, tiny, monkeypatch):
+    """The option reaches generate: its cache holds BufferedLayers (so the test above compares two decodes)."""
+    from prunekit.evaluation.kv_cache import BufferedLayer
+
+    seen = []
+    orig = type(tiny).generate
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("cache"))
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny), "generate", spy)
+    G.generate(tiny, smol_tok, PROMPTS[:2], max_new_tokens=3, batch_size=2, progress=False, kv_cache="preallocated")
+    G.generate(tiny, smol_tok, PROMPTS[:2], max_new_tokens=3, batch_size=2, progress=False)
+    assert all(type(layer) is BufferedLayer for layer in seen[0].layers) and seen[0].get_seq_length() > 0
+    assert seen[1] is None  # the plain decode leaves the cache to generate
+
+
+def test_kv_cache_validated(smol_tok, tiny):
+    with pytest.raises(ConfigError, match=r"kv_cache='static': allowed: dynamic, preallocated"):
+        G.generate(tiny, smol_tok, PROMPTS, max_new_tokens=2, progress=False, kv_cache="static")

@@ -199,13 +199,14 @@ def test_fidelity_qwen_runs_each_job_in_order_with_the_extra_overrides(tmp_path)
     assert out.stdout.count("done in") == 3
 
 
-def test_drop_finished_every_keys_the_source_cache_only_when_on(compose_config):
-    """Off (0) the pinned keys above hold; on, the batch changes shape mid-decode (other rounding on some
-    devices), so the source model's generations get their own cache entry."""
+@pytest.mark.parametrize("key, off, on", [("drop_finished_every", 0, 16), ("kv_cache", "dynamic", "preallocated")])
+def test_decode_options_key_the_source_cache_only_when_on(compose_config, key, off, on):
+    """Off (0, dynamic) the pinned keys above hold; on, the batch changes shape mid-decode or attention reads a
+    strided view of the cache (other rounding on some devices), so the source model's generations get their own
+    cache entry."""
     keys = []
-    for drop in (0, 16):
-        cfg = compose_config("prune", "task=math_offline", "data_dir=/D", "cache_dir=/C",
-                             f"eval.drop_finished_every={drop}")
+    for value in (off, on):
+        cfg = compose_config("prune", "task=math_offline", "data_dir=/D", "cache_dir=/C", f"eval.{key}={value}")
         settings = suite.check_settings(recipes.plain(cfg.eval), recipes.plain(cfg.task))
         keys.append(baseline.source_key(models.identity(models.TinySource("llama")), "torch.float32",
                                         recipes.plain(cfg.task), settings))

@@ -325,7 +325,7 @@ def test_prune_align_at_its_default_keeps_earlier_runs_resumable(tmp_path):
     store.record_config(tmp_path, before)
     assert store.config_hash({**before, "prune": {"align": 128}})[0] == store.config_hash(before)[0]
     store.check_resume(tmp_path, "prune", {**before, "prune": {"align": 128}}, resume=True)  # not refused
-    with pytest.raises(store.RunError, match="prune.align: None -> 256"):
+    with pytest.raises(store.RunError, match=r"prune.align: \(absent\) -> 256"):
         store.check_resume(tmp_path, "prune", {**before, "prune": {"align": 256}}, resume=True)
 
 
@@ -345,3 +345,30 @@ def test_config_hash_is_pinned():
     (resume=true) with 'other settings'."""
     assert store.config_hash(CFG)[0] == "2c573e1b9d58e7bd"
     assert store.config_hash({**CFG, "wandb": {"mode": "offline"}, "resume": True})[0] == "2c573e1b9d58e7bd"
+
+
+def test_a_key_added_without_a_later_default_is_named(tmp_path):
+    """A config key one side lacks is a named difference, not an empty '()' (the refusal once read 'other settings
+    ()' when task.train.drop_response_lines was added without a LATER_KEYS entry)."""
+    before = {"ratio": 0.1, "model": {"name_or_path": "tiny:llama"}}
+    store.record_config(tmp_path, before)
+    with pytest.raises(store.RunError, match=r"other settings \(task.extra: \(absent\) -> None\)"):
+        store.check_resume(tmp_path, "prune", {**before, "task": {"extra": None}}, resume=True)
+
+
+@pytest.mark.parametrize("group, key, later", [("task", "train", {"drop_response_lines": None}),
+                                               ("eval", "kv_cache", "dynamic")])
+def test_keys_added_later_resume_runs_recorded_before_them(tmp_path, group, key, later):
+    before = {"ratio": 0.1, "model": {"name_or_path": "tiny:llama"}}
+    store.record_config(tmp_path, before)
+    assert not store.check_resume(tmp_path, "prune", {**before, group: {key: later}}, resume=True)  # not refused
+
+
+def test_composed_default_config_hash_is_pinned(compose_config):
+    """Every hashed key of the default job, at its default: a new config key (or a changed default) changes this,
+    and then every recorded run is refused on resume. A new key whose default behaves as before it existed goes
+    into store.LATER_KEYS; a changed default updates this pin on purpose."""
+    cfg = compose_config("prune", "data_dir=/D", "cache_dir=/C")
+    from prunekit import recipes
+
+    assert store.config_hash(recipes.plain(cfg))[0] == "b6956dc35f2ef5a5"

@@ -305,6 +305,7 @@ def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
     ({"batch_size": 0}, None, r"eval.batch_size=0"),
     ({"drop_finished_every": -1}, None, r"eval.drop_finished_every=-1: must be an integer >= 0 \(0: off\)"),
     ({"drop_finished_every": "16"}, None, r"eval.drop_finished_every='16'"),
+    ({"kv_cache": "static"}, None, r"eval.kv_cache='static': allowed: dynamic, preallocated"),
     ({"n": -1}, None, r"eval.n=-1"),
     ({"chat_template": "yes"}, None, "allowed: true, false, auto"),
     ({"throughput": {"prompts": 0}}, None, r"eval.throughput.prompts=0"),
@@ -364,10 +365,15 @@ def test_task_presets_name_their_metric(name, metric):
     assert ev["metric"] == metric and ev["max_new_tokens"] >= 1 and ev["target"]["gold_field"]
 
 
-def test_drop_finished_every_reaches_the_engine(tiny, tokenizer, monkeypatch):
+def test_decode_options_reach_the_engine(tiny, tokenizer, monkeypatch):
     seen = []
     real = suite.generation.generate
-    monkeypatch.setattr(suite.generation, "generate", lambda *a, **k: seen.append(k["drop_finished_every"]) or real(*a, **k))
-    settings = suite.resolve_settings({"drop_finished_every": 4, "chat_template": False})
+
+    def spy(*a, **k):
+        seen.append((k["drop_finished_every"], k["kv_cache"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(suite.generation, "generate", spy)
+    settings = suite.resolve_settings({"drop_finished_every": 4, "kv_cache": "preallocated", "chat_template": False})
     gens = suite._generate(tiny, tokenizer, ["a b", "c"], settings, 3, stop_on_answer=False, desc="t")
-    assert seen == [4] and len(gens) == 2
+    assert seen == [(4, "preallocated")] and len(gens) == 2

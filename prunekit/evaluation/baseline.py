@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SOURCE_EVAL_VERSION = 1
 SOURCE_METRICS_VERSION = 2
 # Settings added after the keys were pinned, at their off value: left out, so the keys made before them still hold.
-ADDED_OFF = (("drop_finished_every", 0),)
+ADDED_OFF = (("drop_finished_every", 0), ("kv_cache", "dynamic"))
 # Bumped when the reference generation recipe changes, so old cached references are not reused.
 REFERENCE_VERSION = 1
 

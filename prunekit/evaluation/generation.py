@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from prunekit import text
 from prunekit.checkpoint import atomic_write_text
 from prunekit.dist import process_state
 from prunekit.errors import ConfigError
 from prunekit.evaluation import traps
+from prunekit.evaluation.kv_cache import KINDS as KV_CACHES
+from prunekit.evaluation.kv_cache import make_cache
 
 log = logging.getLogger(__name__)
 
@@ -109,36 +111,40 @@ def greedy_config(model, max_new_tokens: int, pad_id: int, eos: list[int]):
     return cfg
 
 
-def _check(prompts, max_new_tokens, batch_size, drop_finished_every=0) -> None:
+def _check(prompts, max_new_tokens, batch_size, drop_finished_every=0, cache="dynamic") -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(drop_finished_every, int) or isinstance(drop_finished_every, bool) or drop_finished_every < 0:
         raise ConfigError(f"drop_finished_every must be an integer >= 0 (0: off), got {drop_finished_every!r}")
+    if cache not in KV_CACHES:
+        raise ConfigError(f"kv_cache={cache!r}: allowed: {', '.join(KV_CACHES)}")
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
         raise ConfigError(f"prompts must be strings; items {bad[:5]} are not")
 
 
 def _decode(model, input_ids, attention_mask, gen_cfg, criteria: list, eos: list[int],
-            drop_finished_every: int) -> tuple[list[list[int]], list[int]]:
+            drop_finished_every: int, cache_kind: str) -> tuple[list[list[int]], list[int]]:
     """New token ids per row (padding after a row's stop included) and where a criterion first fired (-1: never).
 
     With ``drop_finished_every`` = k > 0 the batch is decoded k tokens per `generate` call, and between calls the
     rows that are done (EOS or a criterion) leave the batch and the KV cache (`DynamicCache.batch_select_indices`):
     the remaining rows keep their padding, cache and positions, so each row computes exactly what it would have
     in the full batch, while a long last row no longer drags the finished ones through every step. 0: one call.
+    ``cache_kind``: the KV cache generate fills (`KV_CACHES`; "dynamic" is generate's own choice).
     """
-    if drop_finished_every and gen_cfg.cache_implementation is not None:
+    if (drop_finished_every or cache_kind != "dynamic") and gen_cfg.cache_implementation is not None:
         # generate refuses a cache object beside a cache choice, and fills an unset choice from the model's own
-        log.info("drop_finished_every ignored: the model's generation config chooses cache_implementation=%r",
-                 gen_cfg.cache_implementation)
-        drop_finished_every = 0
+        log.info("drop_finished_every and kv_cache ignored: the model's generation config chooses "
+                 "cache_implementation=%r", gen_cfg.cache_implementation)
+        drop_finished_every, cache_kind = 0, "dynamic"
     budget, rows = gen_cfg.max_new_tokens, list(range(input_ids.shape[0]))
     new: list[list[int]] = [[] for _ in rows]
     fired = [-1] * len(rows)
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True)) if drop_finished_every else None
+    own = drop_finished_every or cache_kind != "dynamic"  # a cache of ours, kept across the generate calls
+    cache = make_cache(cache_kind, model) if own else None
     step_cfg, done_tokens, eos_t = copy.copy(gen_cfg), 0, torch.tensor(eos)
     while rows:
         step_cfg.max_new_tokens = min(drop_finished_every or budget, budget - done_tokens)
@@ -177,6 +183,7 @@ def generate(
     progress: bool = True,
     desc: str = "generate",
     drop_finished_every: int = 0,
+    kv_cache: str = "dynamic",
 ) -> list[Generation]:
     """Greedy continuations of `prompts` (original order), batched with left padding and KV cache.
 
@@ -184,9 +191,11 @@ def generate(
     stop string) get stop_reason "criterion", and keep the tokens up to and including the triggering one.
     Under `accelerate launch` the batches are shared out whole across processes and the generations gathered,
     so every process returns exactly what one process would.
-    `drop_finished_every`: see `_decode` (0: each batch in one `model.generate` call).
+    `drop_finished_every`: see `_decode` (0: each batch in one `model.generate` call); `kv_cache`: "dynamic"
+    (transformers' DynamicCache) or "preallocated" (`kv_cache.BufferedLayer`: the same values without a
+    concatenation per step).
     """
-    _check(prompts, max_new_tokens, batch_size, drop_finished_every)
+    _check(prompts, max_new_tokens, batch_size, drop_finished_every, kv_cache)
     if not prompts:
         return []
     eos = eos_ids(model, tokenizer)
@@ -213,7 +222,8 @@ def generate(
         extra = list(stopping_criteria_factory(prompt_len)) if stopping_criteria_factory else []
         if stop_crit is not None:
             extra.append(stop_crit)
-        new, fired_at = _decode(model, input_ids, attention_mask, gen_cfg, extra, eos, drop_finished_every)
+        new, fired_at = _decode(model, input_ids, attention_mask, gen_cfg, extra, eos, drop_finished_every,
+                                kv_cache)
         for row, i in enumerate(idx):
             ids, reason = split_row(new[row], eos, fired_at[row])
             decoded = tokenizer.decode(ids, skip_special_tokens=True)
@@ -266,7 +276,7 @@ def read_journal(path: Path | None) -> dict[str, Generation]:
 
 def generate_journaled(model, tokenizer, prompts: list[str], budget: int, *, chat: bool, loop_detection: bool,
                        stop_on_answer, batch_size: int, max_batch_tokens: int | None, drop_finished_every: int,
-                       desc: str, journal: Path | None = None) -> list[Generation]:
+                       kv_cache: str = "dynamic", desc: str, journal: Path | None = None) -> list[Generation]:
     """Greedy generations in batches of at most `batch_size` prompts and `max_batch_tokens` padded prompt tokens,
     with the online loop detector and the optional stop at the first complete answer (``stop_on_answer``: None or
     False, or text -> whether it holds a complete answer).
@@ -301,7 +311,7 @@ def generate_journaled(model, tokenizer, prompts: list[str], budget: int, *, cha
             gens = generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=budget,
                             batch_size=len(idx), chat_template=chat, progress=False,
                             stopping_criteria_factory=criteria if (loop or answer) else None, desc=desc,
-                            drop_finished_every=drop_finished_every)
+                            drop_finished_every=drop_finished_every, kv_cache=kv_cache)
             for i, g in zip(idx, gens):
                 results[i] = g
                 n_new += g.n_tokens

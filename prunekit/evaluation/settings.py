@@ -16,6 +16,7 @@ from typing import Any
 from prunekit import text
 from prunekit.errors import ConfigError
 from prunekit.evaluation import benchmarks
+from prunekit.evaluation.kv_cache import KINDS as KV_CACHES
 from prunekit.schema import Checked, as_dict, defaults
 
 # Distractor set name -> comparison kind, for sets whose spec does not say (`kind: qna | dialogue`): QnA outputs
@@ -83,6 +84,8 @@ class EvalSettings(Checked):
     max_batch_tokens: int | None = field(default=4096, metadata=_allowed("an integer >= 1 or null"))
     # >0: every k new tokens, rows that are done leave the batch; 0: off
     drop_finished_every: int = field(default=0, metadata=_allowed("an integer >= 0 (0: off)"))
+    # dynamic: transformers' DynamicCache (a torch.cat per step); preallocated: the same values in a doubling buffer
+    kv_cache: str = field(default="dynamic", metadata=_allowed("dynamic, preallocated"))
     chat_template: Any = True              # true: prompts in the model's chat template (paper); false; auto
     # null: the task's (GSM8K 1024, the paper's "unconstrained"; HumanEval 512)
     max_new_tokens: int | None = field(default=None, metadata=_allowed("an integer >= 1 or null"))
@@ -136,6 +139,8 @@ class EvalSettings(Checked):
         if self.drop_finished_every < 0:
             raise ConfigError(f"eval.drop_finished_every={self.drop_finished_every!r}: must be an integer >= 0 "
                               "(0: off)")
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"eval.kv_cache={self.kv_cache!r}: allowed: {', '.join(KV_CACHES)}")
         if self.chat_template not in (True, False, "auto"):
             raise ConfigError(f"eval.chat_template={self.chat_template!r}: allowed: true, false, auto")
         plain = self.as_dict()
@@ -229,4 +234,4 @@ def generation_options(settings: dict, tokenizer) -> dict:
     """The keyword arguments of `generation.generate_journaled` that come from the settings."""
     return {"chat": use_chat(settings, tokenizer), "loop_detection": settings["loop_detection"],
             "batch_size": settings["batch_size"], "max_batch_tokens": settings["max_batch_tokens"],
-            "drop_finished_every": settings["drop_finished_every"]}
+            "drop_finished_every": settings["drop_finished_every"], "kv_cache": settings["kv_cache"]}

@@ -206,7 +206,8 @@ NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache
 # Keys added after runs were recorded, with the default every earlier run had implicitly (which behaves as before
 # the key existed): left out of the hash while at it, so a finished run of before the key existed still resumes
 # (is skipped) instead of being refused.
-LATER_KEYS = {"prune.align": 128, "model.save_dtype": None}
+LATER_KEYS = {"prune.align": 128, "model.save_dtype": None, "task.train.drop_response_lines": None,
+              "eval.kv_cache": "dynamic"}
 
 
 def config_hash(config: Mapping) -> tuple[str, dict]:
@@ -230,6 +231,10 @@ def other_job(run_dir: str | os.PathLike, job_type: str) -> str | None:
     except (OSError, ValueError, AttributeError):
         recorded = None
     return recorded if recorded in JOB_TYPES and recorded != job_type else None
+
+
+def _shown(settings: Mapping, key: str) -> str:
+    return repr(settings[key]) if key in settings else "(absent)"
 
 
 def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, resume: bool,
@@ -256,8 +261,8 @@ def check_resume(run_dir: str | os.PathLike, job_type: str, config: Mapping, res
     if old is not None and old.get("hash") != digest:
         if resume:
             before = old.get("config") or {}
-            diff = [f"{k}: {before.get(k)!r} -> {flat.get(k)!r}" for k in sorted(set(before) | set(flat))
-                    if before.get(k) != flat.get(k)]
+            diff = [f"{k}: {_shown(before, k)} -> {_shown(flat, k)}" for k in sorted(set(before) | set(flat))
+                    if k not in before or k not in flat or before[k] != flat[k]]  # one side only: a difference
             raise RunError(f"{run_dir} holds a {job_type} run with other settings ({'; '.join(diff[:3])}"
                            f"{' ...' if len(diff) > 3 else ''}); use another hydra.run.dir, or resume=false "
                            "to redo it there")

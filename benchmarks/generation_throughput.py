@@ -35,6 +35,7 @@ from transformers import StoppingCriteria
 
 from prunekit import data, models, text
 from prunekit.evaluation import generation, traps
+from prunekit.export import gguf as export_gguf
 
 SOURCES = {"smollm2": "pip:smollm2-135m-instruct", "qwen": "pip:qwen2.5-coder-0.5b-instruct"}
 
@@ -149,9 +150,11 @@ def llama_cpp_rate(model, tok, source: str, prompt: str, max_new_tokens: int,
 
 def gguf_rate(path: Path, prompt_text: str, max_new_tokens: int) -> tuple[float, list]:
     """(decode tokens/s, tokens) of llama.cpp's greedy batch-1 generation from one GGUF file, prefill excluded."""
-    from llama_cpp import Llama
+    import llama_cpp
 
-    llm = Llama(model_path=str(path), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+    if problem := export_gguf.amx_backend_problem(llama_cpp):  # a segfault would end the whole benchmark run
+        raise SystemExit(f"llama.cpp: {problem}")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
     ids = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
     made, stamps = [], []
     for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):  # greedy
@@ -164,17 +167,16 @@ def gguf_rate(path: Path, prompt_text: str, max_new_tokens: int) -> tuple[float,
 
 def bench_gguf_files(files: list[str], args) -> None:
     """--gguf: llama.cpp's batch-1 decode of exported files (e.g. f16 / q8_0 / q4_k_m of one pruned run), on the
-    first HumanEval prompt in the chat template the file carries."""
-    import gguf
-    from jinja2 import Template
+    first HumanEval prompt in the chat template the file carries (read by transformers' GGUF tokenizer loader,
+    formatted by the evaluation's own text.format_prompt)."""
+    from transformers import AutoTokenizer
 
     spec = {"path": "pip:humaneval", "split": None, "field": "prompt", "n": 1}
     prompt = data.load_records(spec, "benchmark")[0]["prompt"]
-    for f in files:
-        chat = gguf.GGUFReader(f).fields["tokenizer.chat_template"].contents()  # the file's own template
-        rendered = Template(chat).render(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
-        tps, made = gguf_rate(Path(f), rendered, args.max_new_tokens)
-        print(f"  llama.cpp {Path(f).name:<28}{os.path.getsize(f) / 2**20:>9.0f} MiB{tps:>11.2f} decode t/s "
+    for f in map(Path, files):
+        tok = AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
+        tps, made = gguf_rate(f, text.format_prompt(tok, prompt, True), args.max_new_tokens)
+        print(f"  llama.cpp {f.name:<28}{os.path.getsize(f) / 2**20:>9.0f} MiB{tps:>11.2f} decode t/s "
               f"({len(made)} tokens)", flush=True)
 
 

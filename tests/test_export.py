@@ -32,6 +32,15 @@ Q8_LOGIT_TOL = 3e-2
 LLAMA_CPP_LOGIT_TOL = 4e-3
 
 
+def _llama_cpp_that_runs():
+    """llama-cpp-python (these tests skip without it), failing first, with the reason, where its build would
+    segfault on a quantized model and take pytest down with it (export_gguf.amx_backend_problem)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if problem := export_gguf.amx_backend_problem(llama_cpp):
+        pytest.fail(problem)
+    return llama_cpp
+
+
 def _export(run: Path, type_name: str, model_cache: Path):
     return export_gguf.export(run / "model", type_name, cache_dir=model_cache.parent)
 
@@ -155,7 +164,7 @@ def test_k_quants_come_from_llama_cpps_quantizer_and_align_256_keeps_ffn_down_on
                                                                                         model_cache):
     """With llama-cpp-python installed (skipped elsewhere), --type q4_k_m runs llama.cpp's own quantizer: at the
     paper's 128-alignment the kept width 384 takes ffn_down off K-quants, as the report predicts; 256 keeps it."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = _llama_cpp_that_runs()
     k_types = {"Q4_K", "Q5_K", "Q6_K"}
     at_128 = _export(_wide_run(tmp_path, bpe_tokenizer, 128), "q4_k_m", model_cache)
     at_256 = _export(_wide_run(tmp_path, bpe_tokenizer, 256), "q4_k_m", model_cache)
@@ -167,7 +176,8 @@ def test_k_quants_come_from_llama_cpps_quantizer_and_align_256_keeps_ffn_down_on
     assert at_128.tensors["blk.0.ffn_down.weight"][1] == (256, 384)
     two_d = {n: kind for n, (kind, shape) in at_256.tensors.items() if len(shape) == 2}
     assert two_d and set(two_d.values()) <= k_types, two_d
-    assert "tensor types: " in at_256.summary()
+    assert "tensor types: " in at_256.summary() and "K-quants apply to all of them" in at_256.summary()
+    assert "not K-quant (rows not a multiple of 256" in at_128.summary() and "would" not in at_128.summary()
     llm = llama_cpp.Llama(model_path=str(at_256.path), n_ctx=64, n_threads=1, verbose=False)
     assert llm.metadata["llama.feed_forward_length"] == "256"
     assert len(llm.tokenize(b"def f(x):")) > 0 and next(iter(llm.generate([1, 2, 3], top_k=1, temp=0.0))) >= 0
@@ -258,7 +268,7 @@ def test_gguf_sourced_model_starts_from_the_source_files_metadata(runs, tmp_path
 def test_llama_cpp_loads_the_exported_pruned_smollm2_and_generates(tmp_path, model_cache):
     """llama.cpp itself (llama-cpp-python, built from its sdist; skipped where it is not installed) loads the f16
     export of SmolLM2 pruned at 5 %, reads the kept width, and its logits and greedy tokens follow transformers'."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = _llama_cpp_that_runs()
     source = models.resolve("pip:smollm2-135m-instruct")
     model, tokenizer = models.load(source, model_cache, dtype="float32")
     strategies.get({"name": "random", "seed": 42}).plan(
@@ -287,3 +297,15 @@ def test_llama_cpp_loads_the_exported_pruned_smollm2_and_generates(tmp_path, mod
     with torch.no_grad():
         greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
     assert made == greedy
+
+
+def test_a_llama_cpp_build_with_the_amx_backend_is_named_before_it_can_segfault():
+    """What the llama.cpp tests and the --gguf benchmark check before running a model in-process: the system info
+    string of a build with ggml's AMX backend (llama.cpp #20824) against one without (both as 0.3.36 prints them)."""
+    def build(info: str):
+        return type("LlamaCpp", (), {"llama_print_system_info": staticmethod(lambda: info.encode())})
+
+    amx = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+    plain = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+    assert "llama.cpp #20824" in export_gguf.amx_backend_problem(build(amx))
+    assert export_gguf.amx_backend_problem(build(plain)) is None

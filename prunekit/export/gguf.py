@@ -91,6 +91,18 @@ def _llama_cpp():
     return llama_cpp
 
 
+def amx_backend_problem(llama_cpp) -> str | None:
+    """Why this llama-cpp-python build cannot be trusted to run a model in-process, or None. ggml's AMX backend,
+    compiled in when llama.cpp is built with GGML_NATIVE=ON on a CPU with AMX, segfaults in the first matmul of a
+    quantized model on some machines (llama.cpp #20824, unfixed upstream): seen here on 2 cores of an AMX Xeon,
+    2026-12-03, for Q4_K_M exports of a tiny model and of Qwen2.5-Coder-0.5B. A segfault takes the whole Python
+    process with it, so callers check first. The quantizer itself (_llama_quantize) does not use the backend."""
+    if "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
+        return None
+    return ("this llama-cpp-python was built with ggml's AMX backend, which segfaults on quantized models "
+            "(llama.cpp #20824); rebuild it without AMX as docs/export.md#llamacpp-from-the-package-registry shows")
+
+
 def _llama_quantize(src: Path, out: Path, name: str) -> None:
     """llama.cpp's own quantizer (what `llama-quantize` runs), through llama-cpp-python's binding: the gguf
     package has no K-quant encoder, and a hand-written one would be a second implementation of llama.cpp's format
@@ -122,7 +134,10 @@ class ExportReport:
                  "tensor types: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())]
         if self.fell_back:
             lines.append(f"stored as F16 (row length not a multiple of the {self.type} block): {_names(self.fell_back)}")
-        if self.k_quant_fallbacks:
+        if self.k_quant_fallbacks and self.type in K_QUANTS:  # the type counts above show what they became
+            lines.append(f"not K-quant (rows not a multiple of {gguf.QK_K}, so llama.cpp's quantizer chose another "
+                         f"type): {_names(self.k_quant_fallbacks)}")
+        elif self.k_quant_fallbacks:
             lines.append(f"K-quants (llama-quantize Q4_K_M etc.) need rows that are a multiple of {gguf.QK_K}; these "
                          f"{len(self.k_quant_fallbacks)} tensors would fall back to another type: "
                          f"{_names(self.k_quant_fallbacks)}")

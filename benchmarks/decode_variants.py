@@ -49,6 +49,8 @@ VARIANTS = {
     "compile": ({}, {"cache_implementation": "static", "compile_config": compiled_decode}),  # built when used
     "prealloc": ({"kv_cache": "preallocated"}, {}),
     "prealloc+drop16": ({"kv_cache": "preallocated", "drop_finished_every": 16}, {}),
+    "b16+prealloc+drop16": ({"batch_size": 16, "max_batch_tokens": 16384, "kv_cache": "preallocated",
+                             "drop_finished_every": 16}, {}),
 }
 
 

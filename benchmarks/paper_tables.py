@@ -48,6 +48,9 @@ ALL_PROBLEMS = ["task.eval.target.n=164"]
 # A larger capture than the quick default's 32 + 16 + 16 prompts (captured once, shared by every cell); the paper
 # used 800 per set: ~2 h of capture on 2 CPU cores here.
 CAPTURE = ["task.target.n=128", "task.distractors.squad.n=64", "task.distractors.conversations.n=64"]
+# The generation batch every journal row was decoded with (the default until batch 16 replaced it): in bf16 the
+# batch shape changes the greedy tokens, so one table keeps one batch.
+DECODE = ["eval.batch_size=8", "eval.max_batch_tokens=4096"]
 # humaneval/nll_gold: only in the rows made before eval.nll.gold existed (it is off now: no table prints it)
 KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "humaneval/trap_type2",
         "humaneval/nll", "humaneval/nll_gold", "distractor/sss", "prune/real_ratio", "resources/params",
@@ -69,7 +72,7 @@ def strategy_overrides(strategy: str) -> list[str]:
 def compose_job(job: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(job, overrides=["model=qwen2.5-coder-0.5b", "task=code_offline", "wandb.mode=offline",
-                                       *CAPTURE, *EXTRA, *overrides])
+                                       *CAPTURE, *DECODE, *EXTRA, *overrides])
 
 
 def read_journal() -> dict:

@@ -78,12 +78,17 @@ class EvalSettings(Checked):
     # the unpruned model's, paper eq. 6), resources (params, memory, batch-1 tokens/s), nll (the target proxy),
     # lm_eval (lm-evaluation-harness tasks on the in-memory model; runs only when lm_eval.tasks is set)
     parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
-    # prompts per generation batch (greedy; length-sorted, left padded)
-    batch_size: int = field(default=8, metadata=_allowed("an integer >= 1"))
-    # and at most this many padded prompt tokens per batch; null: no cap
-    max_batch_tokens: int | None = field(default=4096, metadata=_allowed("an integer >= 1 or null"))
+    # prompts per generation batch (greedy; length-sorted, left padded). 16, not 8: on 2 bf16 CPU cores batch 16
+    # decodes 1.49-1.57x batch 8's tokens/s on Qwen2.5-Coder-0.5B (docs/results/speed.md), which brings the default
+    # run within its 6 / 3 minute budget. In bf16 another batch shape rounds differently, so the greedy tokens (and
+    # pass@1 by a problem or so) differ from batch 8's; the batch is part of every evaluation's cache key.
+    batch_size: int = field(default=16, metadata=_allowed("an integer >= 1"))
+    # and at most this many padded prompt tokens per batch (16 HumanEval chat prompts are up to ~8k); null: no cap
+    max_batch_tokens: int | None = field(default=16384, metadata=_allowed("an integer >= 1 or null"))
     # >0: every k new tokens, rows that are done leave the batch; 0: off. Both decode options keep every greedy token
-    # (tests; SmolLM2 and Qwen2.5-Coder-0.5B on 32 HumanEval problems, docs/results/speed.md) and are faster there
+    # in the tests (fp32 tiny models) and on 32 HumanEval problems of SmolLM2 and Qwen2.5-Coder-0.5B in bf16 on
+    # AVX-512 CPUs, and are faster there; on an AMX CPU 4 of 13,420 tokens of 40 problems differed
+    # (docs/results/speed.md): a smaller batch is another matmul shape
     drop_finished_every: int = field(default=16, metadata=_allowed("an integer >= 0 (0: off)"))
     # dynamic: transformers' DynamicCache (a torch.cat per step); preallocated: the same values in a doubling buffer
     kv_cache: str = field(default="preallocated", metadata=_allowed("dynamic, preallocated"))

@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prunekit import recipes  # noqa: E402
+from prunekit import dist, recipes  # noqa: E402
 from prunekit.checkpoint import atomic_write_text  # noqa: E402
 from prunekit.report import PAPER_RATIOS, PAPER_TABLE3, PAPER_TABLE4  # noqa: E402
 
@@ -85,7 +85,7 @@ def read_journal() -> dict:
 def record(job: str, metrics: dict, wall_s: float, overrides: list[str]) -> None:
     """Append one finished job to the journal (rewritten atomically, so a kill never leaves half a line)."""
     rows = read_journal()
-    rows[job] = {"job": job, "wall_s": round(wall_s), "finished": time.strftime("%Y-%m-%d %H:%M"),
+    rows[job] = {"job": job, "wall_s": round(wall_s), "finished": time.strftime("%Y-%m-%d %H:%M"), "cpu": dist.cpu_kind(),
                  "overrides": overrides, **{k: metrics[k] for k in (*KEEP, "rows") if k in metrics},
                  **{k: v for k, v in metrics.items() if k.startswith("original/humaneval/")}}
     JOURNAL.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +159,19 @@ def num(v, digits=3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
 
+def provenance(journal: dict) -> list[str]:
+    """Which CPU made which job, with the unpruned model's score it was compared with: bf16 rounds differently on
+    different CPUs and greedy decoding amplifies it, so the unpruned answers (and the NLL proxy built on them) can
+    differ between machines. Rows made before the journal recorded the CPU say so."""
+    groups: dict[tuple, list[str]] = {}
+    for job, row in journal.items():
+        solved = row.get("original/humaneval/correct")
+        groups.setdefault((row.get("cpu", "CPU not recorded"), solved), []).append(job)
+    return ["Where each job ran (CPU, bf16 path) and the unpruned model's score beside it:"] + [
+        f"- {cpu}, unpruned {'-' if solved is None else solved} of 164: {', '.join(sorted(jobs))}"
+        for (cpu, solved), jobs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))]
+
+
 def print_tables(journal: dict) -> str:
     """Table 3 (pass@1 (traps %) | own NLL | distractor sim per strategy), Table 4, Table 5, from the journal."""
     out = []
@@ -183,6 +196,7 @@ def print_tables(journal: dict) -> str:
             cells.append(f"{score}{num(row.get('humaneval/nll'))} / {num(row.get('distractor/sss'))}")
         label = f"{r:.0%} ({real:.1%})" if real is not None else f"{r:.0%}"
         out.append(f"| {label} | " + " | ".join(cells) + f" | {paper3[r][0]} ({paper3[r][1]}) |")
+    out += ["", *provenance(journal)]
     paper4 = dict(zip(PAPER_RATIOS, PAPER_TABLE4[PAPER_COLUMN]))
     out += ["", "Table 4: pass@1 % (trap %) before -> after LoRA recovery, 164 problems", "",
             "| ratio | strategy | before | after | train loss | train time | paper before -> after (selective) |",

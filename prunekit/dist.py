@@ -31,3 +31,16 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kind() -> str:
+    """The CPU's model name and its bf16 path (amx_bf16, avx512_bf16 or none), e.g. "Intel(R) Xeon(R) Processor,
+    amx_bf16": bf16 kernels of different paths round differently, so a greedy result records where it was made."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = info.split()
+    return f"{name}, {next((f for f in ('amx_bf16', 'avx512_bf16') if f in flags), 'no native bf16')}"

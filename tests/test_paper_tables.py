@@ -68,3 +68,15 @@ def test_every_job_decodes_at_the_journals_batch_not_the_default(tmp_path, monke
         cfg = runner.compose_job(job, overrides)
         assert (cfg.eval.batch_size, cfg.eval.max_batch_tokens) == (8, 4096), job
         assert cfg.model.name_or_path == "pip:qwen2.5-coder-0.5b-instruct", job
+
+
+def test_the_journal_records_the_cpu_and_the_tables_say_which_jobs_ran_where(tmp_path, monkeypatch):
+    runner = load_runner(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner.dist, "cpu_kind", lambda: "Xeon, amx_bf16")
+    runner.record("t3/selective_r0.2", {"humaneval/pass@1": 0.1, "original/humaneval/correct": 88}, 5.0, [])
+    rows = runner.read_journal()
+    assert rows["t3/selective_r0.2"]["cpu"] == "Xeon, amx_bf16"
+    rows["t3/reverse_r0.05"] = {"job": "t3/reverse_r0.05", "original/humaneval/correct": 90}  # an older row
+    lines = runner.provenance(rows)
+    assert lines[1:] == ["- CPU not recorded, unpruned 90 of 164: t3/reverse_r0.05",
+                         "- Xeon, amx_bf16, unpruned 88 of 164: t3/selective_r0.2"]

@@ -3,6 +3,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
+# A full disk otherwise fails deep inside pip ("[Errno 28] No space left on device", seen on a CI machine), so say
+# first what is needed. Measured on a fresh machine (2026-12-03): .venv 2.9 GB, at most 0.6 GB at once in the temp
+# dir (the SQuAD sdist, unpacked there). Only checked before the first install; a re-run adds almost nothing.
+free_mb() { df -Pm "$1" | awk 'NR == 2 {print $4}'; }
+if [ ! -d .venv ]; then
+  tmp="${TMPDIR:-/tmp}"
+  need_here=3000 need_tmp=600
+  [ "$(df -P . | awk 'NR == 2 {print $1}')" = "$(df -P "$tmp" | awk 'NR == 2 {print $1}')" ] && need_here=3600 need_tmp=0
+  for check in ".:$need_here" "$tmp:$need_tmp"; do
+    dir="${check%:*}" need="${check##*:}"
+    if [ "$need" -gt 0 ] && [ "$(free_mb "$dir")" -lt "$need" ]; then
+      echo "setup: $(cd "$dir" && pwd) has $(free_mb "$dir") MB free; set-up needs about $need MB there" \
+           "(.venv 2.9 GB; the SQuAD sdist unpacks in \$TMPDIR, 0.6 GB); the first prune.py then caches 2.9 GB" \
+           "of converted model in \$PRUNEKIT_CACHE (default ~/.cache/prunekit)" >&2
+      exit 1
+    fi
+  done
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch==2.13.0 exactly (pinned in pyproject): these machines carry its CPU build on local disk. constraints.txt:
 # every other distribution at the version CI tested (refresh with scripts/freeze.sh).

@@ -4,6 +4,8 @@ side by side with the paper's Qwen-1.5B Code column. One resumable command:
     nohup .venv/bin/python benchmarks/paper_tables.py > paper_tables.log 2>&1 &     # everything (many hours)
     .venv/bin/python benchmarks/paper_tables.py --tables 3 --ratios 0.05,0.1 --strategies selective,contrastive
     .venv/bin/python benchmarks/paper_tables.py --print                             # the tables from the journal
+    .venv/bin/python benchmarks/paper_tables.py --journal ../main/benchmarks/results/paper_tables_qwen2.5-coder-0.5b.jsonl
+                                                 # from a worktree: finished rows land in the main checkout at once
 
 Table 3: every strategy x ratio gets the cheap cell (own-answer NLL proxy + distractor similarity, no HumanEval
 generation); the cells in PASS_CELLS also get HumanEval pass@1 on all 164 problems with the trap rate (Type 1/2).
@@ -222,6 +224,7 @@ def print_tables(journal: dict) -> str:
 
 
 def main() -> None:
+    global JOURNAL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="3,4,5")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -234,9 +237,13 @@ def main() -> None:
                     help="train.py overrides of the recovery budget")
     ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
     ap.add_argument("--print", action="store_true", help="only print the tables from the journal")
+    # A runner started from a worktree of a fixed commit writes into that worktree's journal, which a stopped
+    # machine loses with the worktree (eight finished cells were lost that way); point it at the main checkout's.
+    ap.add_argument("--journal", default=str(JOURNAL), help="the journal file to read and append to")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (they change the job ids' "
                                                  "meaning: use another --out and journal)")
     args = ap.parse_args()
+    JOURNAL = Path(args.journal).expanduser()
     EXTRA.extend(args.overrides)
     logging.basicConfig(level=logging.WARNING)
     if not args.print:

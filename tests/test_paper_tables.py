@@ -80,3 +80,21 @@ def test_the_journal_records_the_cpu_and_the_tables_say_which_jobs_ran_where(tmp
     lines = runner.provenance(rows)
     assert lines[1:] == ["- CPU not recorded, unpruned 90 of 164: t3/reverse_r0.05",
                          "- Xeon, amx_bf16, unpruned 88 of 164: t3/selective_r0.2"]
+
+
+def test_journal_option_reads_and_writes_the_named_file(tmp_path, monkeypatch, capsys):
+    """--journal: a runner in a worktree appends to the main checkout's journal (the worktree's is lost with it)."""
+    import sys
+
+    runner = load_runner(tmp_path, monkeypatch)
+    other = tmp_path / "main-checkout.jsonl"
+    other.write_text(json.dumps({"job": "t3/reverse_r0.05", "humaneval/nll": 0.215, "distractor/sss": 0.811,
+                                 "prune/real_ratio": 0.0526}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["paper_tables.py", "--print", "--journal", str(other)])
+    runner.main()
+    assert "| 5% (5.3%) |  |  |  |  | 0.215 / 0.811 |" in capsys.readouterr().out
+    assert runner.JOURNAL == other
+    runner.record("t3/selective_r0.05", {"humaneval/nll": 0.05}, 1.0, [])
+    assert {json.loads(line)["job"] for line in other.read_text().splitlines()} == {"t3/reverse_r0.05",
+                                                                                   "t3/selective_r0.05"}
+    assert not (tmp_path / "journal.jsonl").exists()

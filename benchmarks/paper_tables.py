@@ -174,6 +174,29 @@ def provenance(journal: dict) -> list[str]:
         for (cpu, solved), jobs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))]
 
 
+def proxy_agreement(journal: dict) -> list[str]:
+    """How well the cheap cells' own-answer NLL ranks cells as pass@1 does, over the Table 3 cells that have both,
+    per group of rows compared with the same unpruned answers (CPU and unpruned score, as in `provenance`): the
+    proxy's answers differ between such groups, so their NLLs are not on one scale."""
+    from scipy.stats import kendalltau
+
+    groups: dict[tuple, list[tuple]] = {}
+    for job, row in journal.items():
+        if job.startswith("t3/") and "humaneval/pass@1" in row and "humaneval/nll" in row:
+            key = (row.get("cpu", "CPU not recorded"), row.get("original/humaneval/correct"))
+            groups.setdefault(key, []).append((row["humaneval/pass@1"], row["humaneval/nll"]))
+    out = []
+    for (cpu, _), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        pairs = [(a, b) for i, a in enumerate(cells) for b in cells[i + 1:] if a[0] != b[0]]
+        if len(cells) < 3:
+            continue
+        alike = sum((a[0] - b[0]) * (b[1] - a[1]) > 0 for a, b in pairs)
+        tau = kendalltau([c[0] for c in cells], [-c[1] for c in cells]).statistic
+        out.append(f"- {cpu}: over {len(cells)} cells with pass@1, a lower own-answer NLL goes with a higher pass@1 "
+                   f"in {alike} of {len(pairs)} pairs (Kendall tau-b {tau:+.2f})")
+    return ["How the NLL proxy ranks the cells that also have pass@1:", *out] if out else []
+
+
 def print_tables(journal: dict) -> str:
     """Table 3 (pass@1 (traps %) | own NLL | distractor sim per strategy), Table 4, Table 5, from the journal."""
     out = []
@@ -199,6 +222,8 @@ def print_tables(journal: dict) -> str:
         label = f"{r:.0%} ({real:.1%})" if real is not None else f"{r:.0%}"
         out.append(f"| {label} | " + " | ".join(cells) + f" | {paper3[r][0]} ({paper3[r][1]}) |")
     out += ["", *provenance(journal)]
+    agreement = proxy_agreement(journal)
+    out += ["", *agreement] if agreement else []
     paper4 = dict(zip(PAPER_RATIOS, PAPER_TABLE4[PAPER_COLUMN]))
     out += ["", "Table 4: pass@1 % (trap %) before -> after LoRA recovery, 164 problems", "",
             "| ratio | strategy | before | after | train loss | train time | paper before -> after (selective) |",

@@ -98,3 +98,20 @@ def test_journal_option_reads_and_writes_the_named_file(tmp_path, monkeypatch, c
     assert {json.loads(line)["job"] for line in other.read_text().splitlines()} == {"t3/reverse_r0.05",
                                                                                    "t3/selective_r0.05"}
     assert not (tmp_path / "journal.jsonl").exists()
+
+
+def test_proxy_agreement_counts_the_pairs_the_nll_orders_as_pass_at_1_per_machine(tmp_path, monkeypatch):
+    runner = load_runner(tmp_path, monkeypatch)
+
+    def cell(p, nll, cpu="A"):
+        return {"humaneval/pass@1": p, "humaneval/nll": nll, "cpu": cpu, "original/humaneval/correct": 90}
+
+    journal = {"t3/a_r0.05": cell(0.5, 0.05), "t3/b_r0.05": cell(0.4, 0.06), "t3/c_r0.05": cell(0.3, 0.055),
+               "t3/d_r0.05": cell(0.1, 0.2, cpu="B"), "t3/e_r0.05": {"humaneval/nll": 0.1, "cpu": "A"},
+               "t4/a_r0.15": cell(0.9, 0.01)}
+    lines = runner.proxy_agreement(journal)
+    # pairs (a,b) and (a,c) ordered alike, (b,c) swapped: 2 of 3, tau-b (2 - 1) / 3; B has one cell: no line
+    assert lines[1] == ("- A: over 3 cells with pass@1, a lower own-answer NLL goes with a higher pass@1 "
+                        "in 2 of 3 pairs (Kendall tau-b +0.33)")
+    assert len(lines) == 2 and runner.proxy_agreement({}) == []
+    assert lines[0] in runner.print_tables(journal)

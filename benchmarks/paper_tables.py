@@ -20,6 +20,7 @@ no weights), so a re-run skips it even on a new machine; an unfinished job resum
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -62,7 +63,22 @@ KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "huma
 # Journal rows `t4-raw/...`: the first recovery runs, on the paper's raw `### Question/### Answer` format with
 # answers cut at 512 tokens (227 of 320 were); kept beside the chat-format runs that replaced them.
 RAW_NOTE = "raw format, cut answers"
+# The recovery budget of the `t4/...` rows (see --recovery). Another budget gets its own job ids, `t4+<hash>/...`,
+# so a rerun with more steps or another learning rate runs beside them instead of being skipped as finished.
+RECOVERY = "task.train.n=1200 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1"
 EXTRA: list[str] = []  # the command line's extra overrides
+
+
+def recovery_tag(recovery: list[str]) -> str:
+    """`t4` for the default budget, `t4+<6 hex of the overrides>` for any other."""
+    if recovery == RECOVERY.split():
+        return "t4"
+    return "t4+" + hashlib.sha1(" ".join(recovery).encode()).hexdigest()[:6]
+
+
+def recovery_job(s: str, r: float, recovery: list[str]) -> tuple[str, str, list[str]]:
+    return (f"{recovery_tag(recovery)}/{s}_r{r:g}", "recover",
+            [*strategy_overrides(s), f"ratio={r}", "lora=code", *recovery, *ALL_PROBLEMS, "eval.parts=[task,traps]"])
 
 
 def strategy_overrides(strategy: str) -> list[str]:
@@ -105,8 +121,7 @@ def jobs(tables: list[str], strategies: list[str], ratios: list[float], recovery
     pass@1 at 20-35 %; recovery at 25 and 35 %; Table 5. So each claim gets its first evidence early."""
     cells = [(s, r) for r in ratios for s in strategies]
     t3 = {c: table3_job(*c) for c in cells} if "3" in tables else {}
-    t4 = {(s, r): (f"t4/{s}_r{r:g}", "recover", [*strategy_overrides(s), f"ratio={r}", "lora=code", *recovery,
-                                                  *ALL_PROBLEMS, "eval.parts=[task,traps]"])
+    t4 = {(s, r): recovery_job(s, r, recovery)
           for s, r in RECOVERY_CELLS if s in strategies and r in ratios} if "4" in tables else {}
     order = [t3[c] for c in cells if c in t3 and c not in PASS_CELLS]
     order += [t3[c] for c in cells if c in t3 and c in PASS_CELLS and c[1] <= 0.15]
@@ -161,6 +176,11 @@ def num(v, digits=3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
 
+def pass_and_traps(row: dict) -> str:
+    """pass@1 % (trap %) of a journal row."""
+    return f"{pct(row.get('humaneval/pass@1'))} ({pct(row.get('humaneval/trap_rate'))})"
+
+
 def provenance(journal: dict) -> list[str]:
     """Which CPU made which job, with the unpruned model's score it was compared with: bf16 rounds differently on
     different CPUs and greedy decoding amplifies it, so the unpruned answers (and the NLL proxy built on them) can
@@ -197,6 +217,21 @@ def proxy_agreement(journal: dict) -> list[str]:
     return ["How the NLL proxy ranks the cells that also have pass@1:", *out] if out else []
 
 
+def recovery_rows(journal: dict, s: str, r: float) -> list[tuple[str, dict]]:
+    """A recovery cell's journal rows with their labels: the default budget, the raw-format first runs, then any
+    other budget labelled by its overrides that differ from the default."""
+    rows = []
+    for job, row in journal.items():
+        tag, _, cell = job.partition("/")
+        if cell != f"{s}_r{r:g}" or not (tag in ("t4", "t4-raw") or tag.startswith("t4+")):
+            continue
+        own = set(recovery_job(s, r, [])[2]) | set(RECOVERY.split())
+        budget = " ".join(o for o in row.get("overrides", []) if o not in own) or "budget not recorded"
+        label = {"t4": s, "t4-raw": f"{s}, {RAW_NOTE}"}.get(tag, f"{s}, {budget}")
+        rows.append(((tag != "t4") + (tag.startswith("t4+")), label, row))
+    return [(label, row) for _, label, row in sorted(rows, key=lambda x: x[0])]
+
+
 def print_tables(journal: dict) -> str:
     """Table 3 (pass@1 (traps %) | own NLL | distractor sim per strategy), Table 4, Table 5, from the journal."""
     out = []
@@ -228,15 +263,12 @@ def print_tables(journal: dict) -> str:
     out += ["", "Table 4: pass@1 % (trap %) before -> after LoRA recovery, 164 problems", "",
             "| ratio | strategy | before | after | train loss | train time | paper before -> after (selective) |",
             "|---|---|---|---|---|---|---|"]
-    for (s, r), tag in [(c, t) for c in RECOVERY_CELLS for t in ("t4", "t4-raw")]:
-        before, after = journal.get(f"t3/{s}_r{r:g}", {}), journal.get(f"{tag}/{s}_r{r:g}")
-        if after is None:
-            continue
-        label = s if tag == "t4" else f"{s}, {RAW_NOTE}"
-        out.append(f"| {r:.0%} | {label} | {pct(before.get('humaneval/pass@1'))} ({pct(before.get('humaneval/trap_rate'))}) | "
-                   f"{pct(after.get('humaneval/pass@1'))} ({pct(after.get('humaneval/trap_rate'))}) | "
-                   f"{num(after.get('train/final_loss'))} | {num(after.get('train/time_s', math.nan) / 60, 1)} min | "
-                   f"{paper3[r][0]} -> {paper4[r][0]} |")
+    for s, r in RECOVERY_CELLS:
+        before = journal.get(f"t3/{s}_r{r:g}", {})
+        for label, after in recovery_rows(journal, s, r):
+            out.append(f"| {r:.0%} | {label} | {pass_and_traps(before)} | {pass_and_traps(after)} | "
+                       f"{num(after.get('train/final_loss'))} | {num(after.get('train/time_s', math.nan) / 60, 1)} min | "
+                       f"{paper3[r][0]} -> {paper4[r][0]} |")
     t5 = journal.get("t5", {}).get("rows")
     if t5:
         out += ["", "Table 5: batch-1 decode (benchmarks/pruned_speed.py)", "",
@@ -258,8 +290,9 @@ def main() -> None:
     # 1,200, ~139k tokens, 1 epoch, batch 1 x 16 accumulation = 22 optimizer steps; 20.1 min measured alone on 2 cores
     # with native bf16 (train.py computes in model.dtype=auto = bf16 there). Batch 1 because batch 4 at 512 tokens peaked at
     # 15 GB RSS (151k-vocabulary logits). On AVX2-only cores (fp32, ~15 tokens/s) pass task.train.n=300.
-    ap.add_argument("--recovery", default="task.train.n=1200 lora.epochs=1 lora.max_length=512 lora.per_device_batch_size=1",
-                    help="train.py overrides of the recovery budget")
+    ap.add_argument("--recovery", default=RECOVERY,
+                    help="train.py overrides of the recovery budget; any other than the default runs as its own "
+                         "t4+<hash> jobs, printed beside the default budget's rows")
     ap.add_argument("--out", default=str(Path.home() / "prunekit-runs" / "paper-0.5b"))
     ap.add_argument("--print", action="store_true", help="only print the tables from the journal")
     # A runner started from a worktree of a fixed commit writes into that worktree's journal, which a stopped

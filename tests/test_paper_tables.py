@@ -18,7 +18,7 @@ def load_runner(tmp_path, monkeypatch):
 
 def test_jobs_put_cheap_cells_first_and_recovery_after_its_pass_cells(tmp_path, monkeypatch):
     runner = load_runner(tmp_path, monkeypatch)
-    jobs = runner.jobs(["3", "4", "5"], list(runner.STRATEGIES), list(runner.PAPER_RATIOS), ["lora.epochs=1"])
+    jobs = runner.jobs(["3", "4", "5"], list(runner.STRATEGIES), list(runner.PAPER_RATIOS), runner.RECOVERY.split())
     ids = [job for job, _, _ in jobs]
     assert len(ids) == len(set(ids)) == 5 * 7 + 6 + 1
     cheap = [j for j, _, o in jobs if "eval.parts=[similarity,nll]" in o]
@@ -115,3 +115,19 @@ def test_proxy_agreement_counts_the_pairs_the_nll_orders_as_pass_at_1_per_machin
                         "in 2 of 3 pairs (Kendall tau-b +0.33)")
     assert len(lines) == 2 and runner.proxy_agreement({}) == []
     assert lines[0] in runner.print_tables(journal)
+
+
+def test_another_recovery_budget_gets_its_own_job_ids_and_table_4_rows(tmp_path, monkeypatch):
+    """A rerun with more steps must not be skipped as the default budget's finished cell, nor hide beside it."""
+    runner = load_runner(tmp_path, monkeypatch)
+    more = runner.RECOVERY.replace("task.train.n=1200", "task.train.n=2400").split()
+    ids = [j for j, _, _ in runner.jobs(["4"], ["selective"], [0.15], more)]
+    assert len(ids) == 1 and ids[0].startswith("t4+") and ids[0].endswith("/selective_r0.15")
+    assert ids != [j for j, _, _ in runner.jobs(["4"], ["selective"], [0.15], runner.RECOVERY.split())]
+    _, _, overrides = runner.recovery_job("selective", 0.15, more)
+    journal = {"t3/selective_r0.15": {"humaneval/pass@1": 0.1585, "humaneval/trap_rate": 0.3},
+               ids[0]: {"humaneval/pass@1": 0.3, "humaneval/trap_rate": 0.1, "overrides": overrides},
+               "t4/selective_r0.15": {"humaneval/pass@1": 0.1585, "humaneval/trap_rate": 0.3}}
+    labels = [label for label, _ in runner.recovery_rows(journal, "selective", 0.15)]
+    assert labels == ["selective", "selective, task.train.n=2400"]
+    assert "| 15% | selective, task.train.n=2400 | 15.85 (30.00) | 30.00 (10.00) |" in runner.print_tables(journal)

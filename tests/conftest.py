@@ -28,6 +28,25 @@ def model_cache() -> Path:
     return MODEL_CACHE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pip_squad(tmp_path_factory):
+    """pip:squad as set-up fetched it, else a stand-in in its format in a temporary data home (helpers.
+    write_squad_stand_in says why), so the many tests that only need some passage + question rows still run."""
+    from prunekit.data import pip_datasets
+
+    if pip_datasets.squad_path().is_file():
+        yield pip_datasets.squad_path()
+        return
+    home = tmp_path_factory.mktemp("data-home")
+    helpers.write_squad_stand_in(home / pip_datasets.SQUAD_FILE)
+    before = os.environ.get("PRUNEKIT_DATA_HOME")
+    os.environ["PRUNEKIT_DATA_HOME"] = str(home)  # subprocesses (the entry scripts) read it too
+    pip_datasets._squad.cache_clear()
+    yield home / pip_datasets.SQUAD_FILE
+    os.environ.pop("PRUNEKIT_DATA_HOME") if before is None else os.environ.__setitem__("PRUNEKIT_DATA_HOME", before)
+    pip_datasets._squad.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def converted_model() -> Path:
     """The offline default (pip:smollm2-135m-instruct) converted into the test cache, converting it when this

@@ -314,3 +314,28 @@ def examples(tok, n, seed=0, max_length=64):
 
     return training.build_examples(records(n, seed), tokenizer=tok, prompt_template=TEMPLATE,
                                    response_field="answer.text", max_length=max_length)
+
+
+# ---------------------------------------------------------------------------------------------- pip:squad stand-in
+SQUAD_STAND_IN_TITLE = "prunekit-stand-in"
+
+
+def write_squad_stand_in(path: Path) -> Path:
+    """A SQuAD-format stand-in for pip:squad, for when set-up could not fetch SQuAD v1.1 dev (the registry stopped
+    serving the bigbench sdist on 2026-12-04). Most tests need some passage + question rows in pip:squad's place,
+    not SQuAD's text: these are windows of three consecutive sentences of the Python reference's prose
+    (pydoc_data, in the standard library), each asked one question; 1,718 passages, all distinct, enough for every
+    offset the presets use. Tests of SQuAD itself skip on it (its title is SQUAD_STAND_IN_TITLE)."""
+    import re
+    from pydoc_data.topics import topics
+
+    prose = " ".join(re.sub(r"\s+", " ", p) for name in sorted(topics) for p in topics[name].split("\n\n")
+                     if len(p.strip()) >= 80 and not p.startswith(" "))
+    sentences = [s for s in re.split(r"(?<=[.!?]) +", prose) if 40 <= len(s) <= 400]
+    paragraphs = [{"context": " ".join(sentences[i:i + 3]),
+                   "qas": [{"id": f"stand-in-{i}", "question": "What does this passage describe?",
+                            "answers": [{"text": sentences[i].split()[0], "answer_start": 0}]}]}
+                  for i in range(len(sentences) - 2)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": [{"title": SQUAD_STAND_IN_TITLE, "paragraphs": paragraphs}]}), encoding="utf-8")
+    return path

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from prunekit import data
 from prunekit.data import DataError, pip_datasets, readers
+from tests import helpers
 from tests.helpers import compose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -422,6 +423,8 @@ def test_pip_squad_is_one_question_per_passage():
     if not pip_datasets.squad_path().is_file():
         pytest.skip("SQuAD not fetched (scripts/setup.sh fetches it)")
     rows = pip_datasets._squad()
+    if rows[0]["title"] == helpers.SQUAD_STAND_IN_TITLE:
+        pytest.skip("SQuAD not fetched (the registry did not serve it to scripts/setup.sh): the tests read a stand-in")
     assert len(rows) == 2067  # SQuAD v1.1 dev paragraphs
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",

@@ -39,11 +39,10 @@ def pip_squad(tmp_path_factory):
         return
     home = tmp_path_factory.mktemp("data-home")
     helpers.write_squad_stand_in(home / pip_datasets.SQUAD_FILE)
-    before = os.environ.get("PRUNEKIT_DATA_HOME")
-    os.environ["PRUNEKIT_DATA_HOME"] = str(home)  # subprocesses (the entry scripts) read it too
-    pip_datasets._squad.cache_clear()
-    yield home / pip_datasets.SQUAD_FILE
-    os.environ.pop("PRUNEKIT_DATA_HOME") if before is None else os.environ.__setitem__("PRUNEKIT_DATA_HOME", before)
+    with pytest.MonkeyPatch.context() as session_env:
+        session_env.setenv("PRUNEKIT_DATA_HOME", str(home))  # subprocesses (the entry scripts) read it too
+        pip_datasets._squad.cache_clear()
+        yield home / pip_datasets.SQUAD_FILE
     pip_datasets._squad.cache_clear()
 
 

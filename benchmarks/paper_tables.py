@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -152,7 +153,7 @@ def speed() -> dict:
 
 def run(args) -> None:
     todo = jobs(args.tables.split(","), args.strategies.split(","), [float(r) for r in args.ratios.split(",")],
-                args.recovery.split())
+                shlex.split(args.recovery))  # quoted overrides (regexes with spaces) stay whole
     for job, kind, overrides in todo:
         if job in read_journal():
             continue

@@ -56,14 +56,14 @@ def test_a_rerun_skips_journaled_jobs(tmp_path, monkeypatch):
 
 
 def test_every_job_decodes_at_the_journals_batch_not_the_default(tmp_path, monkeypatch):
-    """The journal's rows were generated at batch 8; the default moved to 16, and in bf16 the batch changes the
+    """The journal's rows were generated at batch 8; the default moved to 16, then 20, and in bf16 the batch changes the
     greedy tokens, so the runner pins 8 for prune and train jobs alike (a table is one decode setting)."""
     from hydra import compose, initialize_config_dir
 
     runner = load_runner(tmp_path, monkeypatch)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         default = compose("prune", overrides=["model=qwen2.5-coder-0.5b", "task=code_offline"])
-    assert (default.eval.batch_size, default.eval.max_batch_tokens) == (16, 16384)
+    assert (default.eval.batch_size, default.eval.max_batch_tokens) == (20, 16384)
     for job, overrides in (("prune", ["strategy=contrastive", "ratio=0.15"]), ("train", ["lora=code"])):
         cfg = runner.compose_job(job, overrides)
         assert (cfg.eval.batch_size, cfg.eval.max_batch_tokens) == (8, 4096), job

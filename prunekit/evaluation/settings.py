@@ -78,12 +78,14 @@ class EvalSettings(Checked):
     # the unpruned model's, paper eq. 6), resources (params, memory, batch-1 tokens/s), nll (the target proxy),
     # lm_eval (lm-evaluation-harness tasks on the in-memory model; runs only when lm_eval.tasks is set)
     parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
-    # prompts per generation batch (greedy; length-sorted, left padded). 16, not 8: on 2 bf16 CPU cores batch 16
-    # decodes 1.49-1.57x batch 8's tokens/s on Qwen2.5-Coder-0.5B (docs/results/speed.md), which brings the default
-    # run within its 6 / 3 minute budget. In bf16 another batch shape rounds differently, so the greedy tokens (and
-    # pass@1 by a problem or so) differ from batch 8's; the batch is part of every evaluation's cache key.
-    batch_size: int = field(default=16, metadata=_allowed("an integer >= 1"))
-    # and at most this many padded prompt tokens per batch (16 HumanEval chat prompts are up to ~8k); null: no cap
+    # prompts per generation batch (greedy; length-sorted, left padded). 20: the default's 40 HumanEval problems in
+    # two batches. A batch decodes until its longest answer ends, and each decode step has a cost that does not grow
+    # with the batch, so fewer batches take fewer steps: on 2 bf16 CPU cores the 40 problems took 109 s at batch 20
+    # against 131 s at 16 and 141 s at 8 (docs/results/speed.md). In bf16 another batch shape rounds differently,
+    # so the greedy tokens (and pass@1 by a problem or so) differ between batches; the batch is part of every
+    # evaluation's cache key.
+    batch_size: int = field(default=20, metadata=_allowed("an integer >= 1"))
+    # and at most this many padded prompt tokens per batch (20 HumanEval chat prompts are up to ~10k); null: no cap
     max_batch_tokens: int | None = field(default=16384, metadata=_allowed("an integer >= 1 or null"))
     # >0: every k new tokens, rows that are done leave the batch; 0: off. Both decode options keep every greedy token
     # in the tests (fp32 tiny models) and on 32 HumanEval problems of SmolLM2 and Qwen2.5-Coder-0.5B in bf16 on

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,6 +76,21 @@ def recovery_tag(recovery: list[str]) -> str:
     if recovery == RECOVERY.split():
         return "t4"
     return "t4+" + hashlib.sha1(" ".join(recovery).encode()).hexdigest()[:6]
+
+
+def recovery_overrides(text: str) -> list[str]:
+    """--recovery split like a shell line, so a quoted override with spaces (drop_response_lines' regexes) stays one."""
+    return shlex.split(text)
+
+
+def budget_label(override: str) -> str:
+    """An override as a Table 4 row names it: a list value longer than 40 characters (regexes) is counted, not
+    printed; the journal keeps it whole."""
+    parsed = OverridesParser.create().parse_override(override)
+    value = parsed.value()
+    if isinstance(value, list) and len(override) > len(parsed.key_or_group) + 41:
+        return f"{parsed.key_or_group}=[{len(value)} items]"
+    return override
 
 
 def recovery_job(s: str, r: float, recovery: list[str]) -> tuple[str, str, list[str]]:
@@ -153,7 +169,7 @@ def speed() -> dict:
 
 def run(args) -> None:
     todo = jobs(args.tables.split(","), args.strategies.split(","), [float(r) for r in args.ratios.split(",")],
-                shlex.split(args.recovery))  # quoted overrides (regexes with spaces) stay whole
+                recovery_overrides(args.recovery))
     for job, kind, overrides in todo:
         if job in read_journal():
             continue
@@ -227,7 +243,7 @@ def recovery_rows(journal: dict, s: str, r: float) -> list[tuple[str, dict]]:
         if cell != f"{s}_r{r:g}" or not (tag in ("t4", "t4-raw") or tag.startswith("t4+")):
             continue
         own = set(recovery_job(s, r, [])[2]) | set(RECOVERY.split())
-        budget = " ".join(o for o in row.get("overrides", []) if o not in own) or "budget not recorded"
+        budget = " ".join(budget_label(o) for o in row.get("overrides", []) if o not in own) or "budget not recorded"
         label = {"t4": s, "t4-raw": f"{s}, {RAW_NOTE}"}.get(tag, f"{s}, {budget}")
         rows.append(((tag != "t4") + (tag.startswith("t4+")), label, row))
     return [(label, row) for _, label, row in sorted(rows, key=lambda x: x[0])]

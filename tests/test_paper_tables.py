@@ -131,3 +131,18 @@ def test_another_recovery_budget_gets_its_own_job_ids_and_table_4_rows(tmp_path,
     labels = [label for label, _ in runner.recovery_rows(journal, "selective", 0.15)]
     assert labels == ["selective", "selective, task.train.n=2400"]
     assert "| 15% | selective, task.train.n=2400 | 15.85 (30.00) | 30.00 (10.00) |" in runner.print_tables(journal)
+
+
+def test_a_quoted_recovery_override_stays_whole_and_a_long_list_is_counted_in_its_label(tmp_path, monkeypatch):
+    """A drop_response_lines regex has spaces, so a plain split of --recovery would break it into pieces; Table 4
+    names such a budget by its key and item count, the journal keeps it whole."""
+    runner = load_runner(tmp_path, monkeypatch)
+    # as the shell hands it over from: --recovery '... "task.train.drop_response_lines=[\"^\\s*# import ...$\",...]"'
+    text = runner.RECOVERY + (r' "task.train.drop_response_lines=[\"^\\s*# import necessary packages$\",'
+                              r'\"^\\s*# main function$\"]"')
+    overrides = runner.recovery_overrides(text)
+    assert overrides[:-1] == runner.RECOVERY.split()
+    assert overrides[-1] == r'task.train.drop_response_lines=["^\s*# import necessary packages$","^\s*# main function$"]'
+    assert runner.budget_label(overrides[-1]) == "task.train.drop_response_lines=[2 items]"
+    assert runner.budget_label("lora.epochs=2") == "lora.epochs=2"
+    assert runner.budget_label("task.train.drop_response_lines=[a]") == "task.train.drop_response_lines=[a]"

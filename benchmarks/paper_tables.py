@@ -71,16 +71,16 @@ RECOVERY = "task.train.n=1200 lora.epochs=1 lora.max_length=512 lora.per_device_
 EXTRA: list[str] = []  # the command line's extra overrides
 
 
-def recovery_tag(recovery: list[str]) -> str:
-    """`t4` for the default budget, `t4+<6 hex of the overrides>` for any other."""
-    if recovery == RECOVERY.split():
-        return "t4"
-    return "t4+" + hashlib.sha1(" ".join(recovery).encode()).hexdigest()[:6]
-
-
 def recovery_overrides(text: str) -> list[str]:
     """--recovery split like a shell line, so a quoted override with spaces (drop_response_lines' regexes) stays one."""
     return shlex.split(text)
+
+
+def recovery_tag(recovery: list[str]) -> str:
+    """`t4` for the default budget, `t4+<6 hex of the overrides>` for any other."""
+    if recovery == recovery_overrides(RECOVERY):
+        return "t4"
+    return "t4+" + hashlib.sha1(" ".join(recovery).encode()).hexdigest()[:6]
 
 
 def budget_label(override: str) -> str:
@@ -88,7 +88,7 @@ def budget_label(override: str) -> str:
     printed; the journal keeps it whole."""
     parsed = OverridesParser.create().parse_override(override)
     value = parsed.value()
-    if isinstance(value, list) and len(override) > len(parsed.key_or_group) + 41:
+    if isinstance(value, list) and len(override.partition("=")[2]) > 40:
         return f"{parsed.key_or_group}=[{len(value)} items]"
     return override
 
@@ -242,7 +242,7 @@ def recovery_rows(journal: dict, s: str, r: float) -> list[tuple[str, dict]]:
         tag, _, cell = job.partition("/")
         if cell != f"{s}_r{r:g}" or not (tag in ("t4", "t4-raw") or tag.startswith("t4+")):
             continue
-        own = set(recovery_job(s, r, [])[2]) | set(RECOVERY.split())
+        own = set(recovery_job(s, r, [])[2]) | set(recovery_overrides(RECOVERY))
         budget = " ".join(budget_label(o) for o in row.get("overrides", []) if o not in own) or "budget not recorded"
         label = {"t4": s, "t4-raw": f"{s}, {RAW_NOTE}"}.get(tag, f"{s}, {budget}")
         rows.append(((tag != "t4") + (tag.startswith("t4+")), label, row))

@@ -79,11 +79,11 @@ class EvalSettings(Checked):
     # lm_eval (lm-evaluation-harness tasks on the in-memory model; runs only when lm_eval.tasks is set)
     parts: list = field(default_factory=lambda: ["task", "traps", "similarity", "resources", "nll", "lm_eval"])
     # prompts per generation batch (greedy; length-sorted, left padded). 20: the default's 40 HumanEval problems in
-    # two batches. A batch decodes until its longest answer ends, and each decode step has a cost that does not grow
-    # with the batch, so fewer batches take fewer steps: on 2 bf16 CPU cores the 40 problems took 109 s at batch 20
-    # against 131 s at 16 and 141 s at 8 (docs/results/speed.md). In bf16 another batch shape rounds differently,
-    # so the greedy tokens (and pass@1 by a problem or so) differ between batches; the batch is part of every
-    # evaluation's cache key.
+    # two batches. A batch decodes until its longest answer ends, and a step of 20 rows costs only about 2.4x a step
+    # of 1 (77 ms plus 5.5 ms a row, bf16 on 2 AVX-512 cores), so fewer, wider batches take fewer steps: the 40
+    # problems took 109 s at batch 20 against 131 s at 16 and 141 s at 8 (docs/results/speed.md). In bf16 another
+    # batch shape rounds differently, so the greedy tokens (and pass@1 by a problem or so) differ between batches;
+    # the batch is part of every evaluation's cache key.
     batch_size: int = field(default=20, metadata=_allowed("an integer >= 1"))
     # and at most this many padded prompt tokens per batch (20 HumanEval chat prompts are up to ~10k); null: no cap
     max_batch_tokens: int | None = field(default=16384, metadata=_allowed("an integer >= 1 or null"))

@@ -1,5 +1,6 @@
 """prune (with evaluation), evaluate, re-score and train recipes end to end on a tiny model; W&B offline sweep."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -111,6 +112,45 @@ def test_train_recovers_and_saves_a_stock_merged_checkpoint(pruned, tmp_path, mo
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
     assert merged.config.intermediate_size == json.loads((run / "pruning.json").read_text())["kept_width"]
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_train_killed_in_its_evaluation_resumes_without_training_again(pruned, tmp_path, model_cache, monkeypatch):
+    """A train job that dies after training (in its evaluation) leaves training.json and the merged model/; the same
+    command with resume=true evaluates that model (no second training) and gets the uninterrupted run's numbers."""
+    from prunekit import training
+
+    train_recipe = importlib.import_module("prunekit.recipes.train")  # the module (recipes.train is the function)
+
+    run, _ = pruned
+    args = [f"model.name_or_path={run}/model", "task.train.n=8", "lora.max_length=96", "lora.overlong=truncate",
+            "lora.epochs=1", "lora.effective_batch_size=4", "lora.per_device_batch_size=2", "eval.parts=[task,traps]"]
+    uninterrupted = recipes.train(_cfg(tmp_path, model_cache, *args, job="train"), tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    real_evaluation = train_recipe.evaluation
+    with monkeypatch.context() as m:
+        m.setattr(train_recipe, "evaluation", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            recipes.train(_cfg(tmp_path, model_cache, *args, job="train"), out)
+    trained = json.loads((out / "training.json").read_text())
+    assert not (out / "complete-train.json").exists() and (out / "model" / "config.json").exists()
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr(training, "train_lora", no_training)
+    monkeypatch.setattr(train_recipe, "evaluation", real_evaluation)
+    metrics = recipes.train(_cfg(tmp_path, model_cache, *args, job="train"), out)  # resume=true is the default
+    assert json.loads((out / "training.json").read_text()) == trained
+    for key in ("gsm8k/em", "gsm8k/trap_rate", "train/steps", "train/n_examples"):
+        assert metrics[key] == uninterrupted[key], key
+    assert metrics["train/final_loss"] == trained["final_loss"]
+    assert (out / "complete-train.json").exists()
+
+    with pytest.raises(RuntimeError, match="trained again"):  # resume=false trains again
+        with monkeypatch.context() as m:
+            m.setattr(train_recipe, "evaluation", lambda *a, **k: pytest.fail("evaluated without training"))
+            recipes.train(_cfg(tmp_path, model_cache, *args, "resume=false", job="train"), out)
 
 
 def test_train_rejects_bad_lora_before_training(pruned, tmp_path, model_cache):

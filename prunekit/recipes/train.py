@@ -3,6 +3,8 @@ checkpoint, training.json -> the evaluation parts beside the unpruned source's c
 gain over the run it was recovered from (paper eq. 4) -> records, W&B.
 """
 
+import json
+import logging
 from pathlib import Path
 
 from prunekit import data, dist, models, training
@@ -10,11 +12,12 @@ from prunekit.checkpoint import atomic_write_json, read_json
 from prunekit.config import check as check_config
 from prunekit.evaluation import baseline, benchmarks
 from prunekit.mlp import check_architecture
-from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, run_job, source_results
+from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, run_inputs, run_job, source_results
 from prunekit.runs import layout, wandb
-from prunekit.runs.store import pruning_record_of
+from prunekit.runs.store import checkpoint_problem, config_hash, pruning_record_of
 from prunekit.schema import as_dict
 
+log = logging.getLogger(__name__)
 GAIN_METRICS = (*benchmarks.primary_metrics(), "distractor/sss")
 
 
@@ -48,25 +51,28 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
                 unpruned = (record or {"source_model": cfg.model.name_or_path})["source_model"]
                 reference, _, source_rows = source_results(cfg, unpruned, cfg.eval.parts)
-        with timer("load"):
-            loaded = models.load_model(source, job.model)
-            tokenizer = loaded.tokenizer
-        examples = training.build_examples(records, tokenizer=tokenizer, max_length=job.lora.max_length,
-                                           overlong=job.lora.overlong, **as_dict(train_format))
-        resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
-        with timer("train"):
-            summary = training.train_lora(loaded.model, tokenizer, examples, job.lora, out_dir=run_dir,
-                                          resume_from=resume_from, log=tracker.log,
-                                          base_model=str(cfg.model.name_or_path))
-        main = dist.process_state().is_main_process
-        with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
-            model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=main)
-        if main:
-            if record is not None:
-                atomic_write_json(run_dir / layout.PRUNING_FILE, record)
-            atomic_write_json(run_dir / layout.TRAINING_FILE, {"source_model": cfg.model.name_or_path, "lora": lora,
-                                                               "recovered_from": recovered_from,
-                                                               "examples": len(examples), **summary})
+        # An earlier attempt of these settings that finished training but died later (in the evaluation) left
+        # training.json and the merged model/: resume=true evaluates that model instead of training it again.
+        stamp = json.loads(json.dumps({"config_hash": config_hash(plain(cfg))[0],  # as read back from the file
+                                       "inputs": run_inputs(cfg, plain(cfg))}))
+        trained = finished_training(run_dir, stamp) if cfg.resume else None
+        if trained is not None:
+            log.info("training already finished in %s with the same settings (resume=true): evaluating its merged "
+                     "model", run_dir)
+            with timer("load"):
+                loaded = models.load_model(models.resolve(str(run_dir / layout.MODEL_DIR)), job.model)
+            model, tokenizer = loaded.model, loaded.tokenizer
+            summary = {k: v for k, v in trained.items() if k not in TRAINING_ONLY}
+            for step, loss in summary["loss_curve"]:  # this run's W&B curve too, not only the killed attempt's
+                tracker.log({"train/loss": loss}, step)
+        else:
+            model, tokenizer, summary = train_and_merge(cfg, job, records, train_format, run_dir, tracker, timer)
+            if dist.process_state().is_main_process:
+                if record is not None:
+                    atomic_write_json(run_dir / layout.PRUNING_FILE, record)
+                atomic_write_json(run_dir / layout.TRAINING_FILE, {  # after the merged model/ is complete
+                    "source_model": cfg.model.name_or_path, "lora": lora, "recovered_from": recovered_from,
+                    "examples": summary["n_examples"], **summary, "stamp": stamp})
         scores = evaluation(cfg, model, tokenizer, run_dir, tracker, reference, run_dir / "model",
                             source_rows) if cfg.evaluate else {}
         before_path = model_dir.parent / layout.METRICS_FILE
@@ -81,6 +87,38 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     # 3. Cleanup: run_job frees the models and writes the records.
     return run_job(cfg, "train", run_dir, sweep_dir, body, timer, record)
+
+
+TRAINING_ONLY = ("source_model", "lora", "recovered_from", "examples", "stamp")  # training.json keys not in a summary
+
+
+def train_and_merge(cfg, job, records, train_format, run_dir: Path, tracker, timer: Timer):
+    """Load the model, fine-tune LoRA adapters on the task's training examples, merge them (the main process saves
+    adapter/ and the merged model/) -> (merged model, tokenizer, training summary)."""
+    with timer("load"):
+        loaded = models.load_model(models.resolve(cfg.model.name_or_path), job.model)
+        tokenizer = loaded.tokenizer
+    examples = training.build_examples(records, tokenizer=tokenizer, max_length=job.lora.max_length,
+                                       overlong=job.lora.overlong, **as_dict(train_format))
+    resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
+    with timer("train"):
+        summary = training.train_lora(loaded.model, tokenizer, examples, job.lora, out_dir=run_dir,
+                                      resume_from=resume_from, log=tracker.log, base_model=str(cfg.model.name_or_path))
+    with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
+        model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=dist.process_state().is_main_process)
+    return model, tokenizer, summary
+
+
+def finished_training(run_dir: Path, stamp: dict) -> dict | None:
+    """training.json of an earlier attempt in ``run_dir`` with the same settings and inputs (``stamp``), whose
+    merged model/ loads; else None (train again)."""
+    try:
+        trained = read_json(run_dir / layout.TRAINING_FILE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(trained, dict) or trained.get("stamp") != stamp:
+        return None
+    return trained if checkpoint_problem(run_dir / layout.MODEL_DIR) is None else None
 
 
 def relative_gain(before: dict, after: dict) -> dict:

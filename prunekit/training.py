@@ -163,6 +163,7 @@ class Examples(list):
 
     dropped: int = 0
     truncated: int = 0
+    unfinished: int = 0  # responses=source: records whose source answer never ended (left out)
 
 
 def field(record: Mapping, path: str):
@@ -176,6 +177,9 @@ def field(record: Mapping, path: str):
 
 
 CHAT_CHOICES = (True, False, "auto")
+# Where the training answers come from: the dataset's (response_field / response_template), or the unpruned source
+# model's own greedy answers to the same prompts (self-data distillation, prunekit.distill).
+RESPONSES = ("dataset", "source")
 
 
 @dataclass
@@ -193,6 +197,7 @@ class TrainFormat(Checked):
     # Regular expressions (re.search); a response line matching one is left out of the answer, e.g. the scaffold
     # comments CodeIO's solutions share ('^\\s*# import necessary packages$'), which recovered models copy.
     drop_response_lines: list | None = None
+    responses: str = "dataset"             # one of RESPONSES
     _prefix: str = dataclasses.field(default="task.train.", repr=False, kw_only=True, compare=False)
 
     @classmethod
@@ -202,7 +207,9 @@ class TrainFormat(Checked):
     def check(self) -> None:
         if not self.prompt_template:
             raise self.error("task.train.prompt_template is missing: the training prompt, a template of the record")
-        if (self.response_field is None) == (self.response_template is None):
+        if self.responses not in RESPONSES:
+            raise self.error(f"task.train.responses={self.responses!r}: allowed: {', '.join(RESPONSES)}")
+        if self.responses == "dataset" and (self.response_field is None) == (self.response_template is None):
             raise self.error("task.train: set exactly one of response_field (a record field) and response_template "
                              f"(a template of the record); got response_field={self.response_field!r}, "
                              f"response_template={self.response_template!r}")
@@ -217,19 +224,31 @@ class TrainFormat(Checked):
             except re.error as e:
                 raise self.error(f"task.train.drop_response_lines: {pattern!r} is not a regular expression ({e})") from None
 
-    def render(self, record: Mapping, i: int) -> tuple[str, str]:
-        """(prompt, response) text of one record."""
-        try:
-            prompt = self.prompt_template.format_map(record)
-            response = (self.response_template.format_map(record) if self.response_template is not None
-                        else str(field(record, self.response_field)))
-        except (KeyError, IndexError) as e:
-            both = f" / response_template {self.response_template!r}" if self.response_template is not None else ""
-            raise ConfigError(f"prompt_template {self.prompt_template!r}{both} names {e} which record {i} lacks "
-                              f"(keys: {list(record)})") from None
+    def prompt(self, record: Mapping, i: int) -> str:
+        """The training prompt of one record."""
+        return self._format(self.prompt_template, record, i)
+
+    def render(self, record: Mapping, i: int, answer: str | None = None) -> tuple[str, str]:
+        """(prompt, response) text of one record; ``answer``: the response instead of the dataset's (a source
+        model's answer, responses=source)."""
+        prompt = self.prompt(record, i)
+        if answer is not None:
+            response = answer
+        elif self.response_template is not None:
+            response = self._format(self.response_template, record, i)
+        else:
+            response = str(field(record, self.response_field))
         if self.drop_response_lines:
             response = "\n".join(line for line in response.split("\n") if not self._dropped(line))
         return prompt, response
+
+    def _format(self, template: str, record: Mapping, i: int) -> str:
+        try:
+            return template.format_map(record)
+        except (KeyError, IndexError) as e:
+            which = "prompt_template" if template == self.prompt_template else "response_template"
+            raise ConfigError(f"{which} {template!r} names {e} which record {i} lacks "
+                              f"(keys: {list(record)})") from None
 
     def _dropped(self, line: str) -> bool:
         return any(re.search(p, line) for p in self.drop_response_lines)
@@ -253,9 +272,12 @@ def chat_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int
 def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: str | None = None,
                    response_field: str | None = None, max_length: int, response_template: str | None = None,
                    chat_template: Any = False, overlong: str = "drop",
-                   drop_response_lines: list | None = None) -> Examples:
+                   drop_response_lines: list | None = None, responses: str = "dataset",
+                   answers: list[str | None] | None = None) -> Examples:
     """Tokenise prompt + response (+ EOS) with prompt labels = -100. An example over max_length is dropped, or with
     overlong="truncate" right-truncated (dropped all the same when not one answer token would be left).
+    responses="source": ``answers[i]`` (the source model's answer to record i) is the response, and a record whose
+    answer is None (it never ended: a loop, or the budget) is left out.
 
     The prompt and the response are tokenised separately so the mask boundary is exact. A raw example ends with
     EOS, which teaches the model to stop (traps are loops without EOS); a chat example ends with the template's
@@ -265,7 +287,11 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
         raise ConfigError(f"lora.overlong={overlong!r} is unknown; allowed: {list(OVERLONG)}")
     fmt = TrainFormat(prompt_template=prompt_template, response_field=response_field,
                       response_template=response_template, chat_template=chat_template,
-                      drop_response_lines=drop_response_lines)
+                      drop_response_lines=drop_response_lines, responses=responses)
+    records = list(records)
+    if responses == "source" and (answers is None or len(answers) != len(records)):
+        raise ValueError(f"responses='source' needs one source answer per record ({len(records)} records, "
+                         f"{'none' if answers is None else len(answers)} answers)")
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos_token; set one so answers can end with EOS")
     chat = text.resolve_chat(fmt.chat_template, tokenizer)
@@ -273,7 +299,10 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
         raise ConfigError("task.train.chat_template=true but the tokenizer has no chat template; use false")
     out = Examples()
     for i, rec in enumerate(records):
-        prompt, response = fmt.render(rec, i)
+        if responses == "source" and answers[i] is None:
+            out.unfinished += 1
+            continue
+        prompt, response = fmt.render(rec, i, answers[i] if responses == "source" else None)
         if chat:
             p_ids, r_ids = chat_ids(tokenizer, prompt, response)
         else:
@@ -290,6 +319,9 @@ def build_examples(records: Iterable[Mapping], *, tokenizer, prompt_template: st
     if out.dropped or out.truncated:
         log_.warning("build_examples: %d kept, %d dropped (over max_length=%d, lora.overlong=%s), %d answers "
                      "truncated", len(out), out.dropped, max_length, overlong, out.truncated)
+    if out.unfinished:
+        log_.warning("build_examples: %d records left out, their source answer never ended (a loop or the budget)",
+                     out.unfinished)
     return out
 
 

@@ -7,12 +7,13 @@ import json
 import logging
 from pathlib import Path
 
-from prunekit import data, dist, models, training
+from prunekit import data, dist, distill, models, text, training
 from prunekit.checkpoint import atomic_write_json, read_json
 from prunekit.config import check as check_config
 from prunekit.evaluation import baseline, benchmarks
+from prunekit.evaluation.settings import generation_options
 from prunekit.mlp import check_architecture
-from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, run_inputs, run_job, source_results
+from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, release_memory, run_inputs, run_job, source_results
 from prunekit.runs import layout, wandb
 from prunekit.runs.store import checkpoint_problem, config_hash, pruning_record_of
 from prunekit.schema import as_dict
@@ -43,14 +44,14 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
     record = pruning_record_of(cfg.model.name_or_path)
     model_dir = Path(cfg.model.name_or_path).expanduser()  # <run>/model: the run it came from (not a hub id)
     recovered_from = str(model_dir.parent.resolve()) if record is not None and model_dir.name == "model" else None
+    unpruned_model = (record or {"source_model": cfg.model.name_or_path})["source_model"]
 
     # 2. Run: inside the job lifecycle (skipped when complete with the same settings).
     def body(tracker) -> dict:
         reference = source_rows = None
         if cfg.evaluate and baseline.needs_source(cfg.eval.parts):
             with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
-                unpruned = (record or {"source_model": cfg.model.name_or_path})["source_model"]
-                reference, _, source_rows = source_results(cfg, unpruned, cfg.eval.parts)
+                reference, _, source_rows = source_results(cfg, unpruned_model, cfg.eval.parts)
         # An earlier attempt of these settings that finished training but died later (in the evaluation) left
         # training.json and the merged model/: resume=true evaluates that model instead of training it again.
         stamp = json.loads(json.dumps({"config_hash": config_hash(plain(cfg))[0],  # as read back from the file
@@ -66,7 +67,12 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
             for step, loss in summary["loss_curve"]:  # this run's W&B curve too, not only the killed attempt's
                 tracker.log({"train/loss": loss}, step)
         else:
-            model, tokenizer, summary = train_and_merge(cfg, job, records, train_format, run_dir, tracker, timer)
+            answers = None
+            if train_format.responses == "source":  # self-data distillation: the unpruned model's own answers
+                with timer("source_answers"):
+                    answers = source_answers(cfg, job, records, train_format, unpruned_model)
+            model, tokenizer, summary = train_and_merge(cfg, job, records, train_format, answers, run_dir, tracker,
+                                                        timer)
             if dist.process_state().is_main_process:
                 if record is not None:
                     atomic_write_json(run_dir / layout.PRUNING_FILE, record)
@@ -92,21 +98,38 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 TRAINING_ONLY = ("source_model", "lora", "recovered_from", "examples", "stamp")  # training.json keys not in a summary
 
 
-def train_and_merge(cfg, job, records, train_format, run_dir: Path, tracker, timer: Timer):
-    """Load the model, fine-tune LoRA adapters on the task's training examples, merge them (the main process saves
-    adapter/ and the merged model/) -> (merged model, tokenizer, training summary)."""
+def source_answers(cfg, job, records, train_format, source_model: str) -> list[str | None]:
+    """The unpruned source model's greedy answers to the training prompts (None: it never ended), in the chat
+    format the examples are built in, with the evaluation's generation settings; cached under cache_dir/answers."""
+    loaded = models.load_model(models.resolve(source_model), cfg.model)
+    try:
+        options = {**generation_options(as_dict(job.eval), loaded.tokenizer),
+                   "chat": text.resolve_chat(train_format.chat_template, loaded.tokenizer)}
+        prompts = [train_format.prompt(r, i) for i, r in enumerate(records)]
+        # The budget: an answer longer than lora.max_length tokens could never be a whole training example.
+        return distill.source_answers(loaded, prompts, job.lora.max_length, options,
+                                      Path(cfg.cache_dir).expanduser() / "answers")
+    finally:
+        del loaded
+        release_memory()
+
+
+def train_and_merge(cfg, job, records, train_format, answers, run_dir: Path, tracker, timer: Timer):
+    """Load the model, fine-tune LoRA adapters on the task's training examples (``answers``: the source model's,
+    responses=source), merge them (the main process saves adapter/ and the merged model/) -> (merged model,
+    tokenizer, training summary)."""
     with timer("load"):
         loaded = models.load_model(models.resolve(cfg.model.name_or_path), job.model)
         tokenizer = loaded.tokenizer
     examples = training.build_examples(records, tokenizer=tokenizer, max_length=job.lora.max_length,
-                                       overlong=job.lora.overlong, **as_dict(train_format))
+                                       overlong=job.lora.overlong, answers=answers, **as_dict(train_format))
     resume_from = cfg.resume_from or (training.latest_checkpoint(run_dir) if cfg.resume else None)
     with timer("train"):
         summary = training.train_lora(loaded.model, tokenizer, examples, job.lora, out_dir=run_dir,
                                       resume_from=resume_from, log=tracker.log, base_model=str(cfg.model.name_or_path))
     with timer("merge"):  # every process merges (the evaluation below needs the model); one writes
         model = training.merge(summary.pop("peft_model"), tokenizer, run_dir, save=dist.process_state().is_main_process)
-    return model, tokenizer, summary
+    return model, tokenizer, {**summary, "unfinished_source_answers": examples.unfinished} if answers else summary
 
 
 def finished_training(run_dir: Path, stamp: dict) -> dict | None:

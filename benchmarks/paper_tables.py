@@ -59,7 +59,8 @@ DECODE = ["eval.batch_size=8", "eval.max_batch_tokens=4096"]
 # humaneval/nll_gold: only in the rows made before eval.nll.gold existed (it is off now: no table prints it)
 KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "humaneval/trap_type2",
         "humaneval/nll", "humaneval/nll_gold", "distractor/sss", "prune/real_ratio", "resources/params",
-        "train/final_loss", "train/time_s", "train/tokens_per_s", "train/steps")
+        "train/final_loss", "train/time_s", "train/tokens_per_s", "train/steps", "train/n_examples",
+        "train/unfinished_source_answers", "time/source_answers_s")  # the last two: task.train.responses=source
 
 
 # Journal rows `t4-raw/...`: the first recovery runs, on the paper's raw `### Question/### Answer` format with

@@ -61,6 +61,16 @@ def capture_n(default, *, _root_):
     return default if n is None else n
 
 
+def code_only(template: str) -> str:
+    """`${code_only:<prompt template>}`: the evaluation's code-only instruction (HumanEval's, without its first
+    sentence) ahead of the template, e.g. `task.train.prompt_template=${code_only:${task.target.template}}`. With
+    task.train.responses=source the unpruned model then answers the training tasks with code alone, as it answers
+    in the evaluation, instead of prose around code that runs past lora.max_length."""
+    from prunekit.evaluation.benchmarks.humaneval import CODE_ONLY_INSTRUCTION
+
+    return f"{CODE_ONLY_INSTRUCTION}\n\n{template}"
+
+
 def register() -> None:
     """Put the owners' defaults in Hydra's ConfigStore (called on `import prunekit`, before any composition), as
     `eval/schema`, `lora/schema`, `capture_schema` and `prompt_set`. They are registered as plain mappings: the
@@ -69,6 +79,7 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("capture_n", capture_n, replace=True)
+    OmegaConf.register_new_resolver("code_only", code_only, replace=True)
     store = ConfigStore.instance()
     store.store(group="eval", name="schema", node=defaults(EvalSettings))
     store.store(group="lora", name="schema", node=defaults(LoraSettings))

@@ -58,6 +58,20 @@ def test_defaults_are_the_offline_default(compose_config):
     assert cfg.ratio == 0.05 and cfg.capture.chat_template is False and cfg.capture.max_length == 1024
 
 
+def test_code_only_puts_the_evaluations_instruction_ahead_of_a_training_template(compose_config):
+    """`${code_only:...}` (quoted on the command line: Hydra's override grammar has no unquoted nested
+    interpolation) is the HumanEval instruction without its first sentence, then the template itself."""
+    from prunekit.evaluation.benchmarks.humaneval import HUMANEVAL_INSTRUCTION
+
+    cfg = compose_config("train", "task=code_offline",
+                         "task.train.prompt_template='${code_only:${task.target.template}}'")
+    template = recipes.plain(cfg.task)["train"]["prompt_template"]
+    first, rest = HUMANEVAL_INSTRUCTION.split(". ", 1)
+    assert first == "You are solving a HumanEval problem"
+    assert template == f"{rest}\n\n{recipes.plain(cfg.task)['target']['template']}"
+    assert "{task_description}" in template  # still a template of the record
+
+
 def test_cli_fields_reach_every_spec(compose_config):
     cfg = compose_config("prune", "task=math", "task.target.path=my.jsonl", "task.distractors.squad.n=200",
                          "model.name_or_path=/some/dir", "ratio=0.25")

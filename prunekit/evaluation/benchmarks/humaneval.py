@@ -19,17 +19,18 @@ from prunekit.evaluation.benchmarks.sandbox import run_python
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "HumanEval", "MBPP", "build_prompt", "check",
+    "CODE_ONLY_INSTRUCTION", "HUMANEVAL_INSTRUCTION", "CodeBenchmark", "HumanEval", "MBPP", "build_prompt", "check",
     "has_complete_function", "pass_at_1", "sanitize",
 ]
 
 # The paper's setup (Table 8): an instruction that asks for top-level function definitions only.
-HUMANEVAL_INSTRUCTION = (
-    "You are solving a HumanEval problem. Respond with valid Python code only: the requested function as "
+CODE_ONLY_INSTRUCTION = (
+    "Respond with valid Python code only: the requested function as "
     "one or more top-level function definitions (imports are allowed). Do not use markdown or backticks. "
     "Do not write explanations, prose or comments outside the functions. Do not add examples, tests, "
     "print statements, other top-level statements or an `if __name__ == \"__main__\":` block."
 )
+HUMANEVAL_INSTRUCTION = f"You are solving a HumanEval problem. {CODE_ONLY_INSTRUCTION}"
 REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
 
 # A ``` fence and the rest of its line (a language tag, or prose after a closing fence); it may follow text.

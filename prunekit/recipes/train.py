@@ -58,14 +58,7 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
                                        "inputs": run_inputs(cfg, plain(cfg))}))
         trained = finished_training(run_dir, stamp) if cfg.resume else None
         if trained is not None:
-            log.info("training already finished in %s with the same settings (resume=true): evaluating its merged "
-                     "model", run_dir)
-            with timer("load"):
-                loaded = models.load_model(models.resolve(str(run_dir / layout.MODEL_DIR)), job.model)
-            model, tokenizer = loaded.model, loaded.tokenizer
-            summary = {k: v for k, v in trained.items() if k not in TRAINING_ONLY}
-            for step, loss in summary["loss_curve"]:  # this run's W&B curve too, not only the killed attempt's
-                tracker.log({"train/loss": loss}, step)
+            model, tokenizer, summary = load_trained(run_dir, trained, job, tracker, timer)
         else:
             answers = None
             if train_format.responses == "source":  # self-data distillation: the unpruned model's own answers
@@ -96,6 +89,18 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
 
 TRAINING_ONLY = ("source_model", "lora", "recovered_from", "examples", "stamp")  # training.json keys not in a summary
+
+
+def load_trained(run_dir: Path, trained: dict, job, tracker, timer: Timer):
+    """An earlier attempt's merged model and its training summary (training.json) -> (model, tokenizer, summary)."""
+    log.info("training already finished in %s with the same settings (resume=true): evaluating its merged model",
+             run_dir)
+    with timer("load"):
+        loaded = models.load_model(models.resolve(str(run_dir / layout.MODEL_DIR)), job.model)
+    summary = {k: v for k, v in trained.items() if k not in TRAINING_ONLY}
+    for step, loss in summary["loss_curve"]:  # this run's W&B curve too, not only the killed attempt's
+        tracker.log({"train/loss": loss}, step)
+    return loaded.model, loaded.tokenizer, summary
 
 
 def source_answers(cfg, job, records, train_format, source_model: str) -> list[str | None]:

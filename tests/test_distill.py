@@ -79,8 +79,9 @@ def test_train_with_source_answers_trains_on_the_unpruned_models_answers(tmp_pat
     """train.py task.train.responses=source on SmolLM2 itself (unpruned: its own answers): the answers are
     generated once into cache_dir/answers, the examples are the answers that ended, and a rerun in another run
     directory reuses them."""
-    args = ["model=smollm2-135m", "task.train.n=4", "task.train.responses=source", "lora.max_length=160",
-            "lora.epochs=1", "lora.effective_batch_size=2", "lora.per_device_batch_size=1", "evaluate=false"]
+    args = ["model=smollm2-135m", "task.train.n=4", "+task.train.responses=source",  # math_offline: see its yaml
+            "lora.max_length=160", "lora.epochs=1", "lora.effective_batch_size=2", "lora.per_device_batch_size=1",
+            "evaluate=false"]
     metrics = recipes.train(recipe_cfg(tmp_path, model_cache, *args, job="train"), tmp_path / "run")
     [entry] = (tmp_path / "cache" / "answers").glob("*.jsonl")
     rows = [json.loads(line) for line in entry.read_text().splitlines()]

@@ -226,7 +226,7 @@ class TrainFormat(Checked):
 
     def prompt(self, record: Mapping, i: int) -> str:
         """The training prompt of one record."""
-        return self._format(self.prompt_template, record, i)
+        return self._format("prompt_template", record, i)
 
     def render(self, record: Mapping, i: int, answer: str | None = None) -> tuple[str, str]:
         """(prompt, response) text of one record; ``answer``: the response instead of the dataset's (a source
@@ -235,19 +235,20 @@ class TrainFormat(Checked):
         if answer is not None:
             response = answer
         elif self.response_template is not None:
-            response = self._format(self.response_template, record, i)
+            response = self._format("response_template", record, i)
         else:
             response = str(field(record, self.response_field))
         if self.drop_response_lines:
             response = "\n".join(line for line in response.split("\n") if not self._dropped(line))
         return prompt, response
 
-    def _format(self, template: str, record: Mapping, i: int) -> str:
+    def _format(self, option: str, record: Mapping, i: int) -> str:
+        """The template of ``option`` (prompt_template, response_template) filled in with one record."""
+        template = getattr(self, option)
         try:
             return template.format_map(record)
         except (KeyError, IndexError) as e:
-            which = "prompt_template" if template == self.prompt_template else "response_template"
-            raise ConfigError(f"{which} {template!r} names {e} which record {i} lacks "
+            raise ConfigError(f"{option} {template!r} names {e} which record {i} lacks "
                               f"(keys: {list(record)})") from None
 
     def _dropped(self, line: str) -> bool:

@@ -92,7 +92,17 @@ def test_train_with_source_answers_trains_on_the_unpruned_models_answers(tmp_pat
     assert metrics["train/unfinished_source_answers"] == len(rows) - ended
     assert metrics["train/n_examples"] == ended > 0  # every answer that ended fits in 160 tokens
 
-    monkeypatch.setattr(generation, "generate_journaled", lambda *a, **k: pytest.fail("generated again"))
-    again = recipes.train(recipe_cfg(tmp_path, model_cache, *args, job="train"), tmp_path / "run2")
-    assert again["train/n_examples"] == metrics["train/n_examples"]
+    # Again in another run directory, evaluated against the unpruned model's outputs: the answers come from the
+    # cache, and one load of the unpruned model serves both its reference outputs and the answers' cache key.
+    generate, load = generation.generate_journaled, models.load_model
+    loads = []
+    monkeypatch.setattr(generation, "generate_journaled", lambda m, t, prompts, *a, **k: (
+        pytest.fail("answers generated again") if prompts == [r["prompt"] for r in rows]
+        else generate(m, t, prompts, *a, **k)))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a[0]) or load(*a, **k))
+    similarity = ["evaluate=true", "eval.parts=[similarity]", "eval.similarity.max_new_tokens=4",
+                  "task.eval.distractors.conversations.n=1", "task.eval.distractors.squad.n=1"]
+    again = recipes.train(recipe_cfg(tmp_path, model_cache, *args[:-1], *similarity, job="train"), tmp_path / "run2")
+    assert again["train/n_examples"] == metrics["train/n_examples"] and "distractor/sss" in again
+    assert len(loads) == 2  # the unpruned source once (reference + answers), the model to train once
 

@@ -48,22 +48,20 @@ def train(cfg, run_dir: str | Path, sweep_dir: str | Path | None = None) -> dict
 
     # 2. Run: inside the job lifecycle (skipped when complete with the same settings).
     def body(tracker) -> dict:
-        reference = source_rows = None
-        if cfg.evaluate and baseline.needs_source(cfg.eval.parts):
-            with timer("reference"):  # the unpruned source (the model being trained, when it was never pruned)
-                reference, _, source_rows = source_results(cfg, unpruned_model, cfg.eval.parts)
         # An earlier attempt of these settings that finished training but died later (in the evaluation) left
         # training.json and the merged model/: resume=true evaluates that model instead of training it again.
         stamp = json.loads(json.dumps({"config_hash": config_hash(plain(cfg))[0],  # as read back from the file
                                        "inputs": run_inputs(cfg, plain(cfg))}))
         trained = finished_training(run_dir, stamp) if cfg.resume else None
+        reference, source_rows, answers = from_unpruned(
+            cfg, job, unpruned_model, timer,
+            parts=cfg.eval.parts if cfg.evaluate and baseline.needs_source(cfg.eval.parts) else None,
+            prompts=[train_format.prompt(r, i) for i, r in enumerate(records)]  # self-data distillation
+            if trained is None and train_format.responses == "source" else None,
+            chat_template=train_format.chat_template)
         if trained is not None:
             model, tokenizer, summary = load_trained(run_dir, trained, job, tracker, timer)
         else:
-            answers = None
-            if train_format.responses == "source":  # self-data distillation: the unpruned model's own answers
-                with timer("source_answers"):
-                    answers = source_answers(cfg, job, records, train_format, unpruned_model)
             model, tokenizer, summary = train_and_merge(cfg, job, records, train_format, answers, run_dir, tracker,
                                                         timer)
             if dist.process_state().is_main_process:
@@ -103,20 +101,31 @@ def load_trained(run_dir: Path, trained: dict, job, tracker, timer: Timer):
     return loaded.model, loaded.tokenizer, summary
 
 
-def source_answers(cfg, job, records, train_format, source_model: str) -> list[str | None]:
-    """The unpruned source model's greedy answers to the training prompts (None: it never ended), in the chat
-    format the examples are built in, with the evaluation's generation settings; cached under cache_dir/answers."""
-    loaded = models.load_model(models.resolve(source_model), cfg.model)
+def from_unpruned(cfg, job, source_model: str, timer: Timer, *, parts, prompts, chat_template):
+    """What the job needs from the unpruned source model (the model being trained, when it was never pruned), from
+    one load of it, freed before training: the evaluation's reference outputs and target rows (``parts``: those
+    that compare against it; None: none do) and its greedy answers to the training ``prompts`` (None: not asked,
+    responses=dataset). Answers are None where an answer never ended; cached under cache_dir/answers."""
+    if parts is None and prompts is None:
+        return None, None, None
+    reference = source_rows = answers = None
+    with timer("source_load"):
+        loaded = models.load_model(models.resolve(source_model), cfg.model)
     try:
-        options = {**generation_options(as_dict(job.eval), loaded.tokenizer),
-                   "chat": text.resolve_chat(train_format.chat_template, loaded.tokenizer)}
-        prompts = [train_format.prompt(r, i) for i, r in enumerate(records)]
-        # The budget: an answer longer than lora.max_length tokens could never be a whole training example.
-        return distill.source_answers(loaded, prompts, job.lora.max_length, options,
-                                      Path(cfg.cache_dir).expanduser() / "answers")
+        if parts is not None:
+            with timer("reference"):
+                reference, _, source_rows = source_results(cfg, source_model, parts, loaded)
+        if prompts is not None:
+            with timer("source_answers"):  # in the chat format the examples are built in, the evaluation's settings
+                options = {**generation_options(as_dict(job.eval), loaded.tokenizer),
+                           "chat": text.resolve_chat(chat_template, loaded.tokenizer)}
+                # The budget: an answer longer than lora.max_length tokens could never be a whole training example.
+                answers = distill.source_answers(loaded, prompts, job.lora.max_length, options,
+                                                 Path(cfg.cache_dir).expanduser() / "answers")
     finally:
         del loaded
         release_memory()
+    return reference, source_rows, answers
 
 
 def train_and_merge(cfg, job, records, train_format, answers, run_dir: Path, tracker, timer: Timer):

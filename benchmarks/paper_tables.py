@@ -199,6 +199,15 @@ def pass_and_traps(row: dict) -> str:
     return f"{pct(row.get('humaneval/pass@1'))} ({pct(row.get('humaneval/trap_rate'))})"
 
 
+def regained(before: float, after: float, original: float) -> str:
+    """The share of what pruning lost that recovery gained back, (after - before) / (original - before), in %
+    (claim 3: "most"); "-" where a value is missing or pruning lost nothing."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (before, after, original)) \
+            or original <= before:
+        return "-"
+    return f"{100 * (after - before) / (original - before):.0f} %"
+
+
 def provenance(journal: dict) -> list[str]:
     """Which CPU made which job, with the unpruned model's score it was compared with: bf16 rounds differently on
     different CPUs and greedy decoding amplifies it, so the unpruned answers (and the NLL proxy built on them) can
@@ -279,14 +288,18 @@ def print_tables(journal: dict) -> str:
     out += ["", *agreement] if agreement else []
     paper4 = dict(zip(PAPER_RATIOS, PAPER_TABLE4[PAPER_COLUMN]))
     out += ["", "Table 4: pass@1 % (trap %) before -> after LoRA recovery, 164 problems", "",
-            "| ratio | strategy | before | after | train loss | train time | paper before -> after (selective) |",
-            "|---|---|---|---|---|---|---|"]
+            "| ratio | strategy | before | after | regained | train loss | train time | "
+            "paper before -> after (selective) | paper regained |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    unpruned = original.get("original/humaneval/pass@1", math.nan)
     for s, r in RECOVERY_CELLS:
         before = journal.get(f"t3/{s}_r{r:g}", {})
         for label, after in recovery_rows(journal, s, r):
-            out.append(f"| {r:.0%} | {label} | {pass_and_traps(before)} | {pass_and_traps(after)} | "
+            gained = regained(before.get("humaneval/pass@1", math.nan), after.get("humaneval/pass@1", math.nan),
+                              unpruned)
+            out.append(f"| {r:.0%} | {label} | {pass_and_traps(before)} | {pass_and_traps(after)} | {gained} | "
                        f"{num(after.get('train/final_loss'))} | {num(after.get('train/time_s', math.nan) / 60, 1)} min | "
-                       f"{paper3[r][0]} -> {paper4[r][0]} |")
+                       f"{paper3[r][0]} -> {paper4[r][0]} | {regained(paper3[r][0], paper4[r][0], paper3[0.0][0])} |")
     t5 = journal.get("t5", {}).get("rows")
     if t5:
         out += ["", "Table 5: batch-1 decode (benchmarks/pruned_speed.py)", "",

@@ -130,7 +130,13 @@ def test_another_recovery_budget_gets_its_own_job_ids_and_table_4_rows(tmp_path,
                "t4/selective_r0.15": {"humaneval/pass@1": 0.1585, "humaneval/trap_rate": 0.3}}
     labels = [label for label, _ in runner.recovery_rows(journal, "selective", 0.15)]
     assert labels == ["selective", "selective, task.train.n=2400"]
-    assert "| 15% | selective, task.train.n=2400 | 15.85 (30.00) | 30.00 (10.00) |" in runner.print_tables(journal)
+    assert "| 15% | selective, task.train.n=2400 | 15.85 (30.00) | 30.00 (10.00) | - |" in runner.print_tables(journal)
+    # With the unpruned model's score: the share of the loss regained, (30.00 - 15.85) / (54.88 - 15.85) = 36 %,
+    # beside the paper's (51.22 - 38.41) / (62.80 - 38.41) = 52.5 %
+    journal["t3/original"] = {"original/humaneval/pass@1": 0.5488}
+    assert ("| 15% | selective, task.train.n=2400 | 15.85 (30.00) | 30.00 (10.00) | 36 % |" in
+            runner.print_tables(journal))
+    assert "| 38.41 -> 51.22 | 53 % |" in runner.print_tables(journal)
 
 
 def test_a_quoted_recovery_override_stays_whole_and_a_long_list_is_counted_in_its_label(tmp_path, monkeypatch):

@@ -142,20 +142,24 @@ def source_evaluation(cfg, loaded: models.LoadedModel) -> tuple[dict, list[dict]
                                       Path(cfg.cache_dir).expanduser() / "sources")
 
 
-def source_results(cfg, source_model: str, parts, loaded=None) -> tuple[dict | None, dict, list[dict] | None]:
+def source_results(cfg, source_model: str, parts) -> tuple[dict | None, dict, list[dict] | None]:
     """From the unpruned model ``source_model`` a checkpoint came from: similarity reference outputs (when a part
     compares against them), and its cached evaluation metrics and target generations (when a part reads them:
     nll). The model is loaded for these (its tokenizer decides the cache keys); a cache hit then costs no
-    generation. It is freed before the recipe loads its own model. ``loaded``: the caller's load of it, for a
-    caller that needs it for more (train.py's source answers); the caller frees it."""
-    loaded = models.load_model(models.resolve(source_model), cfg.model) if loaded is None else loaded
+    generation. It is freed before the recipe loads its own model."""
+    loaded = models.load_model(models.resolve(source_model), cfg.model)
     try:
-        reference = reference_outputs(cfg, loaded)
-        original, rows = (source_evaluation(cfg, loaded) if baseline.needs_source_rows(parts) else ({}, None))
-        return reference, original, rows
+        return results_of_source(cfg, loaded, parts)
     finally:
         del loaded
         release_memory()
+
+
+def results_of_source(cfg, loaded: models.LoadedModel, parts) -> tuple[dict | None, dict, list[dict] | None]:
+    """`source_results` on the caller's load of the unpruned model (train.py also asks it for its answers)."""
+    reference = reference_outputs(cfg, loaded)
+    original, rows = (source_evaluation(cfg, loaded) if baseline.needs_source_rows(parts) else ({}, None))
+    return reference, original, rows
 
 
 def evaluation(cfg, model, tokenizer, run_dir: Path, tracker, reference=None, checkpoint_dir=None,

@@ -13,7 +13,16 @@ from prunekit.config import check as check_config
 from prunekit.evaluation import baseline, benchmarks
 from prunekit.evaluation.settings import generation_options
 from prunekit.mlp import check_architecture
-from prunekit.recipes._job import Timer, check_evaluation, evaluation, plain, release_memory, run_inputs, run_job, source_results
+from prunekit.recipes._job import (
+    Timer,
+    check_evaluation,
+    evaluation,
+    plain,
+    release_memory,
+    results_of_source,
+    run_inputs,
+    run_job,
+)
 from prunekit.runs import layout, wandb
 from prunekit.runs.store import checkpoint_problem, config_hash, pruning_record_of
 from prunekit.schema import as_dict
@@ -114,7 +123,7 @@ def from_unpruned(cfg, job, source_model: str, timer: Timer, *, parts, prompts, 
     try:
         if parts is not None:
             with timer("reference"):
-                reference, _, source_rows = source_results(cfg, source_model, parts, loaded)
+                reference, _, source_rows = results_of_source(cfg, loaded, parts)
         if prompts is not None:
             with timer("source_answers"):  # in the chat format the examples are built in, the evaluation's settings
                 options = {**generation_options(as_dict(job.eval), loaded.tokenizer),

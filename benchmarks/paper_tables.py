@@ -186,12 +186,17 @@ def run(args) -> None:
         recipes.release_memory()
 
 
+def is_number(v) -> bool:
+    """A journal value that can be printed: missing metrics are None, failed ones NaN."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def pct(v) -> str:
-    return f"{100 * v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+    return f"{100 * v:.2f}" if is_number(v) else "-"
 
 
 def num(v, digits=3) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+    return f"{v:.{digits}f}" if is_number(v) else "-"
 
 
 def pass_and_traps(row: dict) -> str:
@@ -202,8 +207,7 @@ def pass_and_traps(row: dict) -> str:
 def regained(before: float, after: float, original: float) -> str:
     """The share of what pruning lost that recovery gained back, (after - before) / (original - before), in %
     (claim 3: "most"); "-" where a value is missing or pruning lost nothing."""
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (before, after, original)) \
-            or original <= before:
+    if not all(map(is_number, (before, after, original))) or original <= before:
         return "-"
     return f"{100 * (after - before) / (original - before):.0f} %"
 

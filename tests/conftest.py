@@ -21,6 +21,18 @@ from tests import helpers  # noqa: E402
 from tests.helpers import MODEL_CACHE  # noqa: E402
 
 ARCHS = models.TINY_ARCHS
+SUITE_DISK_GB = 6  # the checkpoints one full run saves under tmp_path (4-5 GB) and the converted test models
+
+
+def pytest_report_header() -> str:
+    """Free disk in the header: with too little, tests that save a model fail with errors that do not name the disk
+    (a CI run failed so with 3 GB free), so its first lines say it."""
+    import shutil
+    import tempfile
+
+    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    note = f" -- LOW: the full suite writes about {SUITE_DISK_GB} GB" if free_gb < SUITE_DISK_GB else ""
+    return f"prunekit: {free_gb:.1f} GB free under {tempfile.gettempdir()}{note}"
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ local files (task=math_local: GSM8K train questions vs SQuAD context+question an
 import argparse
 import json
 import logging
-import math
 import re
 import statistics
 from pathlib import Path
@@ -49,8 +48,8 @@ def job_config(mix: str, strategy: str, ratio: float, extra: list[str]):
 
 
 def cell(metrics: dict, key: str, digits: int = 3) -> str:
-    v = metrics.get(key)
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+    v = report.number(metrics.get(key))
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def table(mix: str, results: dict, metric: str) -> str:
@@ -76,7 +75,7 @@ def table(mix: str, results: dict, metric: str) -> str:
 
 def spread(values: list) -> str:
     """'mean [min-max]' over the finite values (the random seeds), '-' when none is."""
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    vals = [v for v in map(report.number, values) if v is not None]
     return f"{statistics.fmean(vals):.2f} [{min(vals):.2f}-{max(vals):.2f}]" if vals else "-"
 
 

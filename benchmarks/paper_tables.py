@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from prunekit import dist, recipes  # noqa: E402
 from prunekit.checkpoint import atomic_write_text  # noqa: E402
-from prunekit.report import PAPER_RATIOS, PAPER_TABLE3, PAPER_TABLE4  # noqa: E402
+from prunekit.report import PAPER_RATIOS, PAPER_TABLE3, PAPER_TABLE4, number  # noqa: E402
 
 JOURNAL = REPO / "benchmarks" / "results" / "paper_tables_qwen2.5-coder-0.5b.jsonl"
 PAPER_COLUMN = "Qwen-1.5B Code"
@@ -186,17 +186,12 @@ def run(args) -> None:
         recipes.release_memory()
 
 
-def is_number(v) -> bool:
-    """A journal value that can be printed: missing metrics are None, failed ones NaN."""
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def pct(v) -> str:
-    return f"{100 * v:.2f}" if is_number(v) else "-"
+    return "-" if (v := number(v)) is None else f"{100 * v:.2f}"
 
 
 def num(v, digits=3) -> str:
-    return f"{v:.{digits}f}" if is_number(v) else "-"
+    return "-" if (v := number(v)) is None else f"{v:.{digits}f}"
 
 
 def pass_and_traps(row: dict) -> str:
@@ -207,7 +202,8 @@ def pass_and_traps(row: dict) -> str:
 def regained(before: float, after: float, original: float) -> str:
     """The share of what pruning lost that recovery gained back, (after - before) / (original - before), in %
     (claim 3: "most"); "-" where a value is missing or pruning lost nothing."""
-    if not all(map(is_number, (before, after, original))) or original <= before:
+    before, after, original = map(number, (before, after, original))
+    if None in (before, after, original) or original <= before:
         return "-"
     return f"{100 * (after - before) / (original - before):.0f} %"
 

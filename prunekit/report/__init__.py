@@ -23,6 +23,7 @@ from prunekit.report.tables import (
     PAPER_TABLE5,
     detrimental_grid,
     grid_metric,
+    number,
     paper_column,
     paper_value,
     primary_metric,
@@ -32,5 +33,5 @@ from prunekit.report.tables import (
 __all__ = ["PAPER_RATIOS", "PAPER_SIZES", "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_TABLE4", "PAPER_TABLE5",
            "PRIMARY_METRICS", "RunError", "Run", "before_after", "best_of_grid", "build_report", "detrimental_grid",
            "find_run_dirs", "grid_metric",
-           "load_run", "load_runs", "log_to_wandb", "main", "paper_column", "paper_value", "primary_metric",
+           "load_run", "load_runs", "log_to_wandb", "main", "number", "paper_column", "paper_value", "primary_metric",
            "render_section", "section_tables", "sections"]

@@ -56,7 +56,8 @@ def paper_value(table: dict, column: str | None, ratio: float, with_original: bo
 
 
 # ------------------------------------------------------------------------------------- numbers (tables)
-def _num(v):
+def number(v) -> float | None:
+    """A metric as a float, or None where it is missing, failed (NaN, inf) or not a number (a bool)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
@@ -76,7 +77,7 @@ def _latest(runs: list[Run]) -> list[Run]:
 
 
 def _pivot(runs: list[Run], key: str, scale: float = 1.0) -> pd.DataFrame:
-    rows = [{"ratio": r.ratio, "strategy": r.strategy, "value": _num(r.metrics.get(key))} for r in runs]
+    rows = [{"ratio": r.ratio, "strategy": r.strategy, "value": number(r.metrics.get(key))} for r in runs]
     rows = [row for row in rows if row["value"] is not None]
     if not rows:
         return pd.DataFrame()
@@ -128,9 +129,9 @@ def section_tables(runs: list[Run]) -> dict[str, pd.DataFrame | pd.Series | str 
     else:
         t["delta"] = pd.DataFrame()
 
-    res = [{"ratio": r.ratio, "peak mem GB": _num(r.metrics.get("resources/peak_mem_gb")),
-            "tokens/s": _num(r.metrics.get("resources/tokens_per_s")),
-            "params": _num(r.metrics.get("resources/params"))} for r in pruned]
+    res = [{"ratio": r.ratio, "peak mem GB": number(r.metrics.get("resources/peak_mem_gb")),
+            "tokens/s": number(r.metrics.get("resources/tokens_per_s")),
+            "params": number(r.metrics.get("resources/params"))} for r in pruned]
     res_df = pd.DataFrame(res)
     t["table5"] = res_df.groupby("ratio").mean().sort_index().dropna(how="all") if not res_df.empty \
         else pd.DataFrame()
@@ -147,7 +148,7 @@ def section_tables(runs: list[Run]) -> dict[str, pd.DataFrame | pd.Series | str 
 
 # --------------------------------------------------------------------------------------------- render
 def fmt(v, digits: int = 2) -> str:
-    v = _num(v) if not isinstance(v, str) else v
+    v = number(v) if not isinstance(v, str) else v
     return NA if v is None else (v if isinstance(v, str) else f"{v:.{digits}f}")
 
 
@@ -169,7 +170,7 @@ def _cell_table(values: pd.DataFrame, traps: pd.DataFrame, paper: dict | None = 
             src = "original" if r == 0 else c  # every strategy starts from the same original model
             v = values[src].get(r) if src in values else None
             tr = traps[src].get(r) if src in traps else None
-            out.loc[label, c] = NA if _num(v) is None and _num(tr) is None else f"{fmt(v)} ({fmt(tr)})"
+            out.loc[label, c] = NA if number(v) is None and number(tr) is None else f"{fmt(v)} ({fmt(tr)})"
         if paper is not None:
             pv = paper.get(r)
             out.loc[label, "paper (selective)"] = f"{pv[0]} ({pv[1]})" if pv else NA
@@ -207,8 +208,8 @@ def detrimental_grid(runs: list[Run]) -> tuple[pd.DataFrame, dict | None, str | 
 
     grid = [r for r in runs if r.pruning and r.pruning.get("strategy") == "detrimental"]
     metric = grid_metric(grid)
-    rows = [{"layer": r.pruning["layer"], "percent": r.pruning["percent"], metric: _num(r.metrics.get(metric)),
-             "run": str(r.path)} for r in grid if metric and _num(r.metrics.get(metric)) is not None]
+    rows = [{"layer": r.pruning["layer"], "percent": r.pruning["percent"], metric: number(r.metrics.get(metric)),
+             "run": str(r.path)} for r in grid if metric and number(r.metrics.get(metric)) is not None]
     if not rows:
         return pd.DataFrame(), None, metric
     table = pd.DataFrame(rows).pivot_table(index="layer", columns="percent", values=metric, aggfunc="last")

@@ -15,13 +15,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import gather_object
 from filelock import FileLock
 
 from prunekit.checkpoint import DiskFullError, move_aside
+from prunekit.dist import process_state
 
 _MISSING = object()
 
@@ -116,28 +117,41 @@ class ArtifactCache:
             self.log.info(self.saved_message, path)
         return True
 
-    def get(self, key: str, build: Callable[[], Any], expected=None, *, lock: bool = True,
-            store: bool = True) -> tuple[Any, bool]:
+    def get(self, key: str, build: Callable[[], Any], expected=None, *, collective: bool = False) -> tuple[Any, bool]:
         """(value, was_cached): the entry of ``key`` when it is usable, else ``build()`` stored under ``key``.
 
-        ``lock``: hold the entry's lock while building, so concurrent processes build it once (off where every
-        process must take part in the build, e.g. a capture sharded across ranks). ``store``: write what was built
-        (off on the ranks that do not write).
+        Concurrent processes (a sweep's parallel jobs) wait on the entry's lock, so one builds and the others read.
+        ``collective``: under ``accelerate launch`` every rank takes part in ``build()`` (a sharded capture or
+        generation). Then no lock is taken (a rank waiting on it while the others wait for it in a collective is a
+        deadlock), the ranks agree to read only when every one of them found the entry, and the main one writes.
         """
+        state = process_state()
+        if collective and state.num_processes > 1:
+            return self._get_together(key, build, expected, state)
         path = self.path(key)
         value, problem = self._lookup(path, expected)  # a usable entry needs no lock: entries are written atomically
         if value is not _MISSING:
             return self._hit(path, value), True
-        with self.lock(key) if lock else nullcontext():
-            if lock:  # another process may have built it while this one waited
-                value, problem = self._lookup(path, expected)
-                if value is not _MISSING:
-                    return self._hit(path, value), True
+        with self.lock(key):
+            value, problem = self._lookup(path, expected)  # another process may have built it while this one waited
+            if value is not _MISSING:
+                return self._hit(path, value), True
             if problem is not None:
                 self._put_aside(path, problem)
             value = build()
-            if store:
-                self.save(key, value, expected)
+            self.save(key, value, expected)
+        return value, False
+
+    def _get_together(self, key: str, build: Callable[[], Any], expected, state) -> tuple[Any, bool]:
+        path = self.path(key)
+        value, problem = self._lookup(path, expected)
+        if all(gather_object([value is not _MISSING])):  # one rank's miss (a damaged read) makes all build
+            return self._hit(path, value), True
+        if problem is not None and state.is_main_process:
+            self._put_aside(path, problem)
+        value = build()
+        if state.is_main_process:
+            self.save(key, value, expected)
         return value, False
 
     def _hit(self, path: Path, value):

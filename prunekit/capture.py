@@ -226,14 +226,12 @@ def cached_statistics(model, tokenizer, sets: dict[str, list[str]], key: str, se
     """``statistics`` from the activation cache when its entry for ``key`` is usable, else captured now and
     cached. Returns (stats, was_cached). Parallel jobs of a sweep wait on the entry's lock, so a set is captured
     once; under ``accelerate launch`` every rank takes part in the capture (no lock) and the main one writes."""
-    state = process_state()
 
     def capture():
         log.info("capturing activations (cache key %s)", key)
         return statistics(model, tokenizer, sets, settings)
 
-    return ActivationCache(cache_dir).get(key, capture, expected_entry(model, sets), lock=state.num_processes == 1,
-                                          store=state.is_main_process)
+    return ActivationCache(cache_dir).get(key, capture, expected_entry(model, sets), collective=True)
 
 
 def load_cached(path: Path, expected: dict) -> dict[str, RunningStats] | None:

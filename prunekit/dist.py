@@ -1,6 +1,7 @@
 """This process: its rank and device under ``accelerate launch`` / ``torchrun``, and what its CPU can compute.
 Kept apart from model loading, so recipes, capture and generation ask one place whether they are the main process."""
 
+import atexit
 import functools
 from pathlib import Path
 
@@ -15,7 +16,24 @@ def process_state() -> PartialState:
     ``cpu=True`` when there is no CUDA (or ACCELERATE_USE_CPU is set), so CPU processes launched together form a
     gloo group instead of each believing it is alone.
     """
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    if state.use_distributed:
+        _destroy_group_at_exit()
+    return state
+
+
+@functools.cache
+def _destroy_group_at_exit() -> None:
+    """Registered once per process: a process group still alive when the interpreter tears down lets gloo's (or
+    NCCL's) threads be destroyed while joinable, which aborts an exited rank now and then ("terminate called without
+    an active exception", SIGABRT after its work is done). atexit runs before that teardown, for every entry at once.
+    Torch is called directly, not PartialState: a state reset by then must not start a group at exit."""
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def device() -> torch.device:

@@ -67,8 +67,8 @@ def source_answers(loaded, prompts: list[str], budget: int, options: dict, cache
         return [{"prompt": g.prompt, "output": g.output, "stop_reason": g.stop_reason, "n_tokens": g.n_tokens}
                 for g in gens]
 
-    state = process_state()  # under accelerate launch every process takes part in the generation: no lock
-    rows, _ = cache.get(key, generate, expected=prompts, lock=state.num_processes == 1, store=state.is_main_process)
-    if state.is_main_process:
+    # under accelerate launch every process takes part in the generation
+    rows, _ = cache.get(key, generate, expected=prompts, collective=True)
+    if process_state().is_main_process:
         journal.unlink(missing_ok=True)
     return [r["output"] if r["stop_reason"] == "eos" else None for r in rows]

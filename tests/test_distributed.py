@@ -1,5 +1,7 @@
-"""Capture and generation sharded over 2 CPU processes (accelerate launch, gloo) equal one process."""
+"""Capture, generation and prune.py with evaluation sharded over 2 CPU processes (accelerate launch, gloo) equal
+one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,12 +10,14 @@ from pathlib import Path
 
 import torch
 
-from prunekit import capture, models
+from prunekit import capture, models, recipes
 from prunekit.evaluation.generation import generate
-from tests.helpers import PROMPTS
+from tests.helpers import PROMPTS, REPO, SMALL, recipe_cfg, subprocess_env
 
 SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import atexit, sys, torch
+    # Registered before prunekit's own hook, so it runs after it (atexit is last-in, first-out).
+    atexit.register(lambda: print(f"group alive at exit: {torch.distributed.is_initialized()}", flush=True))
     from prunekit import capture, models, dist
     from prunekit.evaluation.generation import generate
     tokenizer = models.load_tokenizer(models.TOKENIZER_SOURCE, sys.argv[2])
@@ -44,6 +48,8 @@ def test_two_process_capture_and_generation_equal_one_process(tmp_path, tokenize
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank 0/2 captured 6 target prompts" in run.stdout and "rank 1/2 captured 5 target prompts" in run.stdout
+    # Every rank leaves its gloo group destroyed before interpreter teardown (a live one aborted a rank at exit).
+    assert run.stdout.count("group alive at exit: False") == 2, run.stdout[-2000:]
     two = torch.load(out, weights_only=True)
 
     model = models.tiny_model("llama", len(tokenizer))
@@ -55,3 +61,27 @@ def test_two_process_capture_and_generation_equal_one_process(tmp_path, tokenize
     # Whole batches go to each process, so the gathered generations are exactly the one-process ones.
     single = generate(model, tokenizer, prompts["target"], max_new_tokens=6, batch_size=2)
     assert two["generations"] == [g.token_ids for g in single]
+
+
+def _measured(metrics: dict) -> dict:
+    """The measurements that do not depend on the machine's load (no timings, speeds or memory) nor on the cache."""
+    return {k: v for k, v in metrics.items()
+            if not (k.startswith("time/") or "mem_gb" in k or "tokens_per_s" in k or k == "capture/cached")}
+
+
+def test_two_process_prune_with_evaluation_equals_one_process(tmp_path, model_cache):
+    """prune.py under `accelerate launch` with evaluation on: every cached stage built with all ranks taking part
+    (the unpruned model's evaluation and distractor outputs, once a deadlock: one rank waited on the cache's file
+    lock while the other waited for it in the sharded generation), then read from the caches by all ranks."""
+    args = [*SMALL, "strategy=selective", "ratio=0.1", f"cache_dir={tmp_path}/cache2", f"model.cache_dir={model_cache}"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "prune.py")]
+    two = {}
+    for name in ("built", "cached"):
+        run = subprocess.run([*launch, *args, f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True,
+                             timeout=300, env=subprocess_env(), cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        two[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert not two["built"]["capture/cached"] and two["cached"]["capture/cached"]
+    one = recipes.prune(recipe_cfg(tmp_path, model_cache, "strategy=selective", "ratio=0.1"), tmp_path / "one")
+    assert _measured(two["built"]) == _measured(two["cached"]) == _measured(json.loads(json.dumps(one)))

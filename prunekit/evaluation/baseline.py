@@ -130,7 +130,7 @@ def source_evaluation(loaded, task: Mapping, settings: Mapping | None, cache_dir
         built["rows"] = result.rows
         return result.metrics
 
-    metrics, cached = cache.get("target", generate)
+    metrics, cached = cache.get("target", generate, collective=True)  # sharded generation
     rows = generation.read_generations(cache.root / GENERATIONS_FILE) if cached else built["rows"]
     metrics = _untimed(metrics)
     rest = [p for p in s["parts"] if not parts.REGISTRY[p].scores_generations and parts.REGISTRY[p].on_source]
@@ -138,7 +138,7 @@ def source_evaluation(loaded, task: Mapping, settings: Mapping | None, cache_dir
         measured, cached = cache.get(
             f"metrics-v{SOURCE_METRICS_VERSION}-{'-'.join(rest)}{_owned_suffix(rest, s)}",
             lambda: suite.evaluate(model, tokenizer, task, {**s, "parts": rest}, run_dir=cache.root,
-                                   source_rows=rows).metrics)
+                                   source_rows=rows).metrics, collective=True)
         metrics.update(_untimed(measured))
         fresh = [p for p in parts.chosen(rest) if p.fresh_metrics] if cached else []
         if fresh:  # measured again seconds before the pruned model's, on the same machine load
@@ -207,7 +207,7 @@ def reference_generations(model, tokenizer, task: Mapping, settings: Mapping | N
     if cache_dir is None:
         return generate()
     key = reference_key(str(model_id), prompts, _reference_settings(s, tokenizer))
-    return ReferenceOutputs(cache_dir).get(key, generate, prompts)[0]
+    return ReferenceOutputs(cache_dir).get(key, generate, prompts, collective=True)[0]  # sharded generation
 
 
 def reference_outputs(loaded, task: Mapping, settings: Mapping) -> dict | None:

@@ -125,8 +125,7 @@ class ArtifactCache:
         generation). Then no lock is taken (a rank waiting on it while the others wait for it in a collective is a
         deadlock), the ranks agree to read only when every one of them found the entry, and the main one writes.
         """
-        state = process_state()
-        if collective and state.num_processes > 1:
+        if collective and (state := process_state()).num_processes > 1:
             return self._get_together(key, build, expected, state)
         path = self.path(key)
         value, problem = self._lookup(path, expected)  # a usable entry needs no lock: entries are written atomically

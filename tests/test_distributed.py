@@ -14,6 +14,10 @@ from prunekit import capture, models, recipes
 from prunekit.evaluation.generation import generate
 from tests.helpers import PROMPTS, REPO, SMALL, recipe_cfg, subprocess_env
 
+# `accelerate launch --multi_gpu` starts processes through torchrun; without CUDA they form a gloo CPU group.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+          "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
 SCRIPT = textwrap.dedent("""
     import atexit, sys, torch
     # Registered before prunekit's own hook, so it runs after it (atexit is last-in, first-out).
@@ -40,10 +44,7 @@ def test_two_process_capture_and_generation_equal_one_process(tmp_path, tokenize
     script = tmp_path / "cap.py"
     script.write_text(SCRIPT % (prompts["target"], prompts["distractor/x"]))
     out = tmp_path / "stats.pt"
-    # `accelerate launch --multi_gpu` starts processes through torchrun; without CUDA they form a gloo CPU group.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(out),
-           str(model_cache)]
+    cmd = [*LAUNCH, str(script), str(out), str(model_cache)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -74,12 +75,10 @@ def test_two_process_prune_with_evaluation_equals_one_process(tmp_path, model_ca
     (the unpruned model's evaluation and distractor outputs, once a deadlock: one rank waited on the cache's file
     lock while the other waited for it in the sharded generation), then read from the caches by all ranks."""
     args = [*SMALL, "strategy=selective", "ratio=0.1", f"cache_dir={tmp_path}/cache2", f"model.cache_dir={model_cache}"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "prune.py")]
     two = {}
     for name in ("built", "cached"):
-        run = subprocess.run([*launch, *args, f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True,
-                             timeout=300, env=subprocess_env(), cwd=tmp_path)
+        cmd = [*LAUNCH, str(REPO / "prune.py"), *args, f"hydra.run.dir={tmp_path / name}"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
         two[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert not two["built"]["capture/cached"] and two["cached"]["capture/cached"]

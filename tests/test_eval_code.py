@@ -191,6 +191,25 @@ def test_all_164_canonical_solutions_pass(problems):
     assert out["humaneval/pass@1"] == 1.0 and out["humaneval/passed"] == 164 and out["humaneval/n"] == 164
 
 
+def test_pass_at_1_parses_only_in_the_calling_thread(problems, monkeypatch):
+    # CPython 3.11's ast.parse raises a spurious SystemError when two threads parse at once (cpython#106905;
+    # it failed this file's test above in CI), so the sandbox pool's threads must never parse.
+    import ast
+    import threading
+
+    parse, threads = ast.parse, set()
+
+    def recording_parse(*args, **kwargs):
+        threads.add(threading.current_thread())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", recording_parse)
+    some = problems[:6]
+    out = pass_at_1(some, [p["prompt"] + p["canonical_solution"] for p in some], workers=2, progress=False)
+    assert out["humaneval/passed"] == 6
+    assert threads == {threading.current_thread()}
+
+
 _ALTER = '''
 _canonical_{e} = {e}
 

@@ -223,18 +223,26 @@ def has_complete_function(text: str, entry_point: str, *, truncated: bool = True
     return any(line.strip() and not line[0].isspace() for line in rest.splitlines())
 
 
-def check(problem: Mapping, completion: str, timeout_s: float = 3.0) -> dict:
-    """Run one completion against the problem's tests in the sandbox; a sandbox fault is a failure, not a crash."""
-    program = (f"{sanitize(completion, problem)}\n\n{problem['test']}\n\n"
-               f"check({problem['entry_point']})\n")
+def program(problem: Mapping, completion: str) -> str:
+    """The program the sandbox runs: the sanitized completion, the problem's tests and the call of `check`."""
+    return f"{sanitize(completion, problem)}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def run_program(problem: Mapping, source: str, timeout_s: float = 3.0) -> dict:
+    """Run one built program in the sandbox; a sandbox fault is a failure, not a crash. Thread-safe (no `ast`)."""
     try:
-        res = run_python(program, timeout_s=timeout_s)
+        res = run_python(source, timeout_s=timeout_s)
         status, tail = res.status, res.stderr_tail
     except Exception as exc:  # noqa: BLE001 - one broken run must not end the evaluation
         log.warning("sandbox crashed on %s: %r", problem["task_id"], exc)
         status, tail = "error", repr(exc)
     return {"task_id": problem["task_id"], "passed": status == "passed", "status": status,
-            "program": program, "stderr_tail": tail}
+            "program": source, "stderr_tail": tail}
+
+
+def check(problem: Mapping, completion: str, timeout_s: float = 3.0) -> dict:
+    """Run one completion against the problem's tests in the sandbox."""
+    return run_program(problem, program(problem, completion), timeout_s)
 
 
 def _align(problems: Sequence[Mapping], completions: Mapping[str, str] | Sequence[str]) -> list[str]:
@@ -264,9 +272,12 @@ def pass_at_1(
     if not problems:
         raise DataError("pass_at_1: problems is empty; at least one problem is needed for a rate")
     texts = _align(problems, completions)
-    # Threads suffice: each check waits on its own sandbox subprocess, which is where the work happens.
+    # Programs are built here, in one thread: CPython 3.11's ast.parse is not thread-safe (concurrent parses
+    # raise "SystemError: AST constructor recursion depth mismatch", python/cpython#106905; seen in our CI).
+    programs = [program(p, t) for p, t in zip(problems, texts)]
+    # Threads suffice for the rest: each waits on its own sandbox subprocess, which is where the work happens.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = pool.map(lambda pc: check(pc[0], pc[1], timeout_s), zip(problems, texts))
+        futures = pool.map(lambda pp: run_program(pp[0], pp[1], timeout_s), zip(problems, programs))
         results = list(tqdm(futures, total=len(problems), desc="sandbox", unit="task", disable=not progress))
     passed = sum(r["passed"] for r in results)
     statuses = [r["status"] for r in results]

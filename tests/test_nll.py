@@ -71,6 +71,23 @@ def test_batched_equals_unbatched(model, tok):
     assert many == pytest.approx(one, rel=1e-6)
 
 
+def test_token_cap_bounds_every_forward_and_keeps_the_value(model, tok, monkeypatch):
+    examples = [N.build_example(tok, p, a) for p, a in PAIRS]
+    longest = max(len(ids) for ids, _ in examples)
+    cap = longest + 1  # room for one longest row only, so the batches of len(PAIRS) rows must be split
+    shapes, forward = [], N.nll_sum
+
+    def recording(model, input_ids, **kw):
+        shapes.append(tuple(input_ids.shape))
+        return forward(model, input_ids, **kw)
+
+    monkeypatch.setattr(N, "nll_sum", recording)
+    capped = N.target_nll(model, tok, PAIRS, batch_size=len(PAIRS), max_batch_tokens=cap, progress=False)
+    assert len(shapes) > 1 and all(rows * width <= cap or rows == 1 for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == len(PAIRS)
+    assert capped == pytest.approx(_reference(model, tok, PAIRS), rel=1e-6)
+
+
 def test_labels_mask_prompt_and_padding(tok):
     examples = [N.build_example(tok, p, a) for p, a in PAIRS]
     batch = N.collate(examples, pad_id=tok.pad_token_id)

@@ -66,7 +66,7 @@ def test_every_job_decodes_at_the_journals_batch_not_the_default(tmp_path, monke
     assert (default.eval.batch_size, default.eval.max_batch_tokens) == (20, 16384)
     for job, overrides in (("prune", ["strategy=contrastive", "ratio=0.15"]), ("train", ["lora=code"])):
         cfg = runner.compose_job(job, overrides)
-        assert (cfg.eval.batch_size, cfg.eval.max_batch_tokens) == (8, 4096), job
+        assert (cfg.eval.batch_size, cfg.eval.max_batch_tokens, cfg.eval.nll.max_batch_tokens) == (8, 4096, None), job
         assert cfg.model.name_or_path == "pip:qwen2.5-coder-0.5b-instruct", job
 
 

@@ -312,6 +312,7 @@ def test_reference_cache_needs_model_id(tiny, tokenizer, math_task, tmp_path):
     ({"code": {"timeout_s": 0}}, None, r"eval.code.timeout_s=0"),
     ({"nll": {"gold": "yes"}}, None, r"eval.nll.gold='yes': must be true or false"),
     ({"nll": {"max_length": 1}}, None, r"eval.nll.max_length=1: must be an integer >= 2"),
+    ({"nll": {"max_batch_tokens": 0}}, None, r"eval.nll.max_batch_tokens=0: must be an integer >= 1 or null"),
     ({"temperature": 0.7}, None, r"eval.temperature: unknown setting; allowed: parts"),
     ({"similarity": {"model": "x"}}, None, r"eval.similarity.model: unknown setting"),
     ({}, lambda t: t["eval"].update(metric="bleu"),

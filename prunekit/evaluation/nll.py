@@ -67,8 +67,10 @@ def nll_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels
 
 
 def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, max_length: int = 1024,
-               chat_template: bool = False, progress: bool = True) -> float:
-    """Mean NLL per answer token of `answer` given `prompt`, over all answer tokens of all pairs (nats/token)."""
+               max_batch_tokens: int | None = None, chat_template: bool = False, progress: bool = True) -> float:
+    """Mean NLL per answer token of `answer` given `prompt`, over all answer tokens of all pairs (nats/token).
+
+    Batches are length-sorted, of at most `batch_size` rows and (when set) `max_batch_tokens` padded tokens."""
     if not pairs:
         raise ConfigError("target_nll needs at least one (prompt, answer) pair")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -78,8 +80,8 @@ def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
     examples = [build_example(tokenizer, p, a, max_length=max_length, chat_template=chat_template) for p, a in pairs]
     pad = text.pad_id(tokenizer)
     total, count = 0.0, 0
-    for group in tqdm(text.length_batches([len(ids) for ids, _ in examples], batch_size), desc="target nll",
-                      disable=not progress, unit="batch"):
+    batches = text.length_batches([len(ids) for ids, _ in examples], batch_size, max_tokens=max_batch_tokens)
+    for group in tqdm(batches, desc="target nll", disable=not progress, unit="batch"):
         batch = collate([examples[i] for i in group], pad)
         s, n = nll_sum(model, **batch)
         total += s

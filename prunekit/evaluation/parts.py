@@ -355,7 +355,7 @@ class NLL(EvalPart):
     def run(self, ctx: Context) -> dict:
         s, metric = ctx.settings, ctx.metric
         kw = dict(batch_size=s["batch_size"], max_length=s["nll"]["max_length"],
-                  chat_template=use_chat(s, ctx.tokenizer))
+                  max_batch_tokens=s["nll"]["max_batch_tokens"], chat_template=use_chat(s, ctx.tokenizer))
         gold = ({f"{metric}/nll_gold": nll.target_nll(ctx.model, ctx.tokenizer, nll_pairs(ctx.samples, metric), **kw)}
                 if s["nll"]["gold"] else {})
         try:

@@ -52,6 +52,10 @@ class CodeSettings:  # HumanEval / MBPP execution in the sandbox
 @dataclass
 class NLLSettings:
     max_length: int = 1024         # tokens per prompt + answer
+    # Padded tokens per forward batch (null: eval.batch_size rows, padded to the longest). The forward costs its
+    # padded tokens: the default's 32 answers padded to batches of 20 are 15.3k tokens for 10.8k real ones, 49-54 s
+    # against 36 s with this cap on 2 bf16 cores (benchmarks/nll_batching.py).
+    max_batch_tokens: int | None = 1024
     # Also `<metric>/nll_gold`, the NLL of the dataset's gold solutions (the earlier definition, kept for
     # benchmarks/proxy_agreement.py): off by default, since it is a second forward pass over the whole target set
     # (107 s a model for 40 HumanEval problems on 2 bf16 cores, a sixth of the default run) that no table prints.
@@ -142,6 +146,7 @@ class EvalSettings(Checked):
         parts.check_names(self.parts)
         positive_int(self.batch_size, "eval.batch_size")
         positive_int(self.max_batch_tokens, "eval.max_batch_tokens", allow_none=True)
+        positive_int(self.nll.max_batch_tokens, "eval.nll.max_batch_tokens", allow_none=True)
         positive_int(self.max_new_tokens, "eval.max_new_tokens", allow_none=True)
         positive_int(self.n, "eval.n", allow_none=True)
         if self.drop_finished_every < 0:

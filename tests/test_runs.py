@@ -357,7 +357,8 @@ def test_a_key_added_without_a_later_default_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("group, key, later", [("task", "train", {"drop_response_lines": None}),
-                                               ("eval", "kv_cache", "dynamic")])
+                                               ("eval", "kv_cache", "dynamic"),
+                                               ("eval", "nll", {"max_batch_tokens": None})])
 def test_keys_added_later_resume_runs_recorded_before_them(tmp_path, group, key, later):
     before = {"ratio": 0.1, "model": {"name_or_path": "tiny:llama"}}
     store.record_config(tmp_path, before)
@@ -371,4 +372,5 @@ def test_composed_default_config_hash_is_pinned(compose_config):
     cfg = compose_config("prune", "data_dir=/D", "cache_dir=/C")
     from prunekit import recipes
 
-    assert store.config_hash(recipes.plain(cfg))[0] == "962e2defeec90144"  # eval.batch_size 16 -> 20
+    # eval.batch_size 16 -> 20 gave 962e2defeec90144; eval.nll.max_batch_tokens=1024 (null before) this one
+    assert store.config_hash(recipes.plain(cfg))[0] == "9f9294b40f8dca06"

@@ -207,7 +207,7 @@ NOT_HASHED = ("resume", "wandb.", "cache_dir", "model.cache_dir", "capture.cache
 # the key existed): left out of the hash while at it, so a finished run of before the key existed still resumes
 # (is skipped) instead of being refused.
 LATER_KEYS = {"prune.align": 128, "model.save_dtype": None, "task.train.drop_response_lines": None,
-              "eval.kv_cache": "dynamic", "task.train.responses": "dataset"}
+              "eval.kv_cache": "dynamic", "task.train.responses": "dataset", "eval.nll.max_batch_tokens": None}
 
 
 def config_hash(config: Mapping) -> tuple[str, dict]:

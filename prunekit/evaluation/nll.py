@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from prunekit import text
 from prunekit.errors import ConfigError
+from prunekit.evaluation.settings import positive_int
 from prunekit.text import IGNORE
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ def target_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
-    if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens <= 0):
-        raise ConfigError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
+    positive_int(max_batch_tokens, "max_batch_tokens", allow_none=True)
     examples = [build_example(tokenizer, p, a, max_length=max_length, chat_template=chat_template) for p, a in pairs]
     pad = text.pad_id(tokenizer)
     total, count = 0.0, 0

@@ -17,6 +17,7 @@ import importlib
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import gguf
 from safetensors.torch import load_file
@@ -24,40 +25,20 @@ from safetensors.torch import load_file
 conversion = importlib.import_module("prunekit.models.load")  # the module (prunekit.models.load is the function)
 
 
-@contextlib.contextmanager
-def counting_readers(counter: list[int]):
-    """Counts GGUFReader constructions (the parses) inside the block; the shared-parse wrapper sits above it."""
-    stock = gguf.GGUFReader
+def convert(path: Path, out: Path, shared: bool) -> tuple[float, int]:
+    """Seconds and GGUFReader constructions (the parses) of one conversion of `path` into `out`; not `shared`:
+    transformers' own three reads (the shared-parse wrapper made a no-op)."""
+    stock, parses = gguf.GGUFReader, [0]
 
     def counted(*args, **kwargs):
-        counter[0] += 1
+        parses[0] += 1
         return stock(*args, **kwargs)
 
-    gguf.GGUFReader = counted
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = stock
-
-
-def convert(path: Path, out: Path, shared: bool) -> tuple[float, int]:
-    """Seconds and parses of one conversion of `path` into `out` (the stock path when not `shared`)."""
-    parses = [0]
-    with counting_readers(parses), (contextlib.nullcontext() if shared else stock_reads()):
+    own_reads = mock.patch.object(conversion, "_one_gguf_parse", contextlib.nullcontext)
+    with mock.patch.object(gguf, "GGUFReader", counted), (contextlib.nullcontext() if shared else own_reads):
         t = time.perf_counter()
         conversion._gguf_to_dir(path, out)
         return time.perf_counter() - t, parses[0]
-
-
-@contextlib.contextmanager
-def stock_reads():
-    """transformers' own behaviour: the shared-parse wrapper made a no-op for this block."""
-    real = conversion._one_gguf_parse
-    conversion._one_gguf_parse = contextlib.nullcontext
-    try:
-        yield
-    finally:
-        conversion._one_gguf_parse = real
 
 
 def same_outputs(a: Path, b: Path) -> bool:
